@@ -1,0 +1,31 @@
+# Two entry points a new user needs: `make demo` and `make test`. Both build the environment first if
+# it is missing. The environment is a plain venv in .venv/, installed from requirements.lock in one pip
+# call so that torch, torchvision and nnunetv2 are resolved together and never swapped.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.ccfv-installed
+CORES ?= 2
+
+.PHONY: demo test lint clean-demo
+
+$(STAMP): requirements.lock pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+.venv: $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES)
+	@echo "Demo finished: tables in results/tables/ (table1.csv, table1.md)"
+
+test: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH python -m pytest -q tests
+
+lint: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --lint
+
+clean-demo:
+	rm -rf results logs .snakemake

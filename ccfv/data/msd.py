@@ -1,0 +1,98 @@
+"""Fetching Medical Segmentation Decathlon tasks: streamed, resumable, MD5-verified, safely extracted.
+
+Facts (URLs, MD5s) from MONAI's DecathlonDataset; see docs/data.md. The archive is streamed to
+``<dest>/.<Task>.tar.partial``; an interrupted download resumes with an HTTP Range request; the MD5 is
+checked before anything is extracted; extraction uses tarfile's ``data`` filter (no absolute paths, no
+``..``, no links leaving the tree, no devices) into a scratch folder renamed into place; macOS ``._*``
+files are dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+DEFAULT_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
+
+MD5 = {
+    "Task03_Liver": "a90ec6c4aa7f6a3d087205e23d4e6397",
+    "Task06_Lung": "8afd997733c7fc0432f71255ba4e52dc",
+    "Task07_Pancreas": "4f7080cfca169fa8066d17ce6eb061e4",
+    "Task09_Spleen": "410d4a301da4e5b2f6f86ec3ddba524e",
+    "Task10_Colon": "bad7a188931dc2f6acf72b08eb6202d0",
+}
+
+CHUNK = 1 << 20
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, expected_md5: str | None, progress: bool = True) -> Path:
+    """Stream ``url`` to ``dest`` (resuming a ``.partial`` file), verify the MD5, rename atomically."""
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    partial = dest.with_name(f".{dest.name}.partial")
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if have and response.status != 206:  # the server ignored the Range header: start over
+            have = 0
+        total = response.headers.get("Content-Length")
+        total = int(total) + have if total is not None else None
+        with open(partial, "ab" if have else "wb") as out, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+        ) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
+    if expected_md5 is not None:
+        actual = md5sum(partial)
+        if actual != expected_md5:
+            partial.unlink()
+            raise ValueError(f"{url}: MD5 {actual} differs from the expected {expected_md5}; the partial "
+                             f"download was deleted, rerun to fetch it again")
+    partial.replace(dest)
+    return dest
+
+
+def extract_task(archive: Path, dest_root: Path, task: str) -> Path:
+    """Extract ``archive`` (holding ``<task>/...``) safely into ``dest_root/<task>``."""
+    archive, dest_root = Path(archive), Path(dest_root)
+    target = dest_root / task
+    with tempfile.TemporaryDirectory(dir=dest_root, prefix=f".{task}-extract-") as scratch:
+        try:
+            with tarfile.open(archive) as tar:
+                members = [m for m in tar.getmembers() if not Path(m.name).name.startswith("._")]
+                tar.extractall(scratch, members=members, filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise ValueError(f"{archive}: cannot be extracted safely ({err})") from None
+        extracted = Path(scratch) / task
+        if not (extracted / "dataset.json").is_file():
+            raise ValueError(f"{archive}: has no {task}/dataset.json")
+        if target.exists():
+            shutil.rmtree(target)
+        extracted.rename(target)
+    return target
+
+
+def fetch_task(task: str, dest_root: Path, base_url: str | None = None, progress: bool = True) -> Path:
+    """Download (or reuse a verified tarball in ``dest_root``) and extract one MSD task."""
+    dest_root = Path(dest_root)
+    dest_root.mkdir(parents=True, exist_ok=True)
+    archive = dest_root / f"{task}.tar"
+    expected = MD5.get(task)
+    if not archive.is_file():
+        download(f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/{task}.tar", archive, expected, progress)
+    elif expected is not None and md5sum(archive) != expected:
+        raise ValueError(f"{archive}: MD5 differs from the expected {expected}; delete it to download again")
+    return extract_task(archive, dest_root, task)

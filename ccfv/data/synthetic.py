@@ -1,0 +1,746 @@
+"""Seeded synthetic CT segmentation tasks written in the exact Medical Segmentation Decathlon layout.
+
+This is the embedded demo of the benchmark: four small tasks that mimic the structure of the MSD
+tasks the paper transfers between (Liver, Lung, Pancreas, Spleen) and are small enough that the whole
+pipeline (nnU-Net conversion, preprocessing, ~20 tiny trainings) runs on a laptop. ``docs/demo-data.md``
+explains every choice (HU values, spacing, shapes, why the choice of source model should matter).
+
+Conventions:
+
+* Arrays are in nibabel order ``[x, y, z]``. The NIfTI affine is ``diag(-sx, -sy, sz)`` (voxel axes
+  point to the patient's Left, Posterior and Superior, i.e. LPS like DICOM), so SimpleITK and nnU-Net
+  read an identity direction, spacing ``(sx, sy, sz)`` and arrays ``[z, y, x]``.
+* Spacing is ``1.5 x 1.5 x 3.0`` mm; the in-plane spacing jitters by at most 0.03 mm per case, z never.
+* Images are int16 Hounsfield units, labels uint8 with the MSD label values of the task.
+* Everything about case ``i`` of a task is a function of ``(seed, task_id, i)`` alone: the same seed
+  gives identical arrays and byte-identical ``.nii.gz`` files (gzip is written with ``mtime=0``), and
+  a case does not change when other tasks or more cases are generated.
+* Training case ``i`` has no lesion when ``i % 5 == 1`` (Liver and Pancreas), so any task with at least
+  two cases has a lesion-free case, like MSD Liver (tumour in 118 of 131 cases).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from ccfv import __version__
+
+__all__ = [
+    "DEFAULT_SHAPE",
+    "DEMO_TASKS",
+    "NUM_TEST_CASES",
+    "SPACING_MM",
+    "SyntheticCase",
+    "SyntheticTask",
+    "generate_case",
+    "get_task",
+    "write_demo",
+    "write_task",
+]
+
+#: Nominal voxel spacing (x, y, z) in mm. z is coarser, as in MSD CT (in-plane < 1 mm, z 1-5 mm).
+SPACING_MM = (1.5, 1.5, 3.0)
+#: Largest per-case change of the in-plane spacing in mm (x and y change together; z never changes).
+INPLANE_SPACING_JITTER_MM = 0.03
+#: Nominal volume shape (x, y, z) in voxels: 114,688 voxels, a 96 x 84 x 96 mm field of view.
+DEFAULT_SHAPE = (64, 56, 32)
+#: Largest per-case change of each dimension when ``shape`` is not given (100k-130k voxels).
+SHAPE_JITTER = (2, 2, 2)
+#: Smallest shape accepted, so that every organ and lesion still spans several voxels.
+MIN_SHAPE = (24, 24, 12)
+#: Unlabelled cases written to ``imagesTs/`` for every task.
+NUM_TEST_CASES = 2
+
+_HU_MIN, _HU_MAX = -1024, 3071  # int16 range used by CT scanners (12-bit data, air at -1024)
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """One synthetic MSD-style task.
+
+    ``labels[k]`` is the name of label value ``k``. The organ (if any) is label 1 and the lesion (if
+    any) is the last label, as in MSD (Liver: 1 liver, 2 cancer; Lung: 1 cancer).
+    """
+
+    task_id: int
+    name: str  # no underscore: nnU-Net's MSD converter splits "TaskNN_Name" on "_"
+    prefix: str  # file prefix, e.g. "liver" -> imagesTr/liver_0.nii.gz
+    labels: tuple[str, ...]
+    region: str  # "abdomen" or "thorax": which shared anatomy the volume shows
+    organ: str | None  # anatomy drawn as label 1, or None
+    lesion: str | None  # "hypodense" (inside the organ) or "nodule" (inside the lungs), or None
+    lesions_per_case: tuple[int, int] = (0, 0)  # inclusive range for a case with lesions
+    lesion_radius_mm: tuple[float, float] = (0.0, 0.0)
+    lesion_free_every: int = 0  # training case i has no lesion when i % lesion_free_every == 1
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if "_" in self.name or not self.name.isalnum():
+            raise ValueError(f"task name must be alphanumeric without '_': {self.name!r}")
+        if self.labels[0] != "background":
+            raise ValueError("label 0 must be 'background'")
+        if self.region not in ("abdomen", "thorax"):
+            raise ValueError(f"unknown region {self.region!r}")
+        expected = 1 + (self.organ is not None) + (self.lesion is not None)
+        if len(self.labels) != expected:
+            raise ValueError(f"{self.name}: {len(self.labels)} labels for organ={self.organ}, lesion={self.lesion}")
+
+    @property
+    def folder_name(self) -> str:
+        """MSD folder name, e.g. ``Task91_SynthLiver``."""
+        return f"Task{self.task_id:02d}_{self.name}"
+
+    @property
+    def labels_json(self) -> dict[str, str]:
+        """The ``labels`` entry of ``dataset.json``: ``{"0": "background", ...}``."""
+        return {str(value): name for value, name in enumerate(self.labels)}
+
+    @property
+    def organ_label(self) -> int | None:
+        return 1 if self.organ is not None else None
+
+    @property
+    def lesion_label(self) -> int | None:
+        return len(self.labels) - 1 if self.lesion is not None else None
+
+    def case_has_lesion(self, case_index: int) -> bool:
+        """Whether case ``case_index`` contains a lesion (fixed rule, see the module docstring)."""
+        if self.lesion is None:
+            return False
+        return not (self.lesion_free_every > 0 and case_index % self.lesion_free_every == 1)
+
+
+DEMO_TASKS: tuple[SyntheticTask, ...] = (
+    SyntheticTask(
+        task_id=91, name="SynthLiver", prefix="liver", labels=("background", "liver", "cancer"),
+        region="abdomen", organ="liver", lesion="hypodense", lesions_per_case=(1, 3),
+        lesion_radius_mm=(3.5, 8.0), lesion_free_every=5,
+        description="Synthetic stand-in for MSD Task03_Liver: large enhancing organ with hypodense lesions",
+    ),
+    SyntheticTask(
+        task_id=92, name="SynthLung", prefix="lung", labels=("background", "cancer"),
+        region="thorax", organ=None, lesion="nodule", lesions_per_case=(1, 3),
+        lesion_radius_mm=(3.5, 7.0), lesion_free_every=0,
+        description="Synthetic stand-in for MSD Task06_Lung: solid nodules in dark lung fields (lesion only)",
+    ),
+    SyntheticTask(
+        task_id=93, name="SynthPancreas", prefix="pancreas", labels=("background", "pancreas", "cancer"),
+        region="abdomen", organ="pancreas", lesion="hypodense", lesions_per_case=(1, 1),
+        lesion_radius_mm=(4.0, 7.0), lesion_free_every=5,
+        description="Synthetic stand-in for MSD Task07_Pancreas: small elongated organ with a hypodense lesion",
+    ),
+    SyntheticTask(
+        task_id=94, name="SynthSpleen", prefix="spleen", labels=("background", "spleen"),
+        region="abdomen", organ="spleen", lesion=None,
+        description="Synthetic stand-in for MSD Task09_Spleen: large homogeneous organ (organ only)",
+    ),
+)
+
+
+def get_task(name: str | SyntheticTask) -> SyntheticTask:
+    """Look a demo task up by folder name (``Task91_SynthLiver``), name (``SynthLiver``) or prefix."""
+    if isinstance(name, SyntheticTask):
+        return name
+    for task in DEMO_TASKS:
+        if name in (task.folder_name, task.name, task.prefix):
+            return task
+    known = ", ".join(task.folder_name for task in DEMO_TASKS)
+    raise KeyError(f"unknown synthetic task {name!r}; known: {known}")
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    """One generated case. ``image``/``label`` are ``[x, y, z]``; ``anatomy`` holds boolean masks of
+    the drawn structures (not written to disk; for tests and documentation)."""
+
+    image: np.ndarray  # int16 HU
+    label: np.ndarray  # uint8
+    spacing: tuple[float, float, float]  # mm, (x, y, z)
+    affine: np.ndarray  # 4 x 4, nibabel convention
+    has_lesion: bool
+    anatomy: dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# Random fields and shapes
+# ----------------------------------------------------------------------------------------------
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm, spacing) -> np.ndarray:
+    """Gaussian-smoothed white noise scaled to zero mean and unit std, float32 ``shape``.
+
+    Wide kernels are computed on a grid coarser by about sigma/2 and linearly interpolated up (same
+    look, a fraction of the cost).
+    """
+    sigma_vox = np.broadcast_to(np.asarray(sigma_mm, dtype=float), (3,)) / np.asarray(spacing, dtype=float)
+    factor = np.maximum(1, np.floor(sigma_vox / 2.0)).astype(int)
+    coarse_shape = tuple(n if f == 1 else -(-n // f) + 1 for n, f in zip(shape, factor))
+    field = rng.standard_normal(coarse_shape, dtype=np.float32)
+    field = ndimage.gaussian_filter(field, sigma_vox / factor, mode="wrap")
+    for axis, (n, f) in enumerate(zip(shape, factor)):
+        if f > 1:
+            field = _upsample_linear(field, axis, n, f)
+    field -= field.mean()
+    field /= field.std() + 1e-12
+    return field.astype(np.float32, copy=False)
+
+
+def _upsample_linear(field: np.ndarray, axis: int, n: int, factor: int) -> np.ndarray:
+    """Linear interpolation of ``field`` along ``axis`` onto ``n`` points spaced ``1/factor`` apart."""
+    position = np.arange(n, dtype=np.float32) / factor
+    lower = np.floor(position).astype(int)
+    weight = (position - lower).reshape([-1 if a == axis else 1 for a in range(field.ndim)])
+    return np.take(field, lower, axis=axis) * (1 - weight) + np.take(field, lower + 1, axis=axis) * weight
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """One step of 6-connected binary dilation (same result as ``ndimage.binary_dilation``, faster)."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    return out
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """One step of 6-connected binary erosion; voxels on the array border are eroded."""
+    padded = np.pad(mask, 1)
+    return ~_dilate(~padded)[1:-1, 1:-1, 1:-1]
+
+
+class _Grid:
+    """Voxel-centre coordinates in mm relative to the volume centre, as open (broadcastable) grids.
+
+    ``x`` grows to the patient's left, ``y`` to posterior, ``z`` to superior (affine diag(-sx, -sy, sz)).
+    """
+
+    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+        self.shape = shape
+        self.spacing = spacing
+        axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing)]
+        self.x = axes[0][:, None, None]
+        self.y = axes[1][None, :, None]
+        self.z = axes[2][None, None, :]
+
+    def box(self, centre, half_extent) -> tuple[slice, slice, slice]:
+        """Index slices of the voxels within ``centre +- half_extent`` mm (clipped to the volume)."""
+        slices = []
+        for c, h, n, s in zip(centre, half_extent, self.shape, self.spacing):
+            lo = int(np.floor((c - h) / s + (n - 1) / 2.0))
+            hi = int(np.ceil((c + h) / s + (n - 1) / 2.0)) + 1
+            slices.append(slice(min(max(lo, 0), n), min(max(hi, 0), n)))
+        return tuple(slices)
+
+    def coords(self, index: tuple[int, int, int]) -> tuple[float, float, float]:
+        return float(self.x[index[0], 0, 0]), float(self.y[0, index[1], 0]), float(self.z[0, 0, index[2]])
+
+
+def _ellipsoid(grid: _Grid, center, semi_axes, angle_deg: float = 0.0, deform=None, amplitude: float = 0.0):
+    """Boolean mask of an ellipsoid rotated in-plane by ``angle_deg``, with its normalised radius
+    perturbed by ``amplitude * deform`` (a smooth unit-std field gives a blobby, organ-like outline).
+
+    Only the bounding box that the deformed ellipsoid can reach is evaluated.
+    """
+    cx, cy, cz = center
+    a, b, c = semi_axes
+    reach = 1.0 + (amplitude * max(0.0, -float(deform.min())) if deform is not None and amplitude else 0.0)
+    half_extent = (reach * (max(a, b) if angle_deg else a), reach * (max(a, b) if angle_deg else b), reach * c)
+    box = grid.box((cx, cy, cz), half_extent)
+    mask = np.zeros(grid.shape, dtype=bool)
+    if any(sl.stop <= sl.start for sl in box):
+        return mask
+    dx, dy, dz = grid.x[box[0]] - cx, grid.y[:, box[1]] - cy, grid.z[:, :, box[2]] - cz
+    if angle_deg:
+        t = np.deg2rad(angle_deg)
+        dx, dy = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
+    radius = np.sqrt((dx / a) ** 2 + (dy / b) ** 2 + (dz / c) ** 2)
+    if deform is not None and amplitude:
+        radius = radius + amplitude * deform[box]
+    mask[box] = radius <= 1.0
+    return mask
+
+
+def _tube(grid: _Grid, control_points, radii, z_centres, half_height, deform, amplitude):
+    """Elongated organ along an in-plane quadratic Bezier curve (head -> tail).
+
+    Radius and z-centre vary linearly along the curve; the cross-section is an ellipse with in-plane
+    semi-axis ``radius(t)`` and z semi-axis ``half_height``.
+    """
+    p0, p1, p2 = (np.asarray(p, dtype=np.float32) for p in control_points)
+    t = np.linspace(0.0, 1.0, 48, dtype=np.float32)[:, None]
+    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # [48, 2]
+    xs, ys = grid.x[:, 0, 0], grid.y[0, :, 0]
+    d2 = (xs[:, None, None] - curve[None, None, :, 0]) ** 2 + (ys[None, :, None] - curve[None, None, :, 1]) ** 2
+    nearest = d2.argmin(axis=2)
+    dist = np.sqrt(np.take_along_axis(d2, nearest[..., None], axis=2)[..., 0])
+    tn = t[nearest, 0]
+    radius = radii[0] + (radii[1] - radii[0]) * tn
+    zc = z_centres[0] + (z_centres[1] - z_centres[0]) * tn
+    rho = np.sqrt((dist / radius)[..., None] ** 2 + ((grid.z - zc[..., None]) / half_height) ** 2)
+    return (rho + amplitude * deform) <= 1.0
+
+
+def _place_lesions(rng, grid: _Grid, host: np.ndarray, count: int, radius_mm, deform, *, margin_mm: float):
+    """Union of ``count`` blobby spheres centred inside ``host`` and clipped to it.
+
+    Each centre is drawn among host voxels at least ``min(radius + margin_mm, 0.8 * deepest)`` mm from
+    the host boundary (``deepest``: the largest such distance), so small hosts still get a lesion.
+    """
+    lesion = np.zeros(grid.shape, dtype=bool)
+    if count <= 0 or not host.any():
+        return lesion
+    box = ndimage.find_objects(host.astype(np.uint8))[0]
+    box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+    depth = np.zeros(grid.shape, dtype=np.float64)
+    depth[box] = ndimage.distance_transform_edt(np.pad(host[box], 1), sampling=grid.spacing)[1:-1, 1:-1, 1:-1]
+    deepest = float(depth.max())
+    for _ in range(count):
+        radius = float(rng.uniform(*radius_mm))
+        stretch = rng.uniform(0.85, 1.15, size=3)
+        needed = min(radius + margin_mm, 0.8 * deepest)
+        candidates = np.flatnonzero(depth >= needed)
+        centre_index = np.unravel_index(candidates[rng.integers(candidates.size)], grid.shape)
+        blob = _ellipsoid(grid, grid.coords(centre_index), radius * stretch, deform=deform, amplitude=0.15)
+        blob[centre_index] = True
+        lesion |= blob & host
+    return lesion
+
+
+class _Painter:
+    """Paints tissues into an HU canvas and keeps track of which voxels solid structures occupy, so
+    that structures placed later never overlap earlier ones (they keep a one-voxel fat plane)."""
+
+    def __init__(self, shape, texture: np.ndarray):
+        self.hu = np.full(shape, -1000.0, dtype=np.float32)
+        self.texture = texture
+        self.occupied = np.zeros(shape, dtype=bool)
+
+    def fill(self, mask: np.ndarray, mean_hu: float, texture_hu: float = 0.0, texture=None) -> None:
+        tex = self.texture if texture is None else texture
+        self.hu[mask] = mean_hu + texture_hu * tex[mask]
+
+    def claim(self, mask: np.ndarray, within: np.ndarray, gap: bool = True) -> np.ndarray:
+        """Restrict ``mask`` to ``within`` and away from occupied voxels; mark it occupied."""
+        blocked = _dilate(self.occupied) if gap else self.occupied
+        mask = mask & within & ~blocked
+        self.occupied |= mask
+        return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Anatomy
+# ----------------------------------------------------------------------------------------------
+
+
+def _draw_shared_anatomy(rng, grid: _Grid, painter: _Painter, region: str, fields: dict) -> dict:
+    """Body outline, subcutaneous fat, muscle wall, spine and aorta: present in every task."""
+    fov = [n * s for n, s in zip(grid.shape, grid.spacing)]
+    body_ax = (0.46 if region == "thorax" else 0.45) * fov[0] * rng.uniform(0.94, 1.04)
+    body_ay = 0.43 * fov[1] * rng.uniform(0.94, 1.04)
+    body_centre = (rng.uniform(-2, 2), rng.uniform(-2, 2))
+    r_body = np.sqrt(((grid.x - body_centre[0]) / body_ax) ** 2 + ((grid.y - body_centre[1]) / body_ay) ** 2)
+    r_body = np.broadcast_to(r_body, grid.shape) + 0.025 * fields["body"]
+    fat_thickness = rng.uniform(0.08, 0.14) if region == "abdomen" else rng.uniform(0.06, 0.10)
+    wall_thickness = rng.uniform(0.045, 0.065)
+    body = r_body <= 1.0
+    wall = body & (r_body > 1.0 - fat_thickness - wall_thickness) & (r_body <= 1.0 - fat_thickness)
+    interior = r_body <= 1.0 - fat_thickness - wall_thickness
+    fat_hu, muscle_hu = rng.uniform(-110, -90), rng.uniform(40, 55)
+    painter.fill(body, fat_hu, 8.0)
+    painter.fill(wall, muscle_hu, 6.0)
+
+    # Inside the wall: abdomen = bowel/mesentery (soft tissue with fat and a little gas); thorax =
+    # mediastinal fat and soft tissue. Organs painted later overwrite this background.
+    if region == "abdomen":
+        painter.fill(interior, rng.uniform(25, 40), 10.0)
+        painter.fill(interior & (fields["bowel"] > 0.8), fat_hu + 10, 10.0)  # mesenteric fat
+        gas = interior & (fields["bowel"] < -2.3) & (grid.y < 0)  # gas in anterior bowel loops
+        painter.fill(gas, -900.0, 30.0)
+    else:
+        painter.fill(interior, rng.uniform(-60, -20), 20.0)
+
+    # Spine: vertebral body (cortex + cancellous bone) with discs, spinal canal, posterior arch,
+    # paraspinal muscles. Bone is drawn in the whole body, not only the interior.
+    vb_r = 0.18 * body_ay * rng.uniform(0.9, 1.1)
+    vb_c = (body_centre[0] + rng.uniform(-1, 1), body_centre[1] + 0.30 * body_ay)
+    dist_vb = np.sqrt((grid.x - vb_c[0]) ** 2 + (grid.y - vb_c[1]) ** 2)
+    period, disc = rng.uniform(24, 28), rng.uniform(5, 7)
+    in_disc = np.broadcast_to(np.mod(grid.z + rng.uniform(0, period), period) < disc, grid.shape)
+    vertebral_body = np.broadcast_to(dist_vb <= vb_r, grid.shape) & body
+    cortex = vertebral_body & np.broadcast_to(dist_vb > vb_r - 1.6, grid.shape) & ~in_disc
+    canal_r = 0.075 * body_ay
+    canal_c = (vb_c[0], vb_c[1] + vb_r + canal_r + 0.5)
+    dist_canal = np.sqrt((grid.x - canal_c[0]) ** 2 + (grid.y - canal_c[1]) ** 2)
+    canal = np.broadcast_to(dist_canal <= canal_r, grid.shape) & body
+    arch = np.broadcast_to((dist_canal > canal_r) & (dist_canal <= canal_r + 2.2), grid.shape)
+    spinous = np.broadcast_to(
+        (np.abs(grid.x - canal_c[0]) <= 1.6) & (grid.y > canal_c[1]) & (grid.y <= canal_c[1] + canal_r + 6.0),
+        grid.shape,
+    )
+    arch = (arch | spinous) & body & ~in_disc & ~vertebral_body
+    paraspinal = np.zeros(grid.shape, dtype=bool)
+    for side in (-1, 1):
+        paraspinal |= _ellipsoid(
+            grid, (canal_c[0] + side * 0.2 * body_ax, canal_c[1] + 0.2 * body_ay, 0.0),
+            (0.13 * body_ax, 0.17 * body_ay, 1e6),
+        )
+    paraspinal &= body & ~arch & ~canal & ~vertebral_body
+    painter.fill(paraspinal, muscle_hu, 6.0)
+    painter.fill(vertebral_body & ~in_disc, rng.uniform(300, 450), 25.0)
+    painter.fill(vertebral_body & in_disc, rng.uniform(70, 90), 6.0)
+    painter.fill(cortex, rng.uniform(750, 950), 40.0)
+    painter.fill(arch, rng.uniform(550, 800), 40.0)
+    painter.fill(canal, rng.uniform(5, 20), 4.0)
+    spine = vertebral_body | arch | canal | paraspinal
+    painter.occupied |= spine
+
+    # Aorta (contrast-enhanced, left-anterior of the spine) and vena cava (right).
+    aorta_r = 0.09 * body_ay * rng.uniform(0.9, 1.1)
+    aorta_c = (vb_c[0] + 0.09 * body_ax, vb_c[1] - vb_r - aorta_r - 1.5)
+    aorta = _ellipsoid(grid, (*aorta_c, 0.0), (aorta_r, aorta_r, 1e6))
+    aorta = painter.claim(aorta, body, gap=False)
+    painter.fill(aorta, rng.uniform(150, 220), 5.0)
+    vessels = aorta
+    if region == "abdomen":
+        ivc = _ellipsoid(grid, (vb_c[0] - 0.22 * body_ax, vb_c[1] - vb_r - 2.0, 0.0), (4.5, 3.0, 1e6))
+        ivc = painter.claim(ivc, interior)
+        painter.fill(ivc, rng.uniform(100, 140), 5.0)
+        vessels = vessels | ivc
+    bone = (vertebral_body & ~in_disc) | arch
+    return {
+        "body": body, "subcutaneous_fat": body & (r_body > 1.0 - fat_thickness), "muscle_wall": wall,
+        "interior": interior, "bone": bone, "cortex": cortex,
+        "spine": spine, "vessels": vessels, "fat_hu": fat_hu, "muscle_hu": muscle_hu,
+        "body_ax": body_ax, "body_ay": body_ay, "body_centre": body_centre, "r_body": r_body,
+        "fat_thickness": fat_thickness, "wall_thickness": wall_thickness,
+    }
+
+
+def _draw_abdomen(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dict) -> dict:
+    """Kidneys, pancreas, spleen, stomach and liver. Every abdominal task shows all of them; the task
+    decides which one is labelled. Placed smallest/most central first, so larger organs yield."""
+    ax, ay = shared["body_ax"], shared["body_ay"]
+    bx, by = shared["body_centre"]
+    hz = grid.shape[2] * grid.spacing[2] / 2.0
+    interior = shared["interior"]
+    deform, tex, fine = fields["organ_shape"], fields["texture"], fields["fine"]
+    j = lambda scale: rng.uniform(1 - scale, 1 + scale)  # noqa: E731 - multiplicative jitter
+
+    kidneys = np.zeros(grid.shape, dtype=bool)
+    kidney_hu = rng.uniform(140, 175)
+    for side in (-1, 1):
+        centre = (bx + side * 0.45 * ax * j(0.05), by + 0.42 * ay * j(0.05), -0.3 * hz + rng.uniform(-4, 4))
+        kidney = _ellipsoid(grid, centre, (0.14 * ax * j(0.1), 0.19 * ay * j(0.1), 0.42 * hz * j(0.1)),
+                            angle_deg=side * rng.uniform(15, 30), deform=deform, amplitude=0.08)
+        kidney = painter.claim(kidney, interior)
+        sinus = kidney & _ellipsoid(grid, (centre[0] - side * 2.5, centre[1] - 1.0, centre[2]),
+                                    (0.05 * ax, 0.07 * ay, 0.25 * hz))
+        painter.fill(kidney, kidney_hu, 8.0, tex)
+        painter.fill(sinus, rng.uniform(-20, 20), 10.0, tex)
+        kidneys |= kidney
+
+    pancreas_hu = rng.uniform(80, 105)
+    head = (bx - 0.15 * ax + rng.uniform(-2, 2), by - 0.15 * ay + rng.uniform(-2, 2))
+    bend = (bx + 0.15 * ax + rng.uniform(-2, 2), by - 0.38 * ay + rng.uniform(-2, 2))
+    tail = (bx + 0.52 * ax + rng.uniform(-2, 2), by + 0.10 * ay + rng.uniform(-2, 2))
+    z_head = rng.uniform(-0.1, 0.05) * hz
+    pancreas = _tube(grid, (head, bend, tail), radii=(rng.uniform(5.5, 7.5), rng.uniform(3.8, 5.0)),
+                     z_centres=(z_head, z_head + rng.uniform(3, 9)), half_height=rng.uniform(7.5, 11.0),
+                     deform=deform, amplitude=0.12)
+    pancreas = painter.claim(pancreas, interior)
+    painter.fill(pancreas, pancreas_hu, 14.0, fine)  # lobulated: higher-frequency texture
+
+    spleen_hu = rng.uniform(100, 125)
+    spleen = _ellipsoid(grid, (bx + 0.62 * ax * j(0.05), by + 0.28 * ay * j(0.1), 0.2 * hz + rng.uniform(-4, 4)),
+                        (0.24 * ax * j(0.12), 0.4 * ay * j(0.12), 0.34 * hz * j(0.12)),
+                        angle_deg=rng.uniform(-40, -20), deform=deform, amplitude=0.12)
+    spleen = painter.claim(spleen, interior)
+    painter.fill(spleen, spleen_hu, 4.0, tex)
+
+    stomach = _ellipsoid(grid, (bx + 0.3 * ax, by - 0.5 * ay, 0.45 * hz), (0.22 * ax * j(0.15), 0.2 * ay * j(0.15),
+                         0.35 * hz), deform=deform, amplitude=0.1)
+    stomach = painter.claim(stomach, interior)
+    stomach_wall = stomach & ~_erode(stomach)
+    painter.fill(stomach, rng.uniform(0, 20), 5.0, tex)  # fluid-filled lumen
+    painter.fill(stomach_wall, rng.uniform(40, 60), 5.0, tex)  # enhancing wall
+
+    liver_hu = rng.uniform(95, 120)
+    right_lobe = _ellipsoid(grid, (bx - 0.5 * ax * j(0.05), by + rng.uniform(-2, 2), 0.15 * hz + rng.uniform(-4, 4)),
+                            (0.42 * ax * j(0.1), 0.62 * ay * j(0.08), 0.65 * hz * j(0.1)),
+                            deform=deform, amplitude=0.12)
+    left_lobe = _ellipsoid(grid, (bx + 0.02 * ax, by - 0.45 * ay, 0.3 * hz + rng.uniform(-4, 4)),
+                           (0.32 * ax * j(0.15), 0.22 * ay * j(0.15), 0.38 * hz * j(0.1)),
+                           angle_deg=rng.uniform(-15, 15), deform=deform, amplitude=0.12)
+    liver = painter.claim(right_lobe | left_lobe, interior)
+    painter.fill(liver, liver_hu, 6.0, tex)
+
+    return {
+        "kidneys": kidneys, "pancreas": pancreas, "spleen": spleen, "stomach": stomach, "liver": liver,
+        "organ_hu": {"kidneys": kidney_hu, "pancreas": pancreas_hu, "spleen": spleen_hu, "liver": liver_hu},
+    }
+
+
+def _draw_thorax(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dict) -> dict:
+    """Ribs, heart, the dome of the liver and both lungs with vessels."""
+    ax, ay = shared["body_ax"], shared["body_ay"]
+    bx, by = shared["body_centre"]
+    hz = grid.shape[2] * grid.spacing[2] / 2.0
+    interior, r_body = shared["interior"], shared["r_body"]
+    deform, tex = fields["organ_shape"], fields["texture"]
+
+    # Ribs: oblique bony bands just inside the muscle wall, not at the anterior midline (sternum gap).
+    inner = 1.0 - shared["fat_thickness"] - shared["wall_thickness"]
+    theta = np.arctan2(grid.y - by, grid.x - bx)
+    period = rng.uniform(18, 22)
+    band = np.mod(grid.z + 8.0 * np.sin(theta) + rng.uniform(0, period), period) < 0.25 * period
+    ribs = (r_body > inner - 0.05) & (r_body <= inner + 0.01) & band
+    ribs &= ~np.broadcast_to((np.abs(grid.x - bx) < 0.15 * ax) & (grid.y < by), grid.shape)
+    ribs &= ~shared["spine"]
+    painter.fill(ribs, rng.uniform(500, 800), 40.0)
+    painter.occupied |= ribs
+
+    heart = _ellipsoid(grid, (bx + 0.12 * ax, by - 0.28 * ay, -0.35 * hz + rng.uniform(-3, 3)),
+                       (0.36 * ax * rng.uniform(0.9, 1.1), 0.4 * ay * rng.uniform(0.9, 1.1), 0.5 * hz),
+                       deform=deform, amplitude=0.08)
+    heart = painter.claim(heart, interior)
+    pool = _erode(_erode(heart))
+    painter.fill(heart, rng.uniform(40, 55), 6.0, tex)
+    painter.fill(pool, rng.uniform(120, 170), 5.0, tex)
+
+    liver_dome = _ellipsoid(grid, (bx - 0.45 * ax, by, -1.15 * hz), (0.45 * ax, 0.65 * ay, 0.55 * hz),
+                            deform=deform, amplitude=0.1)
+    liver_dome = painter.claim(liver_dome, interior)
+    painter.fill(liver_dome, rng.uniform(95, 120), 6.0, tex)
+
+    lung_hu = rng.uniform(-870, -830)
+    lungs = np.zeros(grid.shape, dtype=bool)
+    for side in (-1, 1):
+        lung = _ellipsoid(grid, (bx + side * 0.47 * ax, by + 0.02 * ay, 0.2 * hz + rng.uniform(-3, 3)),
+                          (0.38 * ax * rng.uniform(0.92, 1.05), 0.64 * ay * rng.uniform(0.92, 1.05), 1.0 * hz),
+                          deform=deform, amplitude=0.06)
+        lungs |= painter.claim(lung, interior)
+    painter.fill(lungs, lung_hu, 15.0, fields["fine"])
+    lung_vessels = lungs & (fields["lung_vessels"] > 1.9)
+    painter.fill(lung_vessels, rng.uniform(0, 40), 10.0, tex)
+    return {"ribs": ribs, "heart": heart, "liver_dome": liver_dome, "lungs": lungs,
+            "lung_vessels": lung_vessels, "organ_hu": {"lungs": lung_hu}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------------
+
+
+_PARTIAL_VOLUME_SIGMA = (0.55, 0.55, 0.35)  # voxels
+
+
+def _blur_gain(sigma) -> float:
+    """Std of white unit noise after ``ndimage.gaussian_filter(..., sigma)`` (away from the borders)."""
+    gain = 1.0
+    for s in sigma:
+        radius = int(4.0 * s + 0.5)  # gaussian_filter's default truncate=4.0
+        w = np.exp(-0.5 * (np.arange(-radius, radius + 1) / s) ** 2)
+        gain *= float(np.sqrt(np.sum((w / w.sum()) ** 2)))
+    return gain
+
+
+def _case_geometry(rng, shape):
+    if shape is None:
+        jitter = [int(rng.integers(-j, j + 1)) for j in SHAPE_JITTER]
+        shape = tuple(n + d for n, d in zip(DEFAULT_SHAPE, jitter))
+    else:
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 3 or any(n < m for n, m in zip(shape, MIN_SHAPE)):
+            raise ValueError(f"shape must be 3 integers >= {MIN_SHAPE}, got {shape}")
+    inplane = round(SPACING_MM[0] + float(rng.uniform(-1, 1)) * INPLANE_SPACING_JITTER_MM, 3)
+    spacing = (inplane, inplane, SPACING_MM[2])
+    return shape, spacing
+
+
+def _affine(shape, spacing) -> np.ndarray:
+    """LPS voxel axes (identity direction in ITK), origin chosen so the volume centre is at 0."""
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [(shape[0] - 1) / 2 * spacing[0], (shape[1] - 1) / 2 * spacing[1], -(shape[2] - 1) / 2 * spacing[2]]
+    return affine
+
+
+def generate_case(task: SyntheticTask | str, seed: int, case_index: int, shape=None) -> SyntheticCase:
+    """Generate case ``case_index`` of ``task``; a pure function of ``(seed, task.task_id, case_index)``.
+
+    Args:
+        task: a ``SyntheticTask`` or a name accepted by ``get_task``.
+        seed: non-negative integer.
+        case_index: the number in the file name (``liver_3`` is case 3); decides lesion presence.
+        shape: ``(x, y, z)`` voxels for an exact size; ``None`` gives ``DEFAULT_SHAPE`` +- ``SHAPE_JITTER``.
+
+    Returns:
+        A ``SyntheticCase`` with ``image`` int16 HU ``[x, y, z]`` and ``label`` uint8 ``[x, y, z]``.
+    """
+    task = get_task(task)
+    if seed < 0 or case_index < 0:
+        raise ValueError("seed and case_index must be non-negative")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), task.task_id, int(case_index)]))
+    shape, spacing = _case_geometry(rng, shape)
+    grid = _Grid(shape, spacing)
+    fields = {  # smooth unit-std random fields (sigma in mm); which ones depends only on the region
+        "body": _smooth_noise(rng, shape, 15.0, spacing),  # body outline wobble
+        "organ_shape": _smooth_noise(rng, shape, 7.0, spacing),  # organ outline wobble
+        "texture": _smooth_noise(rng, shape, 4.0, spacing),  # low-frequency organ texture
+        "fine": _smooth_noise(rng, shape, 1.6, spacing),  # lobulation, lung texture, lesion outlines
+        "bias": _smooth_noise(rng, shape, 30.0, spacing),  # smooth intensity variation
+    }
+    if task.region == "abdomen":
+        fields["bowel"] = _smooth_noise(rng, shape, 3.0, spacing)  # mesenteric fat / bowel gas
+    else:
+        fields["lung_vessels"] = _smooth_noise(rng, shape, (1.0, 1.0, 4.0), spacing)  # tubes along z
+    painter = _Painter(shape, fields["texture"])
+    shared = _draw_shared_anatomy(rng, grid, painter, task.region, fields)
+    if task.region == "abdomen":
+        organs = _draw_abdomen(rng, grid, painter, shared, fields)
+    else:
+        organs = _draw_thorax(rng, grid, painter, shared, fields)
+
+    label = np.zeros(shape, dtype=np.uint8)
+    organ_mask = organs[task.organ] if task.organ is not None else None
+    if organ_mask is not None:
+        label[organ_mask] = task.organ_label
+    lesion = np.zeros(shape, dtype=bool)
+    has_lesion = task.case_has_lesion(case_index)
+    if has_lesion:
+        count = int(rng.integers(task.lesions_per_case[0], task.lesions_per_case[1] + 1))
+        if task.lesion == "hypodense":
+            lesion = _place_lesions(rng, grid, organ_mask, count, task.lesion_radius_mm, fields["fine"], margin_mm=-1.0)
+            contrast = rng.uniform(40, 70)
+            painter.fill(lesion, organs["organ_hu"][task.organ] - contrast, 8.0, fields["fine"])
+        else:  # solid nodule: soft-tissue density inside the lung parenchyma, away from the pleura
+            host = organs["lungs"] & ~organs["lung_vessels"]
+            lesion = _place_lesions(rng, grid, host, count, task.lesion_radius_mm, fields["fine"], margin_mm=1.5)
+            painter.fill(lesion, rng.uniform(10, 50), 10.0, fields["fine"])
+        label[lesion] = task.lesion_label
+
+    # Smooth intensity variation inside the body and quantum noise, then one blur that both mimics the
+    # partial-volume effect and correlates the noise (as CT reconstruction does). The noise amplitude
+    # is set so that its std *after* the blur is noise_sd.
+    hu = painter.hu
+    body = shared["body"]
+    hu[body] += rng.uniform(5.0, 12.0) * fields["bias"][body]
+    noise_sd = rng.uniform(10.0, 20.0)
+    hu += (noise_sd / _blur_gain(_PARTIAL_VOLUME_SIGMA)) * rng.standard_normal(shape, dtype=np.float32)
+    hu = ndimage.gaussian_filter(hu, sigma=_PARTIAL_VOLUME_SIGMA)
+    image = np.clip(np.rint(hu), _HU_MIN, _HU_MAX).astype(np.int16)
+
+    anatomy = {k: v for k, v in {**shared, **organs}.items() if isinstance(v, np.ndarray) and v.dtype == bool}
+    anatomy["lesion"] = lesion
+    return SyntheticCase(image=image, label=label, spacing=spacing, affine=_affine(shape, spacing),
+                         has_lesion=bool(lesion.any()), anatomy=anatomy)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing MSD folders
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``.nii.gz`` byte-reproducibly: serialise in memory, gzip with ``mtime=0`` and no file name."""
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_data_dtype(array.dtype)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["descrip"] = b"ccfv synthetic demo"
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))
+
+
+def _dataset_json(task: SyntheticTask, train_ids: Sequence[int], test_ids: Sequence[int], seed: int) -> dict:
+    """``dataset.json`` with the MSD keys in MSD order."""
+    return {
+        "name": task.name,
+        "description": task.description,
+        "reference": "ccfv synthetic demo data (ccfv.data.synthetic), generated, not acquired",
+        "licence": "CC0 1.0",
+        "release": f"ccfv {__version__}, seed {seed}",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": task.labels_json,
+        "numTraining": len(train_ids),
+        "numTest": len(test_ids),
+        "training": [
+            {"image": f"./imagesTr/{task.prefix}_{i}.nii.gz", "label": f"./labelsTr/{task.prefix}_{i}.nii.gz"}
+            for i in train_ids
+        ],
+        "test": [f"./imagesTs/{task.prefix}_{i}.nii.gz" for i in test_ids],
+    }
+
+
+def write_task(task: SyntheticTask | str, root: str | os.PathLike, n_cases: int, seed: int, shape=None,
+               *, overwrite: bool = False) -> Path:
+    """Write ``root/TaskNN_Name/`` in MSD layout and return its path.
+
+    Training cases are numbered ``0 .. n_cases-1`` (``imagesTr/`` and ``labelsTr/``), the
+    ``NUM_TEST_CASES`` unlabelled cases continue the numbering (``imagesTs/``).
+
+    The folder is built in a hidden temporary sibling (``root/.TaskNN_Name.tmp-*``) and renamed into
+    place, so a crash never leaves a half-written task (only, after a hard kill, a hidden temp folder).
+    An existing task folder is refused with ``FileExistsError`` unless ``overwrite=True``, which
+    replaces it after the new one is complete.
+    """
+    task = get_task(task)
+    if n_cases < 1:
+        raise ValueError("n_cases must be >= 1")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / task.folder_name
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+
+    train_ids = list(range(n_cases))
+    test_ids = list(range(n_cases, n_cases + NUM_TEST_CASES))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task.folder_name}.tmp-", dir=root))
+    try:
+        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / sub).mkdir()
+        for i in train_ids + test_ids:
+            case = generate_case(task, seed, i, shape)
+            split = "Tr" if i < n_cases else "Ts"
+            _write_nifti_gz(tmp / f"images{split}" / f"{task.prefix}_{i}.nii.gz", case.image, case.affine)
+            if split == "Tr":
+                _write_nifti_gz(tmp / "labelsTr" / f"{task.prefix}_{i}.nii.gz", case.label, case.affine)
+        text = json.dumps(_dataset_json(task, train_ids, test_ids, seed), indent=4) + "\n"
+        (tmp / "dataset.json").write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{task.folder_name}.old-", dir=root))
+            os.rename(final, old / task.folder_name)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def write_demo(root: str | os.PathLike, n_cases: int = 10, seed: int = 0, tasks: Iterable | None = None,
+               *, shape=None, overwrite: bool = False) -> list[Path]:
+    """Write every demo task (or the named subset, in the order given) under ``root``.
+
+    ``tasks`` items may be ``SyntheticTask`` objects or names accepted by ``get_task``. A task's data
+    do not depend on which other tasks are written. Returns the task folders.
+    """
+    chosen = DEMO_TASKS if tasks is None else tuple(get_task(t) for t in tasks)
+    return [write_task(task, root, n_cases, seed, shape, overwrite=overwrite) for task in chosen]

@@ -1,0 +1,282 @@
+"""Pretraining and fine-tuning U-Nets through nnU-Net v2's own trainer, and the model bank's file format.
+
+A bank model is a folder with ``weights.safetensors`` (tensors only: loading it can never run code) and
+``model.json`` (what network to build: nnU-Net's architecture entry of the shared plans, the number of input
+channels and classes, the source task). Pretraining and fine-tuning both run ``nnUNetTrainer`` (subclassed
+only to take the iteration budget, the seed and our recorded split); fine-tuning starts from a bank model
+with every weight but the segmentation heads (``.seg_layers.``, the final 1x1x1 convolutions) transferred
+and nothing frozen, as in the paper.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .nnunet_paths import CONFIGURATION, PLANS_NAME, nnunet_environment
+from .splits import read_split
+
+WEIGHTS = "weights.safetensors"
+MODEL_CARD = "model.json"
+#: State-dict keys that are not transferred from a source model: nnU-Net's segmentation heads.
+HEAD_KEY = ".seg_layers."
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """How long to train. ``iterations`` is the paper's unit (250k pretraining, 100k fine-tuning)."""
+
+    iterations: int
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    learning_rate: float = 1e-2
+
+    @property
+    def epochs(self) -> int:
+        return max(1, math.ceil(self.iterations / self.iterations_per_epoch))
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _trainer_class():
+    """nnUNetTrainer with our budget and split; defined lazily so importing ccfv does not import nnU-Net."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class CCFVTrainer(nnUNetTrainer):
+        """nnU-Net's default trainer with three changes and nothing else.
+
+        - The iteration budget comes from the workflow config instead of 1000 x 250.
+        - The split is ours (``results/splits/<task>.json``): training uses the training cases only, and
+          nnU-Net's per-epoch validation (which only logs a pseudo Dice; the final model is used, not the
+          best one) runs on a few training cases so that the held-out cases are never seen.
+        - No final validation with 8-fold mirroring: Dice is computed separately on the held-out split.
+        """
+
+        split_file: Path | None = None
+
+        def do_split(self):
+            split = read_split(self.split_file)
+            train = list(split["train"])
+            return train, train[: max(1, min(2, len(train)))]
+
+        def plot_network_architecture(self):  # needs hiddenlayer/graphviz binaries; irrelevant here
+            pass
+
+    return CCFVTrainer
+
+
+def _load_plans_and_dataset(preprocessed_dataset: Path) -> tuple[dict, dict]:
+    plans = json.loads((preprocessed_dataset / f"{PLANS_NAME}.json").read_text())
+    dataset_json = json.loads((preprocessed_dataset / "dataset.json").read_text())
+    return plans, dataset_json
+
+
+def build_network(card: dict, deep_supervision: bool = False):
+    """Build the (untrained) network a model card describes, with nnU-Net's own builder."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = card["architecture"]
+    return get_network_from_plans(
+        arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+        card["num_input_channels"], card["num_classes"], allow_init=True, deep_supervision=deep_supervision,
+    )
+
+
+def read_model_card(model_dir: Path) -> dict:
+    path = Path(model_dir) / MODEL_CARD
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a ccfv bank model") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    for key in ("model_id", "architecture", "num_input_channels", "num_classes", "patch_size"):
+        if key not in card:
+            raise ValueError(f"{path}: required key {key!r} is missing")
+    return card
+
+
+def load_bank_model(model_dir: Path, device: str = "cpu"):
+    """(network in eval mode without deep supervision, model card) of a bank model.
+
+    safetensors holds tensors only, so nothing in the file can execute; every tensor of the network must
+    be in the file with its shape, and nothing else may be (a mismatch is an error naming the file).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    card = read_model_card(model_dir)
+    network = build_network(card, deep_supervision=False)
+    path = Path(model_dir) / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        load_model(network, str(path), strict=True, device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    except RuntimeError as err:  # strict loading: missing/unexpected keys or wrong shapes
+        raise ValueError(f"{path}: does not fit the network described by {MODEL_CARD}: {err}") from None
+    network.to(pick_device(device)).eval()
+    return network, card
+
+
+def transfer_weights(network, source_state: dict, source_name: str) -> list[str]:
+    """Load every parameter of ``source_state`` into ``network`` except the segmentation heads.
+
+    Every non-head key of the network must be present in the source with the same shape; any
+    mismatch is an error listing the offending keys (never silently random weights). Returns the
+    names of the head tensors that keep their fresh initialisation.
+    """
+    own = network.state_dict()
+    missing = [k for k in own if HEAD_KEY not in k and k not in source_state]
+    mismatched = [
+        f"{k}: {tuple(source_state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if HEAD_KEY not in k and k in source_state and source_state[k].shape != v.shape
+    ]
+    if missing or mismatched:
+        raise ValueError(
+            f"{source_name}: cannot initialise the target network from it: "
+            f"{len(missing)} keys missing {missing[:10]}, {len(mismatched)} shapes differ {mismatched[:10]}"
+        )
+    kept = [k for k in own if HEAD_KEY in k]
+    own.update({k: v for k, v in source_state.items() if k in own and HEAD_KEY not in k})
+    network.load_state_dict(own)
+    return kept
+
+
+def save_bank_model(network, card: dict, out_dir: Path) -> Path:
+    """Write weights and card into ``out_dir`` atomically (a scratch folder renamed into place)."""
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        # save_model stores tensors that nnU-Net aliases (the encoder is reachable as ``decoder.encoder``)
+        # once; load_model restores the aliases.
+        save_model(network, str(scratch / WEIGHTS))
+        (scratch / MODEL_CARD).write_text(json.dumps(card, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        scratch.rename(out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out_dir
+
+
+def _card(model_id: str, plans: dict, dataset_json: dict, source_task: str | None, **extra) -> dict:
+    conf = plans["configurations"][CONFIGURATION]
+    return {
+        "model_id": model_id,
+        "architecture": conf["architecture"],
+        "network": "unet",
+        "patch_size": list(conf["patch_size"]),
+        "num_input_channels": len(dataset_json["channel_names"]),
+        "num_classes": len(dataset_json["labels"]),
+        "labels": dataset_json["labels"],
+        "source_task": source_task,
+        **extra,
+    }
+
+
+def random_model(preprocessed_dataset: Path, model_id: str, out_dir: Path, seed: int) -> Path:
+    """The bank's randomly initialised member: nnU-Net's initialisation, seeded, never trained."""
+    plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
+    card = _card(model_id, plans, dataset_json, source_task=None, seed=seed, iterations=0)
+    seed_everything(seed)
+    network = build_network(card, deep_supervision=False)
+    return save_bank_model(network, card, out_dir)
+
+
+def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: TrainingBudget, seed: int,
+          init_model: Path | None = None, device: str = "auto", threads: int = 1):
+    """Run nnU-Net's trainer on the training split of one preprocessed dataset; return the trainer.
+
+    nnU-Net's own outputs (log, progress plot, checkpoints) go to ``work_dir``. With ``init_model`` the
+    network starts from that bank model's weights, heads excepted (see ``transfer_weights``).
+    """
+    import torch
+
+    preprocessed_dataset, work_dir = Path(preprocessed_dataset), Path(work_dir)
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    plans, dataset_json = _load_plans_and_dataset(preprocessed_dataset)
+    plans["continue_training"] = False  # nnU-Net's run_training sets this key; its trainer pops it
+    with nnunet_environment(preprocessed=preprocessed_dataset.parent, results=work_dir, n_proc=1, n_proc_da=0):
+        trainer_cls = _trainer_class()
+        trainer_cls.split_file = Path(split_file)
+        trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json,
+                              device=pick_device(device))
+        trainer.num_iterations_per_epoch = min(budget.iterations, budget.iterations_per_epoch)
+        trainer.num_epochs = budget.epochs
+        trainer.num_val_iterations_per_epoch = budget.val_iterations_per_epoch
+        trainer.initial_lr = budget.learning_rate
+        trainer.save_every = 10**9  # checkpoint only at the end (resuming is its own issue)
+        trainer.initialize()
+        if init_model is not None:
+            source, _ = load_bank_model(init_model)
+            transfer_weights(trainer.network, source.state_dict(), str(Path(init_model) / WEIGHTS))
+            # The optimizer was built on the same parameter objects, so it sees the loaded values.
+        trainer.run_training()
+    return trainer
+
+
+def pretrain(preprocessed_dataset: Path, split_file: Path, source_task: str, model_id: str, out_dir: Path,
+             budget: TrainingBudget, seed: int, device: str = "auto", threads: int = 1) -> Path:
+    """Pretrain on a source task and write the result into the model bank."""
+    out_dir = Path(out_dir)
+    work = out_dir.parent / f".{out_dir.name}-nnunet"
+    trainer = train(preprocessed_dataset, split_file, work, budget, seed, device=device, threads=threads)
+    plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
+    card = _card(model_id, plans, dataset_json, source_task, seed=seed, iterations=budget.iterations)
+    network = getattr(trainer.network, "_orig_mod", trainer.network)  # unwrap torch.compile (CUDA runs)
+    network.eval()
+    saved = save_bank_model(network, card, out_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    return saved
+
+
+def finetune(preprocessed_dataset: Path, raw_dataset: Path, split_file: Path, init_model: Path,
+             out_file: Path, budget: TrainingBudget, seed: int, device: str = "auto", threads: int = 1) -> dict:
+    """Fine-tune a bank model on a target's training split and write its Dice on the held-out split."""
+    from .evaluation import predict_and_score, write_dice
+
+    out_file = Path(out_file)
+    work = out_file.parent / f".{out_file.stem}-nnunet"
+    shutil.rmtree(work, ignore_errors=True)
+    trainer = train(preprocessed_dataset, split_file, work, budget, seed, init_model=init_model,
+                    device=device, threads=threads)
+    network = getattr(trainer.network, "_orig_mod", trainer.network)
+    trainer.set_deep_supervision_enabled(False)
+    network.eval()
+    plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
+    test_cases = read_split(split_file)["test"]
+    result = predict_and_score(network, plans, dataset_json, Path(raw_dataset), test_cases,
+                               work / "predictions", trainer.device)
+    card = read_model_card(init_model)
+    write_dice(result, out_file, model_id=card["model_id"], source_task=card.get("source_task"),
+               seed=seed, iterations=budget.iterations, test_cases=test_cases)
+    shutil.rmtree(work, ignore_errors=True)
+    return result

@@ -1,0 +1,44 @@
+# Stage 1: the tasks in MSD layout. The demo generates them; MSD tasks are fetched (or found in place).
+
+if config["data"]["source"] == "synthetic":
+
+    rule synthesize_task:
+        output:
+            dataset=f"{R}/data/{{task}}/dataset.json",
+        log:
+            "logs/data/synthesize_{task}.log",
+        benchmark:
+            f"{R}/benchmarks/data/synthesize_{{task}}.tsv"
+        params:
+            n_cases=config["data"]["synthetic"]["n_cases"],
+            seed=config["data"]["synthetic"]["seed"],
+        resources:
+            **resources_for("default"),
+        threads: 1
+        conda:
+            CONDA_ENV
+        container:
+            CONTAINER
+        script:
+            "../scripts/synthesize_task.py"
+
+else:
+
+    rule fetch_msd_task:
+        output:
+            dataset=f"{config['data']['msd']['root']}/{{task}}/dataset.json",
+        log:
+            "logs/data/fetch_{task}.log",
+        benchmark:
+            f"{R}/benchmarks/data/fetch_{{task}}.tsv"
+        params:
+            base_url=config["data"]["msd"].get("base_url"),
+        resources:
+            **resources_for("default"),
+        threads: 1
+        conda:
+            CONDA_ENV
+        container:
+            CONTAINER
+        script:
+            "../scripts/fetch_msd_task.py"

@@ -1,0 +1,8 @@
+"""Snakemake script: MSD task -> nnU-Net v2 raw dataset."""
+from pathlib import Path
+
+from ccfv.preprocessing import convert_msd_task
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    convert_msd_task(Path(snakemake.input.dataset).parent, Path(snakemake.output.raw))

@@ -1,0 +1,9 @@
+"""Snakemake script: download, verify and extract one MSD task (or accept a complete copy in place)."""
+from pathlib import Path
+
+from ccfv.data.msd import fetch_task
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    fetch_task(snakemake.wildcards.task, Path(snakemake.output.dataset).parent.parent,
+               base_url=snakemake.params.base_url)

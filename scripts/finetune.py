@@ -1,0 +1,12 @@
+"""Snakemake script: fine-tune a bank model on a target and measure Dice on the held-out split."""
+from ccfv.nnunet_paths import dataset_folder
+from ccfv.training import TrainingBudget, finetune
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    budget = dict(snakemake.params.budget)
+    budget.pop("seeds")
+    target = snakemake.wildcards.target
+    finetune(dataset_folder(snakemake.input.preprocessed, target), dataset_folder(snakemake.input.raw, target),
+             snakemake.input.split, snakemake.input.model, snakemake.output.dice, TrainingBudget(**budget),
+             seed=int(snakemake.wildcards.seed), threads=snakemake.threads)

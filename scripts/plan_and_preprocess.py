@@ -1,0 +1,10 @@
+"""Snakemake script: nnU-Net fingerprint, planning with the shared architecture, preprocessing."""
+from pathlib import Path
+
+from ccfv.nnunet_paths import dataset_folder
+from ccfv.preprocessing import plan_and_preprocess
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    plan_and_preprocess(dataset_folder(snakemake.input.raw, snakemake.wildcards.task),
+                        Path(snakemake.output.preprocessed), dict(snakemake.params.network))

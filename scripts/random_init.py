@@ -1,0 +1,9 @@
+"""Snakemake script: the randomly initialised member of every bank."""
+from pathlib import Path
+
+from ccfv.training import random_model
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    (dataset,) = [p for p in Path(snakemake.input.preprocessed).iterdir() if p.name.startswith("Dataset")]
+    random_model(dataset, snakemake.params.model_id, snakemake.output.model, seed=snakemake.params.seed)

@@ -1,0 +1,9 @@
+"""Snakemake script: sample decoder features of one bank model over a target's training split."""
+from ccfv.features import sample_target
+from ccfv.nnunet_paths import dataset_folder
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    sample_target(snakemake.input.model, dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.target),
+                  snakemake.input.split, snakemake.output.features, target=snakemake.wildcards.target,
+                  sampling=dict(snakemake.params.sampling), threads=snakemake.threads)

@@ -1,0 +1,7 @@
+"""Snakemake script: transferability scores of one (model, target) pair."""
+from ccfv.scoring import compute_scores, write_scores
+from ccfv.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    scores = compute_scores(snakemake.input.features, list(snakemake.params.metrics), hse_s=snakemake.params.hse_s)
+    write_scores(scores, snakemake.output.scores, target=snakemake.wildcards.target, model=snakemake.wildcards.model)

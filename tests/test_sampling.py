@@ -1,0 +1,392 @@
+"""Tests for ccfv.sampling: voxel choice, nnU-Net tiling, window assignment, and the sparse decoder
+feature sampler checked against a dense, obviously-correct reference on a tiny nnU-Net PlainConvUNet."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+from torch import nn
+
+from ccfv.features_file import read_features
+from ccfv.sampling import (
+    assign_windows,
+    case_rng,
+    choose_voxels,
+    class_sample_counts,
+    interpolate_at,
+    layer_sample_count,
+    pad_to_patch,
+    sample_case,
+    sample_dataset,
+    window_starts,
+)
+
+torch.set_num_threads(2)
+
+PATCH = (16, 24, 16)  # non-cubic, divisible by the total stride 8
+LAYERS = ["decoder.stages.0", "decoder.stages.1", "decoder.stages.2"]  # 1/4, 1/2, 1/1 resolution
+RATIOS = [0.25, 0.5, 1.0]
+BUDGETS = {"total": 240, "minimum": 20, "n_global": 160, "n_background": 120}
+CLASS_IDS = [1, 2, 3]  # class 3 never occurs in the synthetic cases
+
+
+def make_unet(seed: int = 0, deep_supervision: bool = False) -> PlainConvUNet:
+    torch.manual_seed(seed)
+    return PlainConvUNet(
+        input_channels=1, n_stages=4, features_per_stage=[4, 8, 16, 16], conv_op=nn.Conv3d,
+        kernel_sizes=3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=1,
+        num_classes=3, n_conv_per_stage_decoder=1, conv_bias=True, norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision,
+    )
+
+
+def make_case(shape, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random image and a label map with a big class 1, a small class 2 and a -1 border."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(1, *shape)).astype(np.float32)
+    seg = np.zeros(shape, dtype=np.int16)
+    d, h, w = shape
+    seg[d // 4: 3 * d // 4, h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+    seg[d // 2: d // 2 + 3, h // 2: h // 2 + 4, w // 2: w // 2 + 2] = 2
+    seg[0, :, :] = -1
+    return image, seg
+
+
+@pytest.fixture(scope="module")
+def net() -> PlainConvUNet:
+    return make_unet(0).eval()
+
+
+def hooks_left(network: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in network.modules())
+
+
+# --------------------------------------------------------------------------------------------------
+# The dense reference: every window in full, F.interpolate on whole maps, loops over voxels.
+# --------------------------------------------------------------------------------------------------
+
+
+def reference_window(point, starts, patch):
+    """Loop version of the rule: per axis the start whose centre is nearest, ties to the lower."""
+    chosen = []
+    for axis in range(3):
+        best, best_distance = None, None
+        for s in starts[axis]:
+            distance = abs((point[axis] + 0.5) - (s + patch[axis] / 2))
+            if best is None or distance < best_distance:
+                best, best_distance = s, distance
+        chosen.append(int(best))
+    return tuple(chosen)
+
+
+def dense_reference(network, layer_names, image, coords, patch, step=0.5):
+    """{layer: {key: [n, C]}} at every chosen voxel, and {key: probs [n, K]}, the slow way."""
+    shape = image.shape[1:]
+    pad = [max(p - s, 0) for s, p in zip(shape, patch)]
+    below = [q // 2 for q in pad]
+    padded = np.pad(image, [(0, 0)] + [(b, q - b) for b, q in zip(below, pad)])
+    starts = compute_steps_for_sliding_window(padded.shape[1:], patch, step)
+    modules = dict(network.named_modules())
+    captured = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: captured.__setitem__(n, o.clone()))
+               for n in layer_names]
+    full = {}
+    try:
+        with torch.no_grad():
+            for window in itertools.product(*starts):
+                sl = tuple(slice(s, s + p) for s, p in zip(window, patch))
+                x = torch.from_numpy(np.ascontiguousarray(padded[(slice(None), *sl)]))[None]
+                logits = network(x)
+                maps = {n: F.interpolate(captured[n], size=patch, mode="trilinear", align_corners=False)[0]
+                        for n in layer_names}
+                maps["probs"] = torch.softmax(logits, dim=1)[0]
+                full[window] = maps
+    finally:
+        for h in handles:
+            h.remove()
+    out = {n: {} for n in [*layer_names, "probs"]}
+    for key, points in coords.items():
+        rows = {n: [] for n in out}
+        for point in points:
+            p = [int(c) + b for c, b in zip(point, below)]
+            window = reference_window(p, starts, patch)
+            assert all(s <= q < s + size for s, q, size in zip(window, p, patch))
+            local = tuple(q - s for q, s in zip(p, window))
+            for n in out:
+                rows[n].append(full[window][n][(slice(None), *local)].numpy())
+        for n in out:
+            out[n][key] = np.stack(rows[n]) if rows[n] else np.zeros((0, 1), np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Sparse sampler == dense reference
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sample_case_matches_dense_reference_on_many_batches(net):
+    shape = (37, 50, 21)
+    image, seg = make_case(shape, seed=1)
+    coords = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(5), **BUDGETS)
+    keys = list(coords)
+    starts = window_starts(shape, PATCH, 0.5)
+    batches_seen = []
+    samples = sample_case(net, LAYERS, image, coords, patch_size=PATCH, batch_size=2, layer_ratios=RATIOS,
+                          probs_keys=keys, progress=lambda done, total: batches_seen.append((done, total)))
+    reference = dense_reference(net, LAYERS, image, coords, PATCH)
+
+    n_batches = batches_seen[-1][1]
+    assert samples.windows_total == np.prod([len(s) for s in starts]) == 32
+    assert n_batches == len(batches_seen) >= 4
+    assert samples.channels == [16, 8, 4] and samples.num_output_channels == 3
+    for index, name in enumerate(LAYERS):
+        for key in keys:
+            n_l = layer_sample_count(len(coords[key]), RATIOS[index])
+            got = samples.features[index][key]
+            assert got.dtype == np.float32 and got.shape == (n_l, samples.channels[index])
+            np.testing.assert_allclose(got, reference[name][key][:n_l], atol=1e-5, rtol=0)
+    for key in keys:
+        assert samples.probs[key].shape == (len(coords[key]), 3)
+        np.testing.assert_allclose(samples.probs[key], reference["probs"][key], atol=1e-5, rtol=0)
+
+    # The voxels read in the 4th and later batches were compared too, and are not zeros.
+    every = np.concatenate([coords[k] for k in keys])
+    owner = assign_windows(every, starts, PATCH)
+    flat = np.ravel_multi_index(tuple(owner.T), [len(s) for s in starts])
+    batch_of = np.searchsorted(np.unique(flat), flat) // 2
+    late = batch_of >= 3
+    assert late.sum() > 20
+    last_layer = np.concatenate([samples.features[-1][k] for k in keys])
+    assert np.all(np.abs(last_layer[late]).sum(axis=1) > 0)
+    assert hooks_left(net) == 0
+
+
+def test_small_case_is_padded_like_nnunet(net):
+    shape = (10, 30, 12)  # smaller than the patch in d and w
+    image, seg = make_case(shape, seed=2)
+    padded, offset = pad_to_patch(image, PATCH)
+    assert padded.shape == (1, 16, 30, 16)
+    assert offset.tolist() == [3, 0, 2]
+    np.testing.assert_array_equal(padded[:, 3:13, :, 2:14], image)
+    assert padded[:, :3].sum() == 0 and padded[:, 13:].sum() == 0
+    coords = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(0), **BUDGETS)
+    samples = sample_case(net, LAYERS, image, coords, patch_size=PATCH, layer_ratios=RATIOS,
+                          probs_keys=list(coords))
+    reference = dense_reference(net, LAYERS, image, coords, PATCH)
+    for index, name in enumerate(LAYERS):
+        for key in coords:
+            n_l = layer_sample_count(len(coords[key]), RATIOS[index])
+            np.testing.assert_allclose(samples.features[index][key], reference[name][key][:n_l], atol=1e-5, rtol=0)
+    for key in coords:
+        np.testing.assert_allclose(samples.probs[key], reference["probs"][key], atol=1e-5, rtol=0)
+
+
+def test_deep_supervision_output_uses_full_resolution_head():
+    shape = (18, 26, 16)
+    image, seg = make_case(shape, seed=3)
+    coords = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(1), **BUDGETS)
+    plain = sample_case(make_unet(7), LAYERS, image, coords, patch_size=PATCH, probs_keys=list(coords))
+    deep = sample_case(make_unet(7, deep_supervision=True), LAYERS, image, coords, patch_size=PATCH,
+                       probs_keys=list(coords))
+    for key in coords:
+        np.testing.assert_allclose(deep.probs[key], plain.probs[key], atol=1e-6)
+        np.testing.assert_allclose(deep.features[-1][key], plain.features[-1][key], atol=1e-6)
+
+
+def test_interpolate_at_equals_f_interpolate():
+    gen = torch.Generator().manual_seed(0)
+    for sizes in [(1, 3, 2), (4, 6, 4), (5, 7, 16), (16, 24, 16)]:
+        fmap = torch.randn(3, 5, *sizes, generator=gen)
+        dense = F.interpolate(fmap, size=PATCH, mode="trilinear", align_corners=False)
+        b = torch.randint(0, 3, (400,), generator=gen)
+        local = torch.stack([torch.randint(0, p, (400,), generator=gen) for p in PATCH], dim=1)
+        got = interpolate_at(fmap, b, local, PATCH)
+        want = dense[b, :, local[:, 0], local[:, 1], local[:, 2]]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Window assignment
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patch", [4, 7, 16])
+@pytest.mark.parametrize("step", [0.3, 0.5, 1.0])
+def test_assigned_window_contains_voxel_and_matches_loop(patch, step):
+    for size in range(patch, 4 * patch + 3):
+        starts = window_starts((size, patch, patch), (patch, patch, patch), step)
+        coords = np.zeros((size, 3), dtype=np.int64)
+        coords[:, 0] = np.arange(size)
+        got = assign_windows(coords, starts, (patch,) * 3)
+        for x in range(size):
+            want = reference_window(coords[x], starts, (patch,) * 3)
+            start = int(starts[0][got[x, 0]])
+            assert start == want[0]
+            assert start <= x < start + patch
+
+
+def test_window_assignment_3d_non_cubic_and_ties():
+    shape, patch = (37, 50, 21), PATCH
+    starts = window_starts(shape, patch, 0.5)
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.integers(0, s, 500) for s in shape], axis=1)
+    got = assign_windows(coords, starts, patch)
+    for point, index in zip(coords, got):
+        window = tuple(int(starts[a][index[a]]) for a in range(3))
+        assert window == reference_window(point, starts, patch)
+        assert all(s <= q < s + p for s, q, p in zip(window, point, patch))
+    # size 5, patch 4 -> starts [0, 1]; voxel 2 (centre 2.5) is equidistant from centres 2 and 3.
+    tie = window_starts((5, 5, 5), (4, 4, 4), 0.5)
+    assert [s.tolist() for s in tie] == [[0, 1]] * 3
+    assert assign_windows(np.array([[2, 2, 2], [3, 1, 0]]), tie, (4, 4, 4)).tolist() == [[0, 0, 0], [1, 0, 0]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing voxels and layer ratios
+# --------------------------------------------------------------------------------------------------
+
+
+def test_class_counts_are_proportional_with_minimum_and_cap():
+    counts = class_sample_counts({1: 1000, 2: 30, 3: 0, 4: 5}, total=100, minimum=10)
+    assert counts == {1: 97, 2: 10, 4: 5}  # 96.6 -> 97; 2.9 -> min 10; 0.5 -> min 10 -> cap 5
+    assert class_sample_counts({1: 10, 2: 30}, total=10, minimum=0) == {1: 3, 2: 8}  # half-up: 2.5, 7.5
+
+
+def test_choose_voxels_labels_counts_and_order():
+    rng = np.random.default_rng(0)
+    seg = np.zeros((20, 30, 25), dtype=np.int16)
+    seg[2:12, 3:23, 4:14] = 1  # 2000 voxels
+    seg[15:18, 5:15, 5:6] = 2  # 30 voxels
+    seg[19, 0:5, 0:1] = 4  # 5 voxels
+    seg[0] = -1
+    coords = choose_voxels(seg, [1, 2, 3, 4], total=100, minimum=10, n_global=400, n_background=300, rng=rng)
+    assert sorted(coords) == ["background", "class_1", "class_2", "class_4", "global"]  # class 3 absent
+    expected = {"class_1": 98, "class_2": 10, "class_4": 5, "global": 400, "background": 300}
+    for key, n in expected.items():
+        c = coords[key]
+        assert c.dtype == np.int64 and c.shape == (n, 3)
+        assert len({tuple(p) for p in c}) == n  # without replacement
+    for k in (1, 2, 4):
+        c = coords[f"class_{k}"]
+        assert np.all(seg[c[:, 0], c[:, 1], c[:, 2]] == k)
+    bg = coords["background"]
+    assert np.all(seg[bg[:, 0], bg[:, 1], bg[:, 2]] <= 0)
+    flat = np.ravel_multi_index(tuple(coords["global"].T), seg.shape)
+    assert not np.all(np.diff(flat) > 0)  # random order, not sorted
+    # caps: more than the case holds gives every voxel once
+    tiny = np.zeros((2, 2, 2), dtype=np.int16)
+    capped = choose_voxels(tiny, [1], total=5, minimum=1, n_global=50, n_background=50, rng=rng)
+    assert capped["global"].shape == (8, 3) and capped["background"].shape == (8, 3)
+    assert len({tuple(p) for p in capped["global"]}) == 8
+
+
+def test_choose_voxels_is_seeded():
+    _, seg = make_case((20, 30, 18), seed=0)
+    a = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(3), **BUDGETS)
+    b = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(3), **BUDGETS)
+    c = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(4), **BUDGETS)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["global"], c["global"])
+
+
+def test_layer_sample_count():
+    assert layer_sample_count(100, 0.07) == 7  # not 8 from 7.000000000000001
+    assert layer_sample_count(10, 0.25) == 3
+    assert layer_sample_count(10, 0.01) == 2  # at least 2
+    assert layer_sample_count(1, 0.01) == 1
+    assert layer_sample_count(0, 0.5) == 0
+    assert layer_sample_count(7, 1.0) == 7
+    with pytest.raises(ValueError):
+        layer_sample_count(5, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hooks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_hooks_removed_and_mode_restored_even_on_error(net):
+    image, seg = make_case((30, 40, 20), seed=4)
+    coords = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(0), **BUDGETS)
+    net.train()
+    sample_case(net, LAYERS, image, coords, patch_size=PATCH)
+    assert hooks_left(net) == 0 and net.training
+
+    def stop(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sample_case(net, LAYERS, image, coords, patch_size=PATCH, progress=stop)
+    assert hooks_left(net) == 0 and net.training
+    with pytest.raises(TypeError, match="encoder"):  # the encoder returns a list of skips
+        sample_case(net, ["encoder", *LAYERS], image, coords, patch_size=PATCH)
+    assert hooks_left(net) == 0 and net.training
+    with pytest.raises(ValueError, match="not modules"):
+        sample_case(net, ["decoder.stages.9"], image, coords, patch_size=PATCH)
+    net.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# A dataset into a features file
+# --------------------------------------------------------------------------------------------------
+
+
+def dataset_cases():
+    return [(f"case_{i}", *make_case(shape, seed=10 + i)) for i, shape in enumerate([(20, 30, 18), (17, 26, 20)])]
+
+
+def run_dataset(net, path, seed, cases=None):
+    return sample_dataset(
+        net, LAYERS, cases if cases is not None else dataset_cases(), path, class_ids=CLASS_IDS,
+        budgets=BUDGETS, patch_size=PATCH, model_id="m0", architecture="PlainConvUNet", target="t0",
+        seed=seed, layer_ratios=RATIOS, progress=False,
+    )
+
+
+def test_sample_dataset_writes_a_reproducible_file(net, tmp_path):
+    a = run_dataset(net, tmp_path / "a.h5", seed=1)
+    b = run_dataset(net, tmp_path / "b.h5", seed=1)
+    c = run_dataset(net, tmp_path / "c.h5", seed=2)
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5", "c.h5"]  # no temp files left
+
+    fa, fc = read_features(a), read_features(c)
+    assert fa.meta["layers"] == LAYERS and fa.meta["channels"] == [16, 8, 4]
+    assert fa.meta["source_num_classes"] == 3 and fa.meta["budgets"] == BUDGETS
+    assert list(fa.cases) == ["case_0", "case_1"]
+    for case_id, record in fa.cases.items():
+        assert record.absent_classes == [3] and "class_3" not in record.coords
+        assert set(record.probs) == {"class_1", "class_2", "background"}
+        seg = dict((cid, s) for cid, _, s in dataset_cases())[case_id]
+        for key, c in record.coords.items():
+            want = seg[c[:, 0], c[:, 1], c[:, 2]]
+            np.testing.assert_array_equal(record.labels[key], np.where(want < 0, 0, want))
+        assert not np.array_equal(record.coords["global"], fc.cases[case_id].coords["global"])
+
+    # The voxels of a case depend on (seed, case id), not on the order of the cases.
+    d = run_dataset(net, tmp_path / "d.h5", seed=1, cases=dataset_cases()[::-1])
+    fd = read_features(d)
+    assert list(fd.cases) == ["case_1", "case_0"]
+    for case_id in fa.cases:
+        for key in fa.cases[case_id].coords:
+            np.testing.assert_array_equal(fa.cases[case_id].coords[key], fd.cases[case_id].coords[key])
+            np.testing.assert_array_equal(fa.cases[case_id].features[0][key], fd.cases[case_id].features[0][key])
+    assert not np.array_equal(case_rng(1, "case_0").integers(1 << 30, size=4),
+                              case_rng(1, "case_1").integers(1 << 30, size=4))
+
+
+def test_sample_dataset_failure_leaves_no_file(net, tmp_path):
+    cases = dataset_cases()
+    bad = [cases[0], ("case_bad", cases[1][1], cases[1][2][:5])]  # seg smaller than the image
+    with pytest.raises(ValueError, match="case_bad"):
+        run_dataset(net, tmp_path / "x.h5", seed=0, cases=bad)
+    assert list(tmp_path.iterdir()) == []
