@@ -176,7 +176,9 @@ def _check_case(record: CaseRecord, where: str, meta: Mapping[str, Any] | None =
         if key not in record.coords or p.ndim != 2 or p.shape[0] != len(record.coords[key]):
             raise ValueError(f"{case}: probs/{key} must be [n, K] for coords/{key}, got {p.shape}")
         if meta is not None and p.shape[1] != meta["source_num_classes"]:
-            raise ValueError(f"{case}: probs/{key} has {p.shape[1]} classes, the file says {meta['source_num_classes']}")
+            raise ValueError(
+                f"{case}: probs/{key} has {p.shape[1]} classes, the file says {meta['source_num_classes']}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +249,9 @@ class FeaturesWriter:
                     f"{self.path}: case {case_id!r} has layer channels {channels}, meta says {m['channels']}"
                 )
             if k is not None and k != m["source_num_classes"]:
-                raise ValueError(f"{self.path}: case {case_id!r} has {k} output classes, meta says {m['source_num_classes']}")
+                raise ValueError(
+                    f"{self.path}: case {case_id!r} has {k} output classes, meta says {m['source_num_classes']}"
+                )
         attrs = self._h5.attrs
         attrs["ccfv_file"] = FILE_MARKER
         attrs["ccfv_file_version"] = FILE_VERSION

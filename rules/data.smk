@@ -12,6 +12,7 @@ if config["data"]["source"] == "synthetic":
         params:
             n_cases=config["data"]["synthetic"]["n_cases"],
             seed=config["data"]["synthetic"]["seed"],
+            shape=config["data"]["synthetic"].get("shape"),
         resources:
             **resources_for("default"),
         threads: 1

@@ -4,5 +4,8 @@ from pathlib import Path
 from ccfv.preprocessing import convert_msd_task
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    convert_msd_task(Path(snakemake.input.dataset).parent, Path(snakemake.output.raw))
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        convert_msd_task(Path(snakemake.input.dataset).parent, Path(snakemake.output.raw))

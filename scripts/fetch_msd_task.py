@@ -4,6 +4,9 @@ from pathlib import Path
 from ccfv.data.msd import fetch_task
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    fetch_task(snakemake.wildcards.task, Path(snakemake.output.dataset).parent.parent,
-               base_url=snakemake.params.base_url)
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        fetch_task(snakemake.wildcards.task, Path(snakemake.output.dataset).parent.parent,
+                   base_url=snakemake.params.base_url)

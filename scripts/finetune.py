@@ -3,10 +3,13 @@ from ccfv.nnunet_paths import dataset_folder
 from ccfv.training import TrainingBudget, finetune
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    budget = dict(snakemake.params.budget)
-    budget.pop("seeds")
-    target = snakemake.wildcards.target
-    finetune(dataset_folder(snakemake.input.preprocessed, target), dataset_folder(snakemake.input.raw, target),
-             snakemake.input.split, snakemake.input.model, snakemake.output.dice, TrainingBudget(**budget),
-             seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        budget = dict(snakemake.params.budget)
+        budget.pop("seeds")
+        target = snakemake.wildcards.target
+        finetune(dataset_folder(snakemake.input.preprocessed, target), dataset_folder(snakemake.input.raw, target),
+                 snakemake.input.split, snakemake.input.model, snakemake.output.dice, TrainingBudget(**budget),
+                 seed=int(snakemake.wildcards.seed), threads=snakemake.threads)

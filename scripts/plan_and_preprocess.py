@@ -5,6 +5,9 @@ from ccfv.nnunet_paths import dataset_folder
 from ccfv.preprocessing import plan_and_preprocess
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    plan_and_preprocess(dataset_folder(snakemake.input.raw, snakemake.wildcards.task),
-                        Path(snakemake.output.preprocessed), dict(snakemake.params.network))
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        plan_and_preprocess(dataset_folder(snakemake.input.raw, snakemake.wildcards.task),
+                            Path(snakemake.output.preprocessed), dict(snakemake.params.network))

@@ -3,10 +3,13 @@ from ccfv.nnunet_paths import dataset_folder
 from ccfv.training import TrainingBudget, pretrain
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    budget = dict(snakemake.params.budget)
-    seed = budget.pop("seed")
-    pretrain(dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.task), snakemake.input.split,
-             source_task=snakemake.wildcards.task, model_id=snakemake.params.model_id,
-             out_dir=snakemake.output.model, budget=TrainingBudget(**budget), seed=seed,
-             threads=snakemake.threads)
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        budget = dict(snakemake.params.budget)
+        seed = budget.pop("seed")
+        pretrain(dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.task), snakemake.input.split,
+                 source_task=snakemake.wildcards.task, model_id=snakemake.params.model_id,
+                 out_dir=snakemake.output.model, budget=TrainingBudget(**budget), seed=seed,
+                 threads=snakemake.threads)

@@ -4,6 +4,9 @@ from pathlib import Path
 from ccfv.training import random_model
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    (dataset,) = [p for p in Path(snakemake.input.preprocessed).iterdir() if p.name.startswith("Dataset")]
-    random_model(dataset, snakemake.params.model_id, snakemake.output.model, seed=snakemake.params.seed)
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        (dataset,) = [p for p in Path(snakemake.input.preprocessed).iterdir() if p.name.startswith("Dataset")]
+        random_model(dataset, snakemake.params.model_id, snakemake.output.model, seed=snakemake.params.seed)

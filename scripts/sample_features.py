@@ -3,7 +3,10 @@ from ccfv.features import sample_target
 from ccfv.nnunet_paths import dataset_folder
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    sample_target(snakemake.input.model, dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.target),
-                  snakemake.input.split, snakemake.output.features, target=snakemake.wildcards.target,
-                  sampling=dict(snakemake.params.sampling), threads=snakemake.threads)
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        sample_target(snakemake.input.model, dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.target),
+                      snakemake.input.split, snakemake.output.features, target=snakemake.wildcards.target,
+                      sampling=dict(snakemake.params.sampling), threads=snakemake.threads)

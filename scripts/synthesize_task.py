@@ -4,6 +4,10 @@ from pathlib import Path
 from ccfv.data.synthetic import write_task
 from ccfv.workflow import log_to
 
-with log_to(snakemake.log[0]):
-    write_task(snakemake.wildcards.task, Path(snakemake.output.dataset).parent.parent,
-               n_cases=snakemake.params.n_cases, seed=snakemake.params.seed)
+# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
+# running the job a second time.
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        write_task(snakemake.wildcards.task, Path(snakemake.output.dataset).parent.parent,
+                   n_cases=snakemake.params.n_cases, seed=snakemake.params.seed,
+                   shape=snakemake.params.shape, overwrite=True)

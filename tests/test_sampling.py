@@ -28,7 +28,7 @@ from ccfv.sampling import (
     window_starts,
 )
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # robust when other jobs share the two cores
 
 PATCH = (16, 24, 16)  # non-cubic, divisible by the total stride 8
 LAYERS = ["decoder.stages.0", "decoder.stages.1", "decoder.stages.2"]  # 1/4, 1/2, 1/1 resolution
@@ -184,6 +184,30 @@ def test_small_case_is_padded_like_nnunet(net):
     for index, name in enumerate(LAYERS):
         for key in coords:
             n_l = layer_sample_count(len(coords[key]), RATIOS[index])
+            np.testing.assert_allclose(samples.features[index][key], reference[name][key][:n_l], atol=1e-5, rtol=0)
+    for key in coords:
+        np.testing.assert_allclose(samples.probs[key], reference["probs"][key], atol=1e-5, rtol=0)
+
+
+def test_monai_unetr_decoder_layers():
+    """The sampler is generic: MONAI's UNETR, hooked at its decoder blocks, with ROI = img_size."""
+    from monai.networks.nets import UNETR
+
+    torch.manual_seed(0)
+    roi = (16, 32, 16)
+    unetr = UNETR(in_channels=1, out_channels=2, img_size=roi, feature_size=4, hidden_size=48, mlp_dim=96,
+                  num_heads=4).eval()
+    layers = ["decoder5", "decoder4", "decoder3", "decoder2"]
+    image, seg = make_case((20, 40, 18), seed=6)
+    coords = choose_voxels(seg, [1, 2], rng=np.random.default_rng(2), total=60, minimum=10, n_global=40,
+                           n_background=30)
+    samples = sample_case(unetr, layers, image, coords, patch_size=roi, layer_ratios=[0.25, 0.5, 0.75, 1.0],
+                          probs_keys=list(coords))
+    reference = dense_reference(unetr, layers, image, coords, roi)
+    assert samples.channels == [32, 16, 8, 4] and samples.num_output_channels == 2
+    for index, name in enumerate(layers):
+        for key in coords:
+            n_l = samples.features[index][key].shape[0]
             np.testing.assert_allclose(samples.features[index][key], reference[name][key][:n_l], atol=1e-5, rtol=0)
     for key in coords:
         np.testing.assert_allclose(samples.probs[key], reference["probs"][key], atol=1e-5, rtol=0)

@@ -355,7 +355,7 @@ def _draw_shared_anatomy(rng, grid: _Grid, painter: _Painter, region: str, field
     r_body = np.sqrt(((grid.x - body_centre[0]) / body_ax) ** 2 + ((grid.y - body_centre[1]) / body_ay) ** 2)
     r_body = np.broadcast_to(r_body, grid.shape) + 0.025 * fields["body"]
     fat_thickness = rng.uniform(0.08, 0.14) if region == "abdomen" else rng.uniform(0.06, 0.10)
-    wall_thickness = rng.uniform(0.045, 0.065)
+    wall_thickness = rng.uniform(0.07, 0.10)
     body = r_body <= 1.0
     wall = body & (r_body > 1.0 - fat_thickness - wall_thickness) & (r_body <= 1.0 - fat_thickness)
     interior = r_body <= 1.0 - fat_thickness - wall_thickness
@@ -381,7 +381,7 @@ def _draw_shared_anatomy(rng, grid: _Grid, painter: _Painter, region: str, field
     period, disc = rng.uniform(24, 28), rng.uniform(5, 7)
     in_disc = np.broadcast_to(np.mod(grid.z + rng.uniform(0, period), period) < disc, grid.shape)
     vertebral_body = np.broadcast_to(dist_vb <= vb_r, grid.shape) & body
-    cortex = vertebral_body & np.broadcast_to(dist_vb > vb_r - 1.6, grid.shape) & ~in_disc
+    cortex = vertebral_body & np.broadcast_to(dist_vb > vb_r - 2.5, grid.shape) & ~in_disc
     canal_r = 0.075 * body_ay
     canal_c = (vb_c[0], vb_c[1] + vb_r + canal_r + 0.5)
     dist_canal = np.sqrt((grid.x - canal_c[0]) ** 2 + (grid.y - canal_c[1]) ** 2)
@@ -438,7 +438,9 @@ def _draw_abdomen(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dic
     hz = grid.shape[2] * grid.spacing[2] / 2.0
     interior = shared["interior"]
     deform, tex, fine = fields["organ_shape"], fields["texture"], fields["fine"]
-    j = lambda scale: rng.uniform(1 - scale, 1 + scale)  # noqa: E731 - multiplicative jitter
+
+    def j(scale: float) -> float:  # multiplicative per-case jitter
+        return float(rng.uniform(1 - scale, 1 + scale))
 
     kidneys = np.zeros(grid.shape, dtype=bool)
     kidney_hu = rng.uniform(140, 175)
