@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .nnunet_paths import CONFIGURATION, PLANS_NAME, dataset_id, dataset_name, nnunet_environment
+from .nnunet_paths import CONFIGURATION, PLANS_NAME, dataset_name, nnunet_environment
 
 
 def convert_msd_task(task_dir: Path, raw_root: Path, n_proc: int = 1) -> Path:

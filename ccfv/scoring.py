@@ -10,7 +10,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 
 from . import metrics
 from .features_file import ccfv_layers, head_samples, read_features

@@ -5,7 +5,6 @@ import csv
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

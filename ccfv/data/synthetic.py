@@ -83,6 +83,9 @@ class SyntheticTask:
     lesions_per_case: tuple[int, int] = (0, 0)  # inclusive range for a case with lesions
     lesion_radius_mm: tuple[float, float] = (0.0, 0.0)
     lesion_free_every: int = 0  # training case i has no lesion when i % lesion_free_every == 1
+    # The labelled organ is drawn this much larger than in the other tasks' scenes (linear factor), so
+    # that a tiny network learns it within the demo's few hundred iterations (docs/demo-data.md).
+    organ_scale: float = 1.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -125,24 +128,24 @@ DEMO_TASKS: tuple[SyntheticTask, ...] = (
     SyntheticTask(
         task_id=91, name="SynthLiver", prefix="liver", labels=("background", "liver", "cancer"),
         region="abdomen", organ="liver", lesion="hypodense", lesions_per_case=(1, 3),
-        lesion_radius_mm=(3.5, 8.0), lesion_free_every=5,
+        lesion_radius_mm=(5.0, 9.0), lesion_free_every=5,
         description="Synthetic stand-in for MSD Task03_Liver: large enhancing organ with hypodense lesions",
     ),
     SyntheticTask(
         task_id=92, name="SynthLung", prefix="lung", labels=("background", "cancer"),
         region="thorax", organ=None, lesion="nodule", lesions_per_case=(1, 3),
-        lesion_radius_mm=(3.5, 7.0), lesion_free_every=0,
+        lesion_radius_mm=(6.0, 9.0), lesion_free_every=0,
         description="Synthetic stand-in for MSD Task06_Lung: solid nodules in dark lung fields (lesion only)",
     ),
     SyntheticTask(
         task_id=93, name="SynthPancreas", prefix="pancreas", labels=("background", "pancreas", "cancer"),
         region="abdomen", organ="pancreas", lesion="hypodense", lesions_per_case=(1, 1),
-        lesion_radius_mm=(4.0, 7.0), lesion_free_every=5,
+        lesion_radius_mm=(5.0, 8.0), lesion_free_every=5, organ_scale=1.5,
         description="Synthetic stand-in for MSD Task07_Pancreas: small elongated organ with a hypodense lesion",
     ),
     SyntheticTask(
         task_id=94, name="SynthSpleen", prefix="spleen", labels=("background", "spleen"),
-        region="abdomen", organ="spleen", lesion=None,
+        region="abdomen", organ="spleen", lesion=None, organ_scale=1.8,
         description="Synthetic stand-in for MSD Task09_Spleen: large homogeneous organ (organ only)",
     ),
 )
@@ -430,9 +433,12 @@ def _draw_shared_anatomy(rng, grid: _Grid, painter: _Painter, region: str, field
     }
 
 
-def _draw_abdomen(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dict) -> dict:
+def _draw_abdomen(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dict,
+                  scale: dict[str, float] | None = None) -> dict:
     """Kidneys, pancreas, spleen, stomach and liver. Every abdominal task shows all of them; the task
-    decides which one is labelled. Placed smallest/most central first, so larger organs yield."""
+    decides which one is labelled (and may draw it larger: ``scale``). Placed smallest/most central
+    first, so larger organs yield."""
+    scale = scale or {}
     ax, ay = shared["body_ax"], shared["body_ay"]
     bx, by = shared["body_centre"]
     hz = grid.shape[2] * grid.spacing[2] / 2.0
@@ -460,15 +466,17 @@ def _draw_abdomen(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dic
     bend = (bx + 0.15 * ax + rng.uniform(-2, 2), by - 0.38 * ay + rng.uniform(-2, 2))
     tail = (bx + 0.52 * ax + rng.uniform(-2, 2), by + 0.10 * ay + rng.uniform(-2, 2))
     z_head = rng.uniform(-0.1, 0.05) * hz
-    pancreas = _tube(grid, (head, bend, tail), radii=(rng.uniform(5.5, 7.5), rng.uniform(3.8, 5.0)),
-                     z_centres=(z_head, z_head + rng.uniform(3, 9)), half_height=rng.uniform(7.5, 11.0),
+    ps = scale.get("pancreas", 1.0)
+    pancreas = _tube(grid, (head, bend, tail), radii=(ps * rng.uniform(5.5, 7.5), ps * rng.uniform(3.8, 5.0)),
+                     z_centres=(z_head, z_head + rng.uniform(3, 9)), half_height=ps * rng.uniform(7.5, 11.0),
                      deform=deform, amplitude=0.12)
     pancreas = painter.claim(pancreas, interior)
     painter.fill(pancreas, pancreas_hu, 14.0, fine)  # lobulated: higher-frequency texture
 
     spleen_hu = rng.uniform(100, 125)
+    ss = scale.get("spleen", 1.0)
     spleen = _ellipsoid(grid, (bx + 0.62 * ax * j(0.05), by + 0.28 * ay * j(0.1), 0.2 * hz + rng.uniform(-4, 4)),
-                        (0.24 * ax * j(0.12), 0.4 * ay * j(0.12), 0.34 * hz * j(0.12)),
+                        (ss * 0.24 * ax * j(0.12), ss * 0.4 * ay * j(0.12), ss * 0.34 * hz * j(0.12)),
                         angle_deg=rng.uniform(-40, -20), deform=deform, amplitude=0.12)
     spleen = painter.claim(spleen, interior)
     painter.fill(spleen, spleen_hu, 4.0, tex)
@@ -537,7 +545,9 @@ def _draw_thorax(rng, grid: _Grid, painter: _Painter, shared: dict, fields: dict
         lungs |= painter.claim(lung, interior)
     painter.fill(lungs, lung_hu, 15.0, fields["fine"])
     lung_vessels = lungs & (fields["lung_vessels"] > 1.9)
-    painter.fill(lung_vessels, rng.uniform(0, 40), 10.0, tex)
+    # Thin vessels at this resolution are partial-volume averaged with the air around them: far darker
+    # than a solid nodule, which keeps nodules learnable within the demo's budget.
+    painter.fill(lung_vessels, rng.uniform(-450, -250), 30.0, tex)
     return {"ribs": ribs, "heart": heart, "liver_dome": liver_dome, "lungs": lungs,
             "lung_vessels": lung_vessels, "organ_hu": {"lungs": lung_hu}}
 
@@ -612,7 +622,8 @@ def generate_case(task: SyntheticTask | str, seed: int, case_index: int, shape=N
     painter = _Painter(shape, fields["texture"])
     shared = _draw_shared_anatomy(rng, grid, painter, task.region, fields)
     if task.region == "abdomen":
-        organs = _draw_abdomen(rng, grid, painter, shared, fields)
+        organs = _draw_abdomen(rng, grid, painter, shared, fields,
+                               scale={task.organ: task.organ_scale} if task.organ else None)
     else:
         organs = _draw_thorax(rng, grid, painter, shared, fields)
 

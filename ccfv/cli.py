@@ -1,0 +1,81 @@
+"""The ``ccfv`` command line: the library's stages without Snakemake.
+
+    ccfv synthesize --out DIR [--n-cases N] [--seed S] [--task NAME ...]   demo tasks in MSD layout
+    ccfv msd download TASK [TASK ...] --dest DIR [--base-url URL]          fetch MSD tasks
+    ccfv score FEATURES.h5 [--metric ccfv --metric logme]                  scores of one features file
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _synthesize(args) -> int:
+    from .data.synthetic import DEMO_TASKS, write_task
+
+    names = args.task or [t.folder_name for t in DEMO_TASKS]
+    for name in names:
+        path = write_task(name, args.out, n_cases=args.n_cases, seed=args.seed, overwrite=args.overwrite)
+        print(path)
+    return 0
+
+
+def _msd_download(args) -> int:
+    from .data.msd import fetch_task
+
+    for task in args.tasks:
+        print(fetch_task(task, args.dest, base_url=args.base_url))
+    return 0
+
+
+def _score(args) -> int:
+    from .scoring import METRICS, compute_scores
+
+    scores = compute_scores(args.features, args.metric or list(METRICS), hse_s=args.hse_s)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccfv", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"ccfv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthesize", help="write the synthetic demo tasks in MSD layout")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n-cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", action="append", help="task name (default: all demo tasks)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_synthesize)
+
+    msd = sub.add_parser("msd", help="Medical Segmentation Decathlon data").add_subparsers(dest="msd", required=True)
+    p = msd.add_parser("download", help="download, verify and extract MSD tasks")
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--base-url", default=None)
+    p.set_defaults(run=_msd_download)
+
+    p = sub.add_parser("score", help="transferability scores of one features file")
+    p.add_argument("features", type=Path)
+    p.add_argument("--metric", action="append")
+    p.add_argument("--hse-s", type=float, default=1.0)
+    p.set_defaults(run=_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"ccfv: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Shared fixtures: one tiny synthetic task run through nnU-Net's real conversion, planning and
+preprocessing once per session (used by test_preprocessing.py and test_training.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+TASK = "Task94_SynthSpleen"
+
+#: A tiny shared network. Three stages, not two: with two stages nnU-Net's deep supervision has a single
+#: output whose loss weight is zeroed and then normalised (0/0), so training runs on a NaN loss (see
+#: test_training.py::test_pretrain_with_two_stages_never_writes_nan_weights).
+TINY_NETWORK = {
+    "patch_size": [8, 16, 16],
+    "batch_size": 2,
+    "features_per_stage": [4, 8, 16],
+    "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+    "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+    "n_conv_per_stage": [1, 1, 1],
+    "n_conv_per_stage_decoder": [1, 1],
+}
+
+
+@dataclass(frozen=True)
+class TinyDataset:
+    task_dir: Path          # MSD layout, as written by ccfv.data.synthetic
+    raw_root: Path          # nnU-Net raw root holding the converted dataset
+    raw: Path               # raw_root / Dataset094_SynthSpleen
+    preprocessed_root: Path
+    preprocessed: Path      # preprocessed_root / Dataset094_SynthSpleen
+    network: dict
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> TinyDataset:
+    from ccfv.data.synthetic import write_task
+    from ccfv.preprocessing import convert_msd_task, plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("tiny_nnunet")
+    task_dir = write_task(TASK, root / "msd", n_cases=5, seed=0, shape=(32, 32, 16))
+    raw = convert_msd_task(task_dir, root / "raw")
+    preprocessed = plan_and_preprocess(raw, root / "preprocessed", TINY_NETWORK)
+    return TinyDataset(task_dir, root / "raw", raw, root / "preprocessed", preprocessed, TINY_NETWORK)

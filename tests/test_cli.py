@@ -1,0 +1,60 @@
+"""The ``ccfv`` command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ccfv.cli import main
+
+CCFV = str(Path(sys.executable).with_name("ccfv"))
+
+
+def test_console_script_is_installed_and_reports_its_version():
+    from ccfv import __version__
+
+    result = subprocess.run([CCFV, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ccfv {__version__}"
+
+
+def test_synthesize_writes_msd_layout(tmp_path, capsys):
+    assert main(["synthesize", "--out", str(tmp_path), "--n-cases", "4", "--task", "Task94_SynthSpleen"]) == 0
+    task = tmp_path / "Task94_SynthSpleen"
+    meta = json.loads((task / "dataset.json").read_text())
+    assert meta["numTraining"] == 4 and len(list((task / "labelsTr").glob("*.nii.gz"))) == 4
+    assert str(task) in capsys.readouterr().out
+
+
+def test_synthesize_refuses_to_overwrite_without_flag(tmp_path, capsys):
+    args = ["synthesize", "--out", str(tmp_path), "--n-cases", "4", "--task", "Task94_SynthSpleen"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_score_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope.h5"
+    assert main(["score", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_score_of_a_file_that_is_not_hdf5_names_it(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    assert main(["score", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_unknown_metric_is_refused(tmp_path, capsys):
+    assert main(["score", str(tmp_path / "x.h5"), "--metric", "nonsense"]) == 2
+    assert "unknown metric" in capsys.readouterr().err
+
+
+def test_score_needs_a_file():
+    with pytest.raises(SystemExit):
+        main(["score"])
