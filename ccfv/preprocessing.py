@@ -54,6 +54,10 @@ def shared_plans(plans: dict, network: dict) -> dict:
     ``n_conv_per_stage_decoder``. Everything nnU-Net derived from the data itself is kept.
     """
     n_stages = len(network["features_per_stage"])
+    if n_stages < 3:
+        # With two stages nnU-Net's deep supervision has a single output whose weight it sets to 0 and then
+        # normalises by the sum: the loss is NaN and training silently writes NaN weights.
+        raise ValueError(f"network.features_per_stage has {n_stages} stages; at least 3 are needed")
     for key in ("kernel_sizes", "strides", "n_conv_per_stage"):
         if len(network[key]) != n_stages:
             raise ValueError(f"network.{key} has {len(network[key])} entries, expected one per stage ({n_stages})")

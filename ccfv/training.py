@@ -147,6 +147,10 @@ def transfer_weights(network, source_state: dict, source_name: str) -> list[str]
     mismatch is an error listing the offending keys (never silently random weights). Returns the
     names of the head tensors that keep their fresh initialisation.
     """
+    # nnU-Net compiles the network on CUDA (torch.compile prefixes keys with ``_orig_mod.``) and wraps it
+    # in DDP for multi-GPU runs: load into the plain module underneath.
+    network = getattr(network, "module", network)
+    network = getattr(network, "_orig_mod", network)
     own = network.state_dict()
     missing = [k for k in own if HEAD_KEY not in k and k not in source_state]
     mismatched = [

@@ -299,19 +299,6 @@ def test_transfer_weights_wrong_shape():
         transfer_weights(target, source_state, "src")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: on CUDA nnU-Net's trainer wraps its network in torch.compile (nnUNet_compile unset -> on), so "
-    "train() hands transfer_weights an OptimizedModule whose keys start with '_orig_mod.'; every key is "
-    "then 'missing' and fine-tuning from a bank model fails. nnU-Net's own load_pretrained_weights unwraps it."
-))
-def test_transfer_weights_into_a_compiled_network():
-    source_state = clone_state(seeded_network(tiny_card(), 10))
-    target = seeded_network(tiny_card(), 20)
-    compiled = torch.compile(target)  # lazy: nothing is compiled until the first call
-    transfer_weights(compiled, source_state, "src")
-    assert torch.equal(target.decoder.stages[0].convs[0].conv.weight, source_state["decoder.stages.0.convs.0.conv.weight"])
-
-
 # --------------------------------------------------------------------------------------------------
 # random_model
 # --------------------------------------------------------------------------------------------------
@@ -413,35 +400,37 @@ def test_train_from_a_bank_model(tiny_dataset, split_file, pretrained, tmp_path)
     assert not set(split["test"]) & (set(tr_keys) | set(val_keys))
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a 2-stage network (allowed: config schema network.features_per_stage minItems 2, and "
-    "shared_plans accepts it) has one deep-supervision output; nnU-Net zeroes the last output's weight "
-    "and normalises 0/0, so the loss is NaN and pretrain() silently writes a bank model of NaN weights."
-))
-def test_pretrain_with_two_stages_never_writes_nan_weights(tiny_dataset, tmp_path):
-    from ccfv.preprocessing import case_identifiers, shared_plans
+def test_a_two_stage_network_is_refused_before_it_can_train_on_nan(tiny_dataset):
+    """nnU-Net's deep supervision with one output gives a NaN loss (weight 0 / sum 0): refuse it up front."""
+    from ccfv.preprocessing import shared_plans
 
     two_stages = {
         **tiny_dataset.network, "features_per_stage": [4, 8], "kernel_sizes": [[1, 3, 3], [3, 3, 3]],
         "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1],
     }
     default = json.loads((tiny_dataset.preprocessed / "nnUNetPlans.json").read_text())
+    with pytest.raises(ValueError, match="at least 3"):
+        shared_plans(default, two_stages)
+
+
+@pytest.mark.slow
+def test_train_from_a_bank_model_with_a_compiled_network(tiny_dataset, split_file, pretrained, tmp_path,
+                                                         monkeypatch):
+    import functools
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    # What happens on a CUDA device, made cheap on the CPU: compile is on, with the eager backend.
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    source, _ = load_bank_model(pretrained)
     try:
-        plans = shared_plans(default, two_stages)
-    except ValueError:
-        return  # refusing such a network up front is a fix too
-    # Same data identifier and patch: the preprocessed data can be reused with the other network.
-    dataset = tmp_path / "pre" / tiny_dataset.preprocessed.name
-    shutil.copytree(tiny_dataset.preprocessed, dataset)
-    (dataset / "ccfvPlans.json").write_text(json.dumps(plans))
-    split = tmp_path / "split.json"
-    write_split(make_split(case_identifiers(dataset), 0.2, seed=0), split)
-    budget = TrainingBudget(iterations=1, iterations_per_epoch=1, val_iterations_per_epoch=1)
-    try:
-        out = pretrain(dataset, split, "Task94_SynthSpleen", "two", tmp_path / "bank" / "two", budget, seed=0,
-                       device="cpu")
-    except ValueError:
-        return  # refusing to train it (or to save NaN weights) is a fix too
-    network, _ = load_bank_model(out)
-    assert all(torch.isfinite(v).all() for v in network.state_dict().values())
+        trainer = train(tiny_dataset.preprocessed, split_file, tmp_path / "work", TINY_BUDGET, seed=1,
+                        init_model=pretrained, device="cpu")
+    finally:
+        torch._dynamo.reset()
+    assert type(trainer.network).__name__ == "OptimizedModule"  # the compiled path was exercised
+    trained = trainer.network._orig_mod.state_dict()
+    assert math.isfinite(float(trainer.logger.local_logger.my_fantastic_logging["train_losses"][0]))
+    conv = "decoder.stages.0.convs.0.conv.weight"
+    assert float((trained[conv] - source.state_dict()[conv]).norm()) < 0.5 * float(source.state_dict()[conv].norm())

@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,23 +39,19 @@ def md5sum(path: Path) -> str:
 
 def download(url: str, dest: Path, expected_md5: str | None, progress: bool = True) -> Path:
     """Stream ``url`` to ``dest`` (resuming a ``.partial`` file), verify the MD5, rename atomically."""
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     partial = dest.with_name(f".{dest.name}.partial")
     have = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        if have and response.status != 206:  # the server ignored the Range header: start over
-            have = 0
-        total = response.headers.get("Content-Length")
-        total = int(total) + have if total is not None else None
-        with open(partial, "ab" if have else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress
-        ) as bar:
-            for block in iter(lambda: response.read(CHUNK), b""):
-                out.write(block)
-                bar.update(len(block))
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as err:
+        if not (have and err.code == 416):
+            raise
+        # 416: the partial file already holds every byte (a run killed during the MD5 check); verify it.
+        response = None
+    if response is not None:
+        _stream(response, partial, have, dest.name, progress)
     if expected_md5 is not None:
         actual = md5sum(partial)
         if actual != expected_md5:
@@ -63,6 +60,22 @@ def download(url: str, dest: Path, expected_md5: str | None, progress: bool = Tr
                              f"download was deleted, rerun to fetch it again")
     partial.replace(dest)
     return dest
+
+
+def _stream(response, partial: Path, have: int, name: str, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with response:
+        if have and response.status != 206:  # the server ignored the Range header: start over
+            have = 0
+        total = response.headers.get("Content-Length")
+        total = int(total) + have if total is not None else None
+        with open(partial, "ab" if have else "wb") as out, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=not progress
+        ) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
 
 
 def extract_task(archive: Path, dest_root: Path, task: str) -> Path:
