@@ -4,13 +4,10 @@ preprocessed fixture dataset of conftest.py."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import pickle
-import shutil
 
-import numpy as np
 import pytest
 import torch
 
