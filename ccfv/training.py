@@ -173,7 +173,13 @@ def save_bank_model(network, card: dict, out_dir: Path) -> Path:
     """Write weights and card into ``out_dir`` atomically (a scratch folder renamed into place)."""
     from safetensors.torch import save_model
 
+    import torch
+
     out_dir = Path(out_dir)
+    broken = [k for k, v in network.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{card['model_id']}: training produced non-finite weights ({broken[:5]}); "
+                         f"nothing written to {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:

@@ -431,3 +431,17 @@ def test_train_from_a_bank_model_with_a_compiled_network(tiny_dataset, split_fil
     assert math.isfinite(float(trainer.logger.local_logger.my_fantastic_logging["train_losses"][0]))
     conv = "decoder.stages.0.convs.0.conv.weight"
     assert float((trained[conv] - source.state_dict()[conv]).norm()) < 0.5 * float(source.state_dict()[conv].norm())
+
+
+def test_non_finite_weights_are_never_written_to_the_bank(tmp_path):
+    import torch
+
+    from ccfv.training import save_bank_model
+
+    network = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        network.weight[0, 0, 0, 0, 0] = float("nan")
+    out = tmp_path / "bank" / "broken"
+    with pytest.raises(ValueError, match="non-finite"):
+        save_bank_model(network, {"model_id": "broken"}, out)
+    assert not (tmp_path / "bank").exists()  # refused before anything, scratch folders included, was made
