@@ -15,7 +15,8 @@ rule finetune:
     benchmark:
         f"{R}/benchmarks/finetune/{{target}}/{{model}}/seed{{seed}}.tsv"
     params:
-        budget=config["finetune"],
+        # without the list of seeds: adding a seed must not rerun the fine-tunings already done
+        budget={k: v for k, v in config["finetune"].items() if k != "seeds"},
     resources:
         gpu=1,
         **resources_for("train"),

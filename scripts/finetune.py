@@ -8,7 +8,6 @@ from ccfv.workflow import log_to
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         budget = dict(snakemake.params.budget)
-        budget.pop("seeds")
         target = snakemake.wildcards.target
         finetune(dataset_folder(snakemake.input.preprocessed, target), dataset_folder(snakemake.input.raw, target),
                  snakemake.input.split, snakemake.input.model, snakemake.output.dice, TrainingBudget(**budget),

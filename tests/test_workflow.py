@@ -118,3 +118,12 @@ def test_whole_dag_on_tiny_config(tmp_path):
     # a second run has nothing to do
     again = snakemake("-n", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # adding a fine-tuning seed schedules that seed's fine-tunings and the table, nothing upstream
+    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg["finetune"]["seeds"] = [0, 1]
+    (tmp_path / "two_seeds.yaml").write_text(yaml.safe_dump(cfg))
+    more = snakemake("-n", "--configfile", str(tmp_path / "two_seeds.yaml"), cwd=tmp_path)
+    out = more.stdout + more.stderr
+    assert more.returncode == 0, out
+    assert job_counts(out) == {"finetune": 9, "table1": 1, "all": 1, "total": 11}, out[-3000:]
+    assert "seed0.json" not in re.sub(r"input:.*", "", out)
