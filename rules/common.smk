@@ -49,6 +49,20 @@ def bank_dir(model):
     return f"{R}/bank/{model}"
 
 
+def canonical(value):
+    """A config value with every mapping's keys sorted, for use as a rule param.
+
+    Snakemake reruns a job whose params differ from the recorded ones, and it compares them as written:
+    the same settings in another key order (a config rewritten by a YAML tool, a --config override)
+    would rerun hours of training. Sorting the keys makes params depend on the settings only.
+    """
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 def resources_for(kind):
     return config["resources"][kind]
 

@@ -14,7 +14,7 @@ rule sample_features:
     benchmark:
         f"{R}/benchmarks/features/{{target}}/{{model}}.tsv"
     params:
-        sampling=config["sampling"],
+        sampling=canonical(config["sampling"]),
     resources:
         gpu=1,
         **resources_for("inference"),

@@ -16,7 +16,7 @@ rule finetune:
         f"{R}/benchmarks/finetune/{{target}}/{{model}}/seed{{seed}}.tsv"
     params:
         # without the list of seeds: adding a seed must not rerun the fine-tunings already done
-        budget={k: v for k, v in config["finetune"].items() if k != "seeds"},
+        budget=canonical({k: v for k, v in config["finetune"].items() if k != "seeds"}),
     resources:
         gpu=1,
         **resources_for("train"),

@@ -33,7 +33,7 @@ rule plan_and_preprocess:
     benchmark:
         f"{R}/benchmarks/preprocess/plan_and_preprocess_{{task}}.tsv"
     params:
-        network=config["network"],
+        network=canonical(config["network"]),
     resources:
         **resources_for("default"),
     threads: 1

@@ -12,7 +12,7 @@ rule pretrain:
     benchmark:
         f"{R}/benchmarks/pretrain/{{task}}.tsv"
     params:
-        budget=config["pretrain"],
+        budget=canonical(config["pretrain"]),
         model_id=lambda wc: pretrained_model(wc.task),
     resources:
         gpu=1,
