@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json
+
 
 def dice(prediction: np.ndarray, reference: np.ndarray, label: int) -> float:
     """Dice of one label; NaN when the label is absent from both (see module docstring)."""
@@ -89,11 +91,7 @@ def write_dice(result: dict, path: Path, **meta) -> None:
             return None
         return value
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean({**meta, **result}), indent=2))
-    tmp.replace(path)
+    write_json(path, clean({**meta, **result}))
 
 
 def read_mean_dice(path: Path) -> float:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from .atomic import write_text
+
 METRIC_LABELS = {"ccfv": "CC-FV", "logme": "LogME"}
 
 
@@ -82,14 +84,6 @@ def records_to_csv(records: list[Mapping], metrics: list[str]) -> str:
         writer.writerow([r["target"], r["model"], f"{r['dice']:.6f}", r["n_seeds"],
                          *(f"{r['scores'][m]:.6g}" for m in metrics)])
     return out.getvalue()
-
-
-def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build_table1(score_files: Mapping[tuple[str, str], Path], dice_files: Mapping[tuple[str, str], list[Path]],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from . import metrics
+from .atomic import write_json
 from .features_file import ccfv_layers, head_samples, read_features
 
 #: Scores the workflow knows, with what each needs. The ablations of Table 2 are variants of CC-FV.
@@ -37,11 +38,7 @@ def compute_scores(features_path: Path, names: list[str], *, hse_s: float = 1.0)
 
 
 def write_scores(scores: dict[str, float], path: Path, **meta) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**meta, "scores": scores}, indent=2))
-    tmp.replace(path)
+    write_json(path, {**meta, "scores": scores})
 
 
 def read_scores(path: Path) -> dict[str, float]:
