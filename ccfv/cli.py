@@ -1,7 +1,8 @@
 """The ``ccfv`` command line: the library's stages without Snakemake.
 
     ccfv synthesize --out DIR [--n-cases N] [--seed S] [--task NAME ...]   demo tasks in MSD layout
-    ccfv msd download TASK [TASK ...] --dest DIR [--base-url URL]          fetch MSD tasks
+    ccfv msd download TASK [TASK ...] --dest DIR [--base-url URL | --local DIR]   fetch MSD tasks
+    ccfv msd validate DIR [DIR ...]                                        check tasks in MSD layout
     ccfv score FEATURES.h5 [--metric ccfv --metric logme]                  scores of one features file
 """
 from __future__ import annotations
@@ -28,8 +29,14 @@ def _msd_download(args) -> int:
     from .data.msd import fetch_task
 
     for task in args.tasks:
-        print(fetch_task(task, args.dest, base_url=args.base_url))
+        print(fetch_task(task, args.dest, base_url=args.base_url, local=args.local))
     return 0
+
+
+def _msd_validate(args) -> int:
+    from .data.validate import validate_command
+
+    return validate_command([str(d) for d in args.dirs])
 
 
 def _score(args) -> int:
@@ -57,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = msd.add_parser("download", help="download, verify and extract MSD tasks")
     p.add_argument("tasks", nargs="+")
     p.add_argument("--dest", type=Path, required=True)
-    p.add_argument("--base-url", default=None)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--base-url", default=None, help="mirror of the MSD tarballs")
+    source.add_argument("--local", type=Path, default=None,
+                        help="folder holding TASK.tar (verified and extracted, not downloaded)")
     p.set_defaults(run=_msd_download)
+
+    p = msd.add_parser("validate", help="check tasks in MSD layout; every problem reported, exit status 1 if any")
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.set_defaults(run=_msd_validate)
 
     p = sub.add_parser("score", help="transferability scores of one features file")
     p.add_argument("features", type=Path)

@@ -383,3 +383,53 @@ def test_fetch_task_hostile_archive_with_matching_md5(server, tmp_path, monkeypa
         fetch_task(TASK, dest, base_url=server.url, progress=False)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "a" / "escape").exists()
     assert sorted(p.name for p in dest.iterdir()) == [f"{TASK}.tar"]
+
+
+# --------------------------------------------------------------------------------------------------
+# a local copy (data.msd.local) and the archive record
+# --------------------------------------------------------------------------------------------------
+
+
+def test_fetch_task_from_a_local_copy_downloads_nothing(served, tmp_path, archive_bytes):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / f"{TASK}.tar").write_bytes(archive_bytes)
+    dest = tmp_path / "msd"
+    record = tmp_path / "checksums" / "archive.json"
+    fetch_task(TASK, dest, base_url=served.url, progress=False, local=shared, record=record)
+    assert served.requests == []
+    assert_task_extracted(dest)
+    assert not (dest / f"{TASK}.tar").exists()  # extracted from the shared copy, not copied
+    meta = json.loads(record.read_text())
+    assert meta["md5"] == md5(archive_bytes) == meta["md5_expected"]
+    assert meta["source"] == str((shared / f"{TASK}.tar").resolve()) and meta["bytes"] == len(archive_bytes)
+
+
+def test_fetch_task_local_copy_missing_or_corrupt(served, tmp_path, archive_bytes):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"{TASK}\.tar: no such archive"):
+        fetch_task(TASK, tmp_path / "msd", progress=False, local=shared)
+    (shared / f"{TASK}.tar").write_bytes(archive_bytes[:-1] + b"x")
+    with pytest.raises(ValueError, match=rf"shared/{TASK}\.tar: MD5"):
+        fetch_task(TASK, tmp_path / "msd", progress=False, local=shared)
+    assert not (tmp_path / "msd" / TASK).exists()
+    assert served.requests == []
+
+
+def test_fetch_task_records_a_download(served, tmp_path, archive_bytes):
+    record = tmp_path / "archive.json"
+    fetch_task(TASK, tmp_path / "msd", base_url=served.url, progress=False, record=record)
+    meta = json.loads(record.read_text())
+    assert meta["source"] == f"{served.url}/{TASK}.tar" and meta["md5"] == md5(archive_bytes)
+
+
+def test_cli_download_from_local_copy(tmp_path, archive_bytes, monkeypatch, capsys):
+    from ccfv.cli import main
+
+    monkeypatch.setitem(msd.MD5, TASK, md5(archive_bytes))
+    (tmp_path / f"{TASK}.tar").write_bytes(archive_bytes)
+    assert main(["msd", "download", TASK, "--dest", str(tmp_path / "msd"), "--local", str(tmp_path)]) == 0
+    assert_task_extracted(tmp_path / "msd")
+    assert main(["msd", "download", TASK, "--dest", str(tmp_path / "msd"), "--local", str(tmp_path / "none")]) == 2
+    assert "no such archive" in capsys.readouterr().err

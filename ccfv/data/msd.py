@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..atomic import write_json
+
 DEFAULT_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 
 MD5 = {
@@ -98,14 +100,47 @@ def extract_task(archive: Path, dest_root: Path, task: str) -> Path:
     return target
 
 
-def fetch_task(task: str, dest_root: Path, base_url: str | None = None, progress: bool = True) -> Path:
-    """Download (or reuse a verified tarball in ``dest_root``) and extract one MSD task."""
+def fetch_task(task: str, dest_root: Path, base_url: str | None = None, progress: bool = True,
+               local: Path | None = None, record: Path | None = None) -> Path:
+    """Download (or reuse a verified tarball) and extract one MSD task into ``dest_root/<task>``.
+
+    ``local`` is a folder holding ``<task>.tar`` (shared storage, a copy made on a login node): the tar
+    is verified and extracted from there, never copied and never downloaded. A task already extracted in
+    ``local`` needs no fetching at all; the workflow reads it in place (see ``task_folder`` in
+    rules/common.smk). ``record``, when given, receives a JSON record of the archive (source, size, MD5)
+    for the report.
+    """
     dest_root = Path(dest_root)
     dest_root.mkdir(parents=True, exist_ok=True)
-    archive = dest_root / f"{task}.tar"
     expected = MD5.get(task)
-    if not archive.is_file():
-        download(f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/{task}.tar", archive, expected, progress)
-    elif expected is not None and md5sum(archive) != expected:
-        raise ValueError(f"{archive}: MD5 differs from the expected {expected}; delete it to download again")
-    return extract_task(archive, dest_root, task)
+    url = f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/{task}.tar"
+    if local is not None:
+        archive = Path(local) / f"{task}.tar"
+        if not archive.is_file():
+            raise FileNotFoundError(f"{archive}: no such archive (data.msd.local is {local}); put {task}.tar "
+                                    f"or an extracted {task}/ folder there, or remove data.msd.local to download")
+        actual = verify_archive(archive, expected)
+        source = str(archive.resolve())
+    else:
+        archive = dest_root / f"{task}.tar"
+        if archive.is_file():
+            actual = verify_archive(archive, expected, hint="delete it to download again")
+        else:
+            download(url, archive, expected, progress)
+            actual = expected or md5sum(archive)
+        source = url
+    path = extract_task(archive, dest_root, task)
+    if record is not None:
+        write_json(record, {"task": task, "source": source, "archive": str(archive.resolve()),
+                            "bytes": archive.stat().st_size, "md5": actual, "md5_expected": expected})
+    return path
+
+
+def verify_archive(archive: Path, expected: str | None, hint: str = "") -> str:
+    """The archive's MD5, checked against ``expected`` when the task is one whose MD5 we know."""
+    actual = md5sum(archive)
+    if expected is not None and actual != expected:
+        raise ValueError(f"{archive}: MD5 {actual} differs from the expected {expected}"
+                         + (f"; {hint}" if hint else ""))
+    return actual
+
