@@ -154,3 +154,71 @@ def test_read_split_refuses_a_changed_case_list(tmp_path, changed):
         read_split(path, cases=changed)
     # Without a case list to check against it is still readable.
     assert read_split(path)["train"]
+
+
+# --------------------------------------------------------------------------------------------------
+# split_task: the recorded split that survives reruns
+# --------------------------------------------------------------------------------------------------
+
+
+def test_split_task_records_the_first_split(tmp_path):
+    from ccfv.splits import split_task
+
+    record = tmp_path / "T.record.json"
+    split = split_task("T", _cases(10), "abc", 0.2, 0, record)
+    assert json.loads(record.read_text()) == split
+    assert split["files_sha256"] == "abc" and split["task"] == "T"
+    assert split["train"] == make_split(_cases(10), 0.2, 0)["train"]
+
+
+def test_split_task_reuses_the_record_for_the_same_data(tmp_path):
+    from ccfv.splits import split_task
+
+    record = tmp_path / "T.record.json"
+    first = split_task("T", _cases(10), "abc", 0.2, 0, record)
+    # even a record edited by hand (a split made elsewhere) is what later runs use, not a fresh draw
+    edited = {**first, "train": first["train"][1:] + first["test"][:1], "test": first["test"][1:] + first["train"][:1]}
+    record.write_text(json.dumps(edited))
+    assert split_task("T", list(reversed(_cases(10))), "abc", 0.2, 0, record) == edited
+
+
+@pytest.mark.parametrize(
+    ("cases", "digest", "fraction", "seed", "message"),
+    [
+        (_cases(11), "abc", 0.2, 0, r"cases added \['case_10'\], removed \[\]"),
+        (_cases(9), "abc", 0.2, 0, r"removed \['case_9'\]"),
+        (_cases(10), "xyz", 0.2, 0, "image or label files changed"),
+        (_cases(10), "abc", 0.2, 1, "split.seed is 1 in the config but 0 in the record"),
+        (_cases(10), "abc", 0.3, 0, "split.test_fraction is 0.3 in the config but 0.2 in the record"),
+    ],
+)
+def test_split_task_refuses_changed_data_or_settings(tmp_path, cases, digest, fraction, seed, message):
+    from ccfv.splits import SplitError, split_task
+
+    record = tmp_path / "T.record.json"
+    split_task("T", _cases(10), "abc", 0.2, 0, record)
+    before = record.read_text()
+    with pytest.raises(SplitError, match=message) as err:
+        split_task("T", cases, digest, fraction, seed, record)
+    assert str(record) in str(err.value) and "delete" in str(err.value)
+    assert record.read_text() == before  # the record is never rewritten by a refused run
+    # deleting the record is how a user asks for a new split
+    record.unlink()
+    assert split_task("T", cases, digest, fraction, seed, record)["files_sha256"] == digest
+
+
+def test_split_task_corrupt_record(tmp_path):
+    from ccfv.splits import SplitError, split_task
+
+    record = tmp_path / "T.record.json"
+    record.write_text("{not json")
+    with pytest.raises(SplitError, match=r"T\.record\.json: not valid JSON"):
+        split_task("T", _cases(10), "abc", 0.2, 0, record)
+
+
+def test_write_split_writes_nnunet_splits_final(tmp_path):
+    split = make_split(_cases(10), 0.2, seed=0)
+    write_split(split, tmp_path / "s.json", tmp_path / "s" / "splits_final.json")
+    folds = json.loads((tmp_path / "s" / "splits_final.json").read_text())
+    assert folds == [{"train": split["train"], "val": split["test"]}]
+    assert read_split(tmp_path / "s.json", _cases(10)) == split
