@@ -1,0 +1,795 @@
+"""Validate a Medical Segmentation Decathlon task folder before anything downstream reads it.
+
+``ccfv msd validate DIR...`` runs :func:`validate_command`. Every check is described, with example
+messages, in ``docs/validation.md``. In short:
+
+* ``dataset.json`` exists, is UTF-8 JSON (a syntax error names line and column), and holds the MSD keys
+  with the MSD types (label names unique); ``numTraining``/``numTest`` equal the lengths of
+  ``training``/``test``; listed paths are ``.nii.gz`` files inside the task folder, listed once, never a
+  macOS ``._*`` file.
+* ``imagesTr/``, ``labelsTr/`` and ``imagesTs/`` exist, and so does every listed file.
+* Every listed file is read completely (gzip CRC included), one volume at a time: images are 3D, or
+  4D with one channel per ``modality`` entry, and hold no NaN or Inf; labels are 3D, have the spatial
+  shape and (within :data:`AFFINE_RTOL` / :data:`AFFINE_ATOL`) the affine of their image, the header
+  spacing of their image as strictly as nnU-Net compares it, and hold whole numbers that ``labels``
+  declares.
+
+All problems are collected; nothing stops at the first one. Files in the folders that ``dataset.json``
+does not list are not checked (they are mentioned in a note), and macOS ``._*`` files never count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "AFFINE_ATOL",
+    "AFFINE_RTOL",
+    "DatasetError",
+    "Problem",
+    "REQUIRED_FOLDERS",
+    "REQUIRED_KEYS",
+    "TaskReport",
+    "check_task",
+    "validate_command",
+    "validate_or_raise",
+    "validate_task",
+]
+
+#: Keys every MSD ``dataset.json`` has, with the type each must have.
+REQUIRED_KEYS: dict[str, type] = {
+    "name": str,
+    "description": str,
+    "reference": str,
+    "licence": str,
+    "release": str,
+    "tensorImageSize": str,
+    "modality": dict,
+    "labels": dict,
+    "numTraining": int,
+    "numTest": int,
+    "training": list,
+    "test": list,
+}
+#: Misspellings found in the official MSD files, accepted in place of the key (with a note).
+KEY_ALIASES = {"release": "relase"}
+#: Sub-folders of an MSD task; ``nnUNetv2_convert_MSD_dataset`` asserts that all three exist.
+REQUIRED_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
+#: Image and label affines agree when ``|a - b| <= AFFINE_ATOL + AFFINE_RTOL * |b|`` element-wise
+#: (``numpy.allclose``): 1e-3 mm absolute, about 0.03 mm on a 300 mm origin.
+AFFINE_RTOL = 1e-4
+AFFINE_ATOL = 1e-3
+
+_CHUNK_BYTES = 1 << 20  # gzip drain size
+_SLAB_VOXELS = 1 << 22  # voxels per slab when scanning a volume (bounds temporary arrays to ~32 MB)
+_BINCOUNT_LIMIT = 1 << 16  # integer labels in [0, this) are counted with bincount, others with unique
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: ``file`` names the offending file (as reached from the task folder given), ``reason``
+    says what is wrong in a sentence."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+class DatasetError(ValueError):
+    """A task folder failed validation; ``problems`` holds every problem, the message lists them."""
+
+    def __init__(self, task_dir: str | os.PathLike, problems: Sequence[Problem]):
+        self.task_dir = str(task_dir)
+        self.problems = list(problems)
+        lines = [f"{len(self.problems)} problem(s) in {self.task_dir}"] + [str(p) for p in self.problems]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # picklable (multiprocessing, Snakemake) despite the two-argument constructor
+        return (type(self), (self.task_dir, self.problems))
+
+
+@dataclass
+class TaskReport:
+    """What :func:`check_task` found in one task folder."""
+
+    task_dir: str
+    problems: list[Problem] = field(default_factory=list)
+    #: Training cases whose image and label were both read.
+    training_cases_checked: int = 0
+    #: Test images that were read.
+    test_images_checked: int = 0
+    #: Label value -> number of training cases whose label volume holds it.
+    label_cases: Counter = field(default_factory=Counter)
+    #: Declared label names (``dataset.json`` ``labels``) by value, when they parse.
+    label_names: dict[int, str] = field(default_factory=dict)
+    #: Remarks that are not problems (accepted quirks, unchecked files, declared labels never seen).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: ``OK DIR: ...`` for a valid task, ``N problem(s) in DIR`` otherwise."""
+        if self.problems:
+            return f"{len(self.problems)} problem(s) in {self.task_dir}"
+        seen = ", ".join(
+            f"{value}{' ' + self.label_names[value] if value in self.label_names else ''} "
+            f"({count} case{'s' if count != 1 else ''})"
+            for value, count in sorted(self.label_cases.items())
+        )
+        line = (f"OK {self.task_dir}: {self.training_cases_checked} training case(s) and "
+                f"{self.test_images_checked} test image(s) checked; labels seen: {seen or 'none'}")
+        if self.notes:
+            line += "; note: " + "; ".join(self.notes)
+        return line
+
+
+class _Unreadable(Exception):
+    pass
+
+
+@dataclass
+class _Volume:
+    data: np.ndarray  # unscaled, as stored
+    slope: float
+    inter: float
+    affine: np.ndarray
+    zooms: tuple[float, ...]  # header pixdim[1:4]: the spacing SimpleITK (and so nnU-Net) reports
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def check_task(task_dir: str | os.PathLike, *, test_images: bool = True, progress: bool = False) -> TaskReport:
+    """Check one MSD task folder and return a :class:`TaskReport` with every problem found.
+
+    ``test_images=False`` only checks that the listed test images exist, without reading them.
+    ``progress=True`` shows a progress bar (on stderr) over the cases.
+    """
+    return _Checker(task_dir, test_images=test_images, progress=progress).run()
+
+
+def validate_task(task_dir: str | os.PathLike, *, test_images: bool = True) -> list[Problem]:
+    """Every problem in the MSD task folder ``task_dir`` (empty when it is valid)."""
+    return check_task(task_dir, test_images=test_images).problems
+
+
+def validate_or_raise(task_dir: str | os.PathLike, *, test_images: bool = True) -> TaskReport:
+    """Return the report of a valid task; raise :class:`DatasetError` listing every problem otherwise."""
+    report = check_task(task_dir, test_images=test_images)
+    if report.problems:
+        raise DatasetError(report.task_dir, report.problems)
+    return report
+
+
+def validate_command(dirs: Sequence[str | os.PathLike], *, test_images: bool = True,
+                     progress: bool | None = None) -> int:
+    """``ccfv msd validate DIR...``: print every problem to stderr, a one-line summary per task (``OK ...``
+    on stdout for a valid task, ``N problem(s) in DIR`` on stderr otherwise); return 0 when every task
+    is valid, 1 otherwise. ``progress=None`` shows progress bars when stderr is a terminal."""
+    if not dirs:
+        print("no task folders given", file=sys.stderr)
+        return 1
+    if progress is None:
+        progress = sys.stderr.isatty()
+    failed = 0
+    for task_dir in dirs:
+        report = check_task(task_dir, test_images=test_images, progress=progress)
+        if report.problems:
+            failed += 1
+            for problem in report.problems:
+                print(problem, file=sys.stderr)
+            print(report.summary(), file=sys.stderr)
+        else:
+            print(report.summary())
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _type_name(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, (set, tuple)) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _index_key(key) -> int | None:
+    """``"3"`` -> 3; anything that is not a canonical non-negative integer string -> None."""
+    if isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key:
+        return int(key)
+    return None
+
+
+def _join_values(values: Iterable) -> str:
+    return ", ".join(_format_number(v) for v in values)
+
+
+def _format_number(value) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _format_zooms(zooms: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{z:.7g}" for z in zooms) + ")"
+
+
+def _slabs(array: np.ndarray):
+    """Views of ``array`` along its last axis, each about ``_SLAB_VOXELS`` voxels or one slice."""
+    if array.ndim == 0 or array.size == 0:
+        yield array
+        return
+    per_slice = max(1, array.size // array.shape[-1])
+    step = max(1, _SLAB_VOXELS // per_slice)
+    for start in range(0, array.shape[-1], step):
+        yield array[..., start:start + step]
+
+
+def _describe_read_error(err: BaseException) -> str:
+    if isinstance(err, gzip.BadGzipFile):
+        if "CRC" in str(err) or "length" in str(err):
+            return f"is corrupt (gzip integrity check failed: {err})"
+        return f"is not a readable gzip file ({err})"
+    if isinstance(err, EOFError):
+        return "is truncated (the gzip stream ends early)"
+    if isinstance(err, zlib.error):
+        return f"holds corrupt gzip data ({err})"
+    text = str(err) or type(err).__name__
+    return f"cannot be read as NIfTI ({type(err).__name__}: {text})"
+
+
+def _read_nifti(path: Path) -> _Volume:
+    """Read a whole ``.nii``/``.nii.gz`` once; for gzip also read to the end so that the CRC is checked."""
+    try:
+        if path.stat().st_size == 0:
+            raise _Unreadable("is empty (0 bytes)")
+    except OSError as err:
+        raise _Unreadable(f"cannot be read ({err.strerror or err})") from None
+    opener = gzip.open if path.name.endswith(".gz") else open
+    nibabel_log = logging.getLogger("nibabel.global")  # silence nibabel's header-fixing chatter
+    level = nibabel_log.level
+    nibabel_log.setLevel(logging.CRITICAL)
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(4)
+            sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")} if len(head) == 4 else set()
+            if 348 in sizes:
+                image_class = nib.Nifti1Image
+            elif 540 in sizes:
+                image_class = nib.Nifti2Image
+            else:
+                raise _Unreadable("is not a NIfTI file (the header does not start with the header size 348)")
+            handle.seek(0)
+            image = image_class.from_file_map(
+                {"image": nib.FileHolder(filename=str(path), fileobj=handle)}, mmap=False)
+            data = np.asarray(image.dataobj.get_unscaled())
+            slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
+            affine = np.asarray(image.affine, dtype=np.float64)
+            while handle.read(_CHUNK_BYTES):  # gzip verifies CRC and length at the end of the stream
+                pass
+    except (MemoryError, _Unreadable):
+        raise
+    except Exception as err:  # corrupt files raise anything from OSError to struct.error
+        raise _Unreadable(_describe_read_error(err)) from None
+    finally:
+        nibabel_log.setLevel(level)
+    expected = tuple(int(n) for n in image.header.get_data_shape())
+    if data.shape != expected:
+        raise _Unreadable(f"holds fewer voxels than its header's shape {expected}")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return _Volume(data=data, slope=slope, inter=inter, affine=affine, zooms=zooms)
+
+
+def _nonfinite(array: np.ndarray) -> tuple[int, int, tuple | None, tuple | None]:
+    """NaN count, Inf count and the first voxel index of each, scanning slab by slab."""
+    nan_count = inf_count = 0
+    first_nan = first_inf = None
+    offset = 0
+    for slab in _slabs(array):
+        nan = np.isnan(slab)
+        inf = np.isinf(slab)
+        n_nan, n_inf = int(nan.sum()), int(inf.sum())
+        if n_nan:
+            nan_count += n_nan
+            if first_nan is None:
+                idx = np.argwhere(nan)[0]
+                first_nan = tuple(int(i) for i in idx[:-1]) + (int(idx[-1]) + offset,)
+        if n_inf:
+            inf_count += n_inf
+            if first_inf is None:
+                idx = np.argwhere(inf)[0]
+                first_inf = tuple(int(i) for i in idx[:-1]) + (int(idx[-1]) + offset,)
+        offset += slab.shape[-1] if slab.ndim else 0
+    return nan_count, inf_count, first_nan, first_inf
+
+
+def _label_values(array: np.ndarray, slope: float = 1.0, inter: float = 0.0) -> tuple[set[int], int, int, list[float]]:
+    """Whole-number values in a label volume (after ``slope``/``inter`` scaling, applied slab by slab),
+    and the count of NaN/Inf and of non-integral voxels (with up to three example non-integral values)."""
+    values: set[int] = set()
+    counts = np.zeros(0, dtype=np.int64)
+    nonfinite = nonintegral = 0
+    examples: list[float] = []
+    scaled = slope != 1.0 or inter != 0.0
+    kind = "f" if scaled else array.dtype.kind
+    for slab in _slabs(array):
+        if scaled:
+            slab = slab * slope + inter
+        flat = slab.ravel(order="K")
+        if flat.size == 0:
+            continue
+        if kind == "b":
+            flat = flat.view(np.uint8)
+        elif kind == "f":
+            finite = np.isfinite(flat)
+            whole = finite & (np.floor(flat) == flat)
+            if not whole.all():
+                nonfinite += int(flat.size - finite.sum())
+                odd = flat[finite & ~whole]
+                nonintegral += int(odd.size)
+                for value in np.unique(odd[:1000]).tolist():
+                    if len(examples) < 3 and value not in examples:
+                        examples.append(value)
+                flat = flat[whole]
+                if flat.size == 0:
+                    continue
+            low, high = float(flat.min()), float(flat.max())
+            if low < -(2.0 ** 53) or high > 2.0 ** 53:  # beyond exact int64
+                values.update(int(v) for v in np.unique(flat).tolist())
+                continue
+            flat = flat.astype(np.int64)
+        low, high = int(flat.min()), int(flat.max())
+        if flat.dtype.kind == "u" and flat.dtype.itemsize >= 8 and high < _BINCOUNT_LIMIT:
+            flat = flat.astype(np.int64)  # bincount refuses uint64
+        if low >= 0 and high < _BINCOUNT_LIMIT:
+            slab_counts = np.bincount(flat, minlength=max(high + 1, counts.size))
+            if counts.size < slab_counts.size:
+                counts = np.pad(counts, (0, slab_counts.size - counts.size))
+            counts += slab_counts
+        else:
+            values.update(int(v) for v in np.unique(flat).tolist())
+    values.update(int(v) for v in np.flatnonzero(counts))
+    return values, nonfinite, nonintegral, examples
+
+
+class _Checker:
+    def __init__(self, task_dir, *, test_images: bool, progress: bool):
+        self.root = Path(task_dir)
+        self.report = TaskReport(task_dir=str(task_dir))
+        self.read_test_images = test_images
+        self.progress = progress
+        self.dataset_json = self.display("dataset.json")
+        self.declared_labels: set[int] | None = None
+        self.channels: int | None = None  # number of modality entries, when valid
+        self.missing_dirs: Counter = Counter()  # listed files whose folder does not exist, by folder
+        self.float_label_files: Counter = Counter()  # dtype name -> label files with whole-number floats
+        self.seen_problems: set[Problem] = set()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def display(self, relative: str) -> str:
+        return os.path.normpath(os.path.join(str(self.root), relative))
+
+    def problem(self, file: str, reason: str) -> None:
+        problem = Problem(file, reason)
+        if problem not in self.seen_problems:  # a file listed twice is read twice: report it once
+            self.seen_problems.add(problem)
+            self.report.problems.append(problem)
+
+    def json_problem(self, reason: str) -> None:
+        self.problem(self.dataset_json, reason)
+
+    # -- driver ---------------------------------------------------------------------------------
+
+    def run(self) -> TaskReport:
+        if not self.root.exists():
+            self.problem(str(self.root), "no such folder")
+            return self.report
+        if not self.root.is_dir():
+            self.problem(str(self.root), "is not a folder")
+            return self.report
+        spec = self.load_dataset_json()
+        if spec is None:
+            return self.report
+        training, test = self.check_dataset_json(spec)
+        listed = [path for entry in training for path in entry] + test
+        self.check_folders(listed)
+        self.check_cases(training, test)
+        self.add_notes(listed)
+        return self.report
+
+    # -- dataset.json ---------------------------------------------------------------------------
+
+    def load_dataset_json(self):
+        path = self.root / "dataset.json"
+        if not path.is_file():
+            self.json_problem("missing: every MSD task folder has a dataset.json" if not path.exists()
+                              else "is not a file")
+            return None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            self.json_problem(f"is not UTF-8 text (byte {err.start})")
+            return None
+        except OSError as err:
+            self.json_problem(f"cannot be read ({err.strerror or err})")
+            return None
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            self.json_problem(f"is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}")
+            return None
+        if not isinstance(spec, dict):
+            self.json_problem(f"must hold a JSON object, holds a{'n' if _type_name(spec)[0] in 'aeiou' else ''} "
+                              f"{_type_name(spec)}")
+            return None
+        return spec
+
+    def check_dataset_json(self, spec: dict) -> tuple[list[tuple[str, str]], list[str]]:
+        """Check keys and types; return the well-formed training pairs and test paths (relative)."""
+        values = {}
+        for key, kind in REQUIRED_KEYS.items():
+            name = key
+            if key not in spec and KEY_ALIASES.get(key) in spec:
+                name = KEY_ALIASES[key]
+                self.report.notes.append(f"dataset.json spells '{key}' as '{name}' (as some MSD tasks do); accepted")
+            if name not in spec:
+                self.json_problem(f"missing required key '{key}'")
+                continue
+            value = spec[name]
+            ok = _is_int(value) if kind is int else isinstance(value, kind)
+            if not ok:
+                expected = {str: "a string", int: "an integer", dict: "an object", list: "an array"}[kind]
+                self.json_problem(f"'{name}' must be {expected}, got {_type_name(value)} {_short(value)}")
+                continue
+            values[key] = value
+
+        if "tensorImageSize" in values and values["tensorImageSize"] not in ("3D", "4D"):
+            self.json_problem(f"'tensorImageSize' must be \"3D\" or \"4D\", got {_short(values['tensorImageSize'])}")
+        for key in ("numTraining", "numTest"):
+            if key in values and values[key] < 0:
+                self.json_problem(f"'{key}' must not be negative, got {values[key]}")
+
+        if "modality" in values:
+            self.check_modality(values["modality"])
+        if "labels" in values:
+            self.check_labels(values["labels"])
+
+        training = self.check_training(values["training"]) if "training" in values else []
+        test = self.check_test(values["test"]) if "test" in values else []
+        for key, listed in (("numTraining", "training"), ("numTest", "test")):
+            if key in values and listed in values and values[key] != len(values[listed]):
+                self.json_problem(f"'{key}' is {values[key]} but '{listed}' lists {len(values[listed])} "
+                                  f"entr{'y' if len(values[listed]) == 1 else 'ies'}")
+        return training, test
+
+    def check_modality(self, modality: dict) -> None:
+        if not modality:
+            self.json_problem("'modality' must name at least one channel, e.g. {\"0\": \"CT\"}")
+            return
+        valid = True
+        for key, value in modality.items():
+            if _index_key(key) is None:
+                self.json_problem(f"'modality' key {_short(key)} must be a channel index such as \"0\"")
+                valid = False
+            if not isinstance(value, str):
+                self.json_problem(f"'modality' entry {_short(key)} must be a string, got {_type_name(value)} "
+                                  f"{_short(value)}")
+                valid = False
+        if valid:
+            indices = sorted(_index_key(k) for k in modality)
+            if indices != list(range(len(indices))):
+                self.json_problem(f"'modality' keys must be 0..{len(indices) - 1} without gaps, got "
+                                  f"{_join_values(indices)}")
+            else:
+                self.channels = len(indices)
+
+    def check_labels(self, labels: dict) -> None:
+        declared: set[int] = set()
+        for key, value in labels.items():
+            index = _index_key(key)
+            if index is None:
+                self.json_problem(f"'labels' key {_short(key)} must be a label value such as \"1\" "
+                                  f"(MSD maps value -> name)")
+            else:
+                declared.add(index)
+            if not isinstance(value, str):
+                self.json_problem(f"'labels' entry {_short(key)} must be a string (the label name), got "
+                                  f"{_type_name(value)} {_short(value)}")
+            elif index is not None:
+                self.report.label_names[index] = value
+        by_name: dict[str, list[str]] = {}
+        for key, value in labels.items():
+            if isinstance(value, str):
+                by_name.setdefault(value, []).append(str(key))
+        for value, keys in by_name.items():
+            if len(keys) > 1:
+                self.json_problem(f"'labels' name {_short(value)} is given to values {', '.join(keys)}; names must be "
+                                  f"unique (nnU-Net's MSD converter inverts the map to name -> value)")
+        if "0" not in labels:
+            self.json_problem("'labels' must declare \"0\" (background)")
+        else:  # the well-formed keys still say which values are declared
+            self.declared_labels = declared
+
+    def check_path(self, where: str, value) -> str | None:
+        """A listed path, normalised relative to the task folder, or None (with a problem) if unusable."""
+        if not isinstance(value, str):
+            self.json_problem(f"{where} must be a string path, got {_type_name(value)} {_short(value)}")
+            return None
+        if not value:
+            self.json_problem(f"{where} is an empty path")
+            return None
+        relative = os.path.normpath(value)
+        if os.path.isabs(value) or relative == ".." or relative.startswith(".." + os.sep):
+            self.json_problem(f"{where} {_short(value)} points outside the task folder; MSD paths look like "
+                              f"\"./imagesTr/case_0.nii.gz\"")
+            return None
+        if os.path.basename(relative).startswith("._"):
+            self.json_problem(f"{where} {_short(value)} is a macOS AppleDouble file (._*), not an image")
+            return None
+        if not relative.endswith(".nii.gz"):
+            self.json_problem(f"{where} {_short(value)} is not a .nii.gz file (nnU-Net's MSD converter only "
+                              f"takes .nii.gz)")
+            return None
+        return relative
+
+    def check_training(self, training: list) -> list[tuple[str, str]]:
+        pairs = []
+        first_seen: dict[str, str] = {}
+        for i, entry in enumerate(training):
+            where = f"training[{i}]"
+            if not isinstance(entry, dict):
+                self.json_problem(f"{where} must be an object with \"image\" and \"label\", got "
+                                  f"{_type_name(entry)} {_short(entry)}")
+                continue
+            paths = []
+            for key in ("image", "label"):
+                if key not in entry:
+                    self.json_problem(f"{where} has no \"{key}\"")
+                    paths.append(None)
+                else:
+                    paths.append(self.check_path(f"{where}.{key}", entry[key]))
+            for key, path in zip(("image", "label"), paths):
+                if path is not None:
+                    if path in first_seen:
+                        self.json_problem(f"{where}.{key} {_short(path)} is already listed as {first_seen[path]}")
+                    else:
+                        first_seen[path] = f"{where}.{key}"
+            if None not in paths:
+                pairs.append((paths[0], paths[1]))
+        return pairs
+
+    def check_test(self, test: list) -> list[str]:
+        paths = []
+        first_seen: dict[str, str] = {}
+        for i, entry in enumerate(test):
+            path = self.check_path(f"test[{i}]", entry)
+            if path is None:
+                continue
+            if path in first_seen:
+                self.json_problem(f"test[{i}] {_short(path)} is already listed as {first_seen[path]}")
+                continue
+            first_seen[path] = f"test[{i}]"
+            paths.append(path)
+        return paths
+
+    # -- folders and files ------------------------------------------------------------------------
+
+    def check_folders(self, listed: list[str]) -> None:
+        folders = list(REQUIRED_FOLDERS) + sorted({os.path.dirname(p) for p in listed} - set(REQUIRED_FOLDERS) - {""})
+        for folder in folders:
+            if (self.root / folder).is_dir():
+                continue
+            inside = sum(1 for p in listed if os.path.dirname(p) == folder)
+            self.missing_dirs[folder] = inside
+            reason = "folder missing"
+            if folder in REQUIRED_FOLDERS:
+                reason += " (the MSD layout, and nnUNetv2_convert_MSD_dataset, need imagesTr/, labelsTr/ and imagesTs/)"
+            if inside:
+                reason += f"; dataset.json lists {inside} file(s) in it"
+            self.problem(self.display(folder), reason)
+
+    def exists(self, relative: str) -> bool:
+        """Whether a listed file exists; reports it when missing (once per missing folder)."""
+        if os.path.dirname(relative) in self.missing_dirs:
+            return False  # reported with the folder
+        path = self.root / relative
+        if path.is_file():
+            return True
+        if path.exists():
+            self.problem(self.display(relative), "is listed in dataset.json but is not a file")
+        elif path.with_name("._" + path.name).exists():
+            self.problem(self.display(relative), f"is listed in dataset.json but missing (only the macOS "
+                                                 f"AppleDouble file ._{path.name} is there, which is not an image)")
+        else:
+            self.problem(self.display(relative), "is listed in dataset.json but missing")
+        return False
+
+    def read(self, relative: str, what: str) -> _Volume | None:
+        try:
+            volume = _read_nifti(self.root / relative)
+        except _Unreadable as err:
+            self.problem(self.display(relative), str(err))
+            return None
+        if volume.data.dtype.kind not in "biuf":
+            self.problem(self.display(relative), f"{what} has unsupported data type {volume.data.dtype}")
+            return None
+        return volume
+
+    # -- volumes --------------------------------------------------------------------------------
+
+    def check_image(self, relative: str, volume: _Volume) -> bool:
+        """Dimensions, channels and finiteness of an image; True when its spatial shape is usable."""
+        file = self.display(relative)
+        shape = volume.shape
+        usable = True
+        if volume.data.ndim not in (3, 4):
+            self.problem(file, f"image must be 3D, or 4D with one channel per modality, has shape {shape}")
+            usable = False
+        elif self.channels is not None:
+            channels = shape[3] if volume.data.ndim == 4 else 1
+            if channels != self.channels:
+                self.problem(file, f"image has {channels} channel(s) (shape {shape}) but dataset.json 'modality' "
+                                   f"declares {self.channels}")
+        if volume.data.dtype.kind == "f":
+            nan, inf, first_nan, first_inf = _nonfinite(volume.data)
+            if nan:
+                self.problem(file, f"image holds {nan} NaN voxel(s), the first at voxel {first_nan}")
+            if inf:
+                self.problem(file, f"image holds {inf} Inf voxel(s), the first at voxel {first_inf}")
+        return usable
+
+    def check_label(self, relative: str, volume: _Volume, image_relative: str,
+                    image_shape: tuple | None, image_affine: np.ndarray | None,
+                    image_zooms: tuple | None) -> None:
+        file = self.display(relative)
+        shape = volume.shape
+        if volume.data.ndim != 3:
+            self.problem(file, f"label must be 3D, has shape {shape}")
+        elif image_shape is not None and shape != image_shape[:3]:
+            self.problem(file, f"label shape {shape} differs from the spatial shape {image_shape[:3]} of image "
+                               f"{self.display(image_relative)}")
+        if image_affine is not None and not np.allclose(volume.affine, image_affine,
+                                                        rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
+            self.problem(file, self.affine_reason(volume.affine, image_affine, image_relative))
+        elif image_zooms is not None and not np.allclose(volume.zooms, image_zooms):
+            self.problem(file, f"label voxel spacing {_format_zooms(volume.zooms)} differs from the spacing "
+                               f"{_format_zooms(image_zooms)} of image {self.display(image_relative)} (header pixdim; "
+                               f"nnU-Net's --verify_dataset_integrity rejects any difference beyond numpy.allclose's "
+                               f"defaults)")
+
+        values, nonfinite, nonintegral, examples = _label_values(volume.data, volume.slope, volume.inter)
+        if volume.data.dtype.kind == "f" and not (nonfinite or nonintegral):
+            self.float_label_files[str(volume.data.dtype)] += 1
+        if nonfinite:
+            self.problem(file, f"label holds {nonfinite} NaN/Inf voxel(s)")
+        if nonintegral:
+            self.problem(file, f"label holds {nonintegral} non-integer voxel(s) (e.g. {_join_values(examples)}); "
+                               f"labels must be whole numbers")
+        if self.declared_labels is not None:
+            undeclared = sorted(values - self.declared_labels)
+            if undeclared:
+                self.problem(file, f"label value(s) {_join_values(undeclared)} not declared in dataset.json 'labels' "
+                                   f"(declared: {_join_values(sorted(self.declared_labels))})")
+        self.report.label_cases.update(values)
+
+    def affine_reason(self, label_affine: np.ndarray, image_affine: np.ndarray, image_relative: str) -> str:
+        difference = np.abs(label_affine - image_affine)
+        row, col = (int(i) for i in np.unravel_index(np.argmax(difference), difference.shape))
+        where = "origin" if col == 3 and row < 3 else "spacing/direction" if row < 3 else "bottom row"
+
+        def spacing(a):
+            return "(" + ", ".join(f"{v:g}" for v in np.linalg.norm(a[:3, :3], axis=0)) + ")"
+
+        def origin(a):
+            return "(" + ", ".join(f"{v:g}" for v in a[:3, 3]) + ")"
+
+        return (f"label affine differs from that of image {self.display(image_relative)} beyond the tolerance "
+                f"(rtol {AFFINE_RTOL:g}, atol {AFFINE_ATOL:g}): largest difference {difference[row, col]:g} "
+                f"in the {where}; spacing {spacing(label_affine)} vs {spacing(image_affine)}, "
+                f"origin {origin(label_affine)} vs {origin(image_affine)}")
+
+    def check_cases(self, training: list[tuple[str, str]], test: list[str]) -> None:
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(training) + len(test), desc=self.root.name, unit="case", file=sys.stderr)
+        try:
+            for image_rel, label_rel in training:
+                self.check_training_case(image_rel, label_rel)
+                if bar is not None:
+                    bar.update()
+            for image_rel in test:
+                if self.exists(image_rel) and self.read_test_images:
+                    volume = self.read(image_rel, "image")
+                    if volume is not None:
+                        self.check_image(image_rel, volume)
+                        self.report.test_images_checked += 1
+                    del volume
+                if bar is not None:
+                    bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def check_training_case(self, image_rel: str, label_rel: str) -> None:
+        image_shape = image_affine = image_zooms = None
+        image_read = False
+        if self.exists(image_rel):
+            volume = self.read(image_rel, "image")
+            if volume is not None:
+                image_read = True
+                if self.check_image(image_rel, volume):
+                    image_shape, image_affine, image_zooms = volume.shape, volume.affine, volume.zooms
+            del volume  # one volume in memory at a time
+        if self.exists(label_rel):
+            volume = self.read(label_rel, "label")
+            if volume is not None:
+                self.check_label(label_rel, volume, image_rel, image_shape, image_affine, image_zooms)
+                if image_read:
+                    self.report.training_cases_checked += 1
+            del volume
+
+    # -- notes ----------------------------------------------------------------------------------
+
+    def add_notes(self, listed: list[str]) -> None:
+        notes = self.report.notes
+        for dtype, count in sorted(self.float_label_files.items()):
+            notes.append(f"{count} label file(s) stored as {dtype} with whole-number values "
+                         f"(accepted, as in MSD Colon)")
+        if self.declared_labels is not None and self.report.training_cases_checked:
+            never = sorted(self.declared_labels - set(self.report.label_cases))
+            if never:
+                notes.append(f"declared label(s) {_join_values(never)} appear in no training case")
+        name = self.root.resolve().name
+        prefix, _, rest = name.partition("_")
+        if not (prefix.startswith("Task") and prefix[4:].isdigit() and rest and "_" not in rest):
+            notes.append(f"folder name {name!r} is not of the form TaskNN_Name, which nnUNetv2_convert_MSD_dataset "
+                         f"needs")
+        listed_set = set(listed)
+        for folder in REQUIRED_FOLDERS:
+            path = self.root / folder
+            if not path.is_dir():
+                continue
+            unlisted = [name for name in os.listdir(path)
+                        if name.endswith(".nii.gz") and not name.startswith((".", "_"))
+                        and os.path.join(folder, name) not in listed_set]
+            if unlisted:
+                notes.append(f"{len(unlisted)} .nii.gz file(s) in {folder}/ not listed in dataset.json were not "
+                             f"checked (nnUNetv2_convert_MSD_dataset would still convert them), "
+                             f"e.g. {sorted(unlisted)[0]}")
