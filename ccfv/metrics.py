@@ -1,4 +1,6 @@
-"""Transferability metrics: CC-FV (paper section 2.2, equations 1-5) and the LogME baseline.
+"""Transferability metrics: CC-FV (paper section 2.2, equations 1-5), the baselines LogME, LEEP,
+NCE, GBC, TransRate and H-score, and a reproduction of the arithmetic of the CC-FV authors'
+released code (``*_released``).
 
 Every function here is a pure function of numpy arrays. Inputs are converted to float64 and every
 computation runs in float64. Shapes follow the paper: a set of sampled voxel features is an array
@@ -9,8 +11,11 @@ Conventions shared by all functions (see ``docs/metrics.md`` for the reasons):
 * Gaussians are fitted with the sample mean and the unbiased sample covariance (ddof=1), so every
   sample set needs at least 2 rows.
 * Logarithms are natural logarithms.
-* ``ccfv_score`` and ``logme`` are "higher is better"; ``class_consistency`` and the Gaussian
-  distances are "lower is more consistent"; ``feature_variety`` is "higher is more varied".
+* ``ccfv_score`` and all baselines (``logme``, ``leep``, ``nce``, ``gbc``, ``transrate``,
+  ``hscore``) are "higher is better"; ``class_consistency`` and the Gaussian distances are "lower is
+  more consistent"; ``feature_variety`` is "higher is more varied".
+* ``class_consistency`` / ``gaussian_w2_matrix`` / ``ccfv_score`` accept ``backend="torch"`` (and
+  ``device=``) to run the pairwise W2 on a GPU when one is present; torch is imported lazily.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.linalg
 from scipy.spatial.distance import pdist
 
 __all__ = [
     "gaussian_w2",
+    "gaussian_w2_matrix",
     "kl_gaussian",
     "bhattacharyya_gaussian",
     "hyperspherical_energy",
@@ -30,6 +37,16 @@ __all__ = [
     "feature_variety",
     "ccfv_score",
     "logme",
+    "leep",
+    "nce",
+    "gbc",
+    "transrate",
+    "hscore",
+    "gaussian_w2_released",
+    "class_consistency_released",
+    "feature_variety_released",
+    "ccfv_score_released",
+    "BACKENDS",
     "DISTANCES",
     "HSE_DISTANCE_FLOOR",
     "RIDGE_EPS",
@@ -37,6 +54,14 @@ __all__ = [
 
 #: Names accepted by ``class_consistency(distance=...)`` and ``ccfv_score(distance=...)``.
 DISTANCES = ("w2", "kl", "bhattacharyya")
+
+#: Names accepted by ``backend=`` of ``gaussian_w2_matrix``, ``class_consistency``, ``ccfv_score``.
+BACKENDS = ("numpy", "torch")
+
+# Upper bound on the bytes of the temporaries of one batch of pairs in the batched W2 kernel
+# (numpy / torch on CPU, and torch on a GPU). Only the speed and peak memory depend on it.
+_W2_CHUNK_BYTES_CPU = 64 * 2**20
+_W2_CHUNK_BYTES_GPU = 1024 * 2**20
 
 #: Pairwise distances below this are raised to it in ``hyperspherical_energy`` so that coincident
 #: feature vectors give a large but finite energy instead of ``inf``.
@@ -107,33 +132,136 @@ def _check_same_dim(a: np.ndarray, b: np.ndarray) -> None:
 def _psd_eigvals_floor(eigval: np.ndarray) -> np.ndarray:
     """Set eigenvalues at round-off level (<= max * size * machine eps, negatives included) to 0.
 
-    For a rank-deficient PSD matrix the zero eigenvalues come out of eigh as +-(round-off); their
-    square roots (~1e-8 relative) would otherwise leak into W2. The cutoff is the one
-    ``numpy.linalg.matrix_rank`` uses.
+    Works row-wise on a stack ``[..., k]`` of spectra. For a rank-deficient PSD matrix the zero
+    eigenvalues come out of eigh as +-(round-off); their square roots (~1e-8 relative) would
+    otherwise leak into W2. The cutoff is the one ``numpy.linalg.matrix_rank`` uses.
     """
-    cutoff = max(float(eigval.max(initial=0.0)), 0.0) * eigval.size * np.finfo(np.float64).eps
+    if eigval.shape[-1] == 0:
+        return eigval
+    top = np.maximum(eigval.max(axis=-1, keepdims=True), 0.0)
+    cutoff = top * eigval.shape[-1] * np.finfo(np.float64).eps
     return np.where(eigval > cutoff, eigval, 0.0)
-
-
-def _psd_sqrt(sym: np.ndarray) -> np.ndarray:
-    """Principal square root of a symmetric positive semi-definite matrix via eigh."""
-    eigval, eigvec = np.linalg.eigh(sym)
-    return (eigvec * np.sqrt(_psd_eigvals_floor(eigval))) @ eigvec.T
 
 
 # --------------------------------------------------------------------------------------------------
 # Distances between fitted Gaussians (equation 1 and the Table 2 ablation)
 # --------------------------------------------------------------------------------------------------
+#
+# Batched W2 (used by gaussian_w2, gaussian_w2_matrix and class_consistency):
+#
+#   1. every case-class covariance S_i is factorised ONCE: S_i = V_i diag(w_i) V_i^T (eigh),
+#      round-off eigenvalues set to 0, F_i = V_i diag(sqrt w_i) restricted to the r largest
+#      eigenpairs, where r is the largest numerical rank in the batch (r = d for full-rank
+#      covariances, r <= n - 1 when there are fewer samples than channels), so S_i = F_i F_i^T;
+#   2. a pair (i, j) then costs one r x r product B = F_j^T F_i, M = B^T B = F_i^T S_j F_i and one
+#      symmetric eigvalsh(M): the eigenvalues of M are those of S_i S_j (and of S_i^{1/2} S_j
+#      S_i^{1/2}), so Tr((S_i S_j)^{1/2}) = sum_k sqrt(eig_k(M)) (round-off eigenvalues set to 0);
+#   3. W2^2 = ||mu_i - mu_j||^2 + Tr S_i + Tr S_j - 2 Tr((S_i S_j)^{1/2}), clamped at 0.
+#
+# Pairs are processed in batches (numpy: one row i against a block of j; torch: blocks of the
+# upper-triangular pair list) so that no Python-level loop runs per pair.
 
 
-def _w2_from_moments(g1: _Gaussian, g2: _Gaussian, sqrt_cov1: np.ndarray) -> float:
-    """Equation 1 on fitted moments; ``sqrt_cov1 = _psd_sqrt(g1.cov)``, reused across pairs."""
-    inner = sqrt_cov1 @ g2.cov @ sqrt_cov1
-    inner = 0.5 * (inner + inner.T)
-    trace_cross = np.sqrt(_psd_eigvals_floor(np.linalg.eigvalsh(inner))).sum()
-    diff = g1.mean - g2.mean
-    squared = diff @ diff + np.trace(g1.cov) + np.trace(g2.cov) - 2.0 * trace_cross
-    return float(np.sqrt(max(squared, 0.0)))
+def _stack_moments(fits: Sequence[_Gaussian]) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([fit.mean for fit in fits]), np.stack([fit.cov for fit in fits])
+
+
+def _w2_matrix_numpy(means: np.ndarray, covs: np.ndarray) -> np.ndarray:
+    """Symmetric [m, m] matrix of W2 between the Gaussians (means [m, d], covs [m, d, d])."""
+    m, d = means.shape
+    eigval, eigvec = np.linalg.eigh(covs)  # ascending, batched: each S_i factorised once
+    eigval = _psd_eigvals_floor(eigval)
+    rank = int((eigval > 0.0).sum(axis=-1).max(initial=0))
+    factors = eigvec[:, :, d - rank :] * np.sqrt(eigval[:, None, d - rank :])  # [m, d, r]
+    factors_t = np.ascontiguousarray(factors.transpose(0, 2, 1))  # [m, r, d]
+    traces = np.trace(covs, axis1=1, axis2=2)
+
+    per_pair_bytes = 8 * (3 * rank * rank + 2 * d + 4)
+    chunk = max(1, _W2_CHUNK_BYTES_CPU // per_pair_bytes)
+    out = np.zeros((m, m))
+    for i in range(m - 1):
+        for start in range(i + 1, m, chunk):
+            stop = min(m, start + chunk)
+            k = stop - start
+            if rank > 0:
+                # B_j = F_j^T F_i for the whole block in one GEMM: [k*r, d] @ [d, r].
+                b = (factors_t[start:stop].reshape(k * rank, d) @ factors[i]).reshape(k, rank, rank)
+                inner = np.matmul(b.transpose(0, 2, 1), b)  # F_i^T S_j F_i, symmetric PSD
+                spectrum = _psd_eigvals_floor(np.linalg.eigvalsh(inner))
+                cross = np.sqrt(spectrum).sum(axis=-1)
+            else:
+                cross = np.zeros(k)
+            diff = means[start:stop] - means[i]
+            squared = np.einsum("kd,kd->k", diff, diff) + traces[i] + traces[start:stop]
+            w2 = np.sqrt(np.maximum(squared - 2.0 * cross, 0.0))
+            out[i, start:stop] = w2
+            out[start:stop, i] = w2
+    return out
+
+
+def _torch_device(torch: Any, device: Any) -> Any:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _w2_matrix_torch(means: np.ndarray, covs: np.ndarray, device: Any) -> np.ndarray:
+    """``_w2_matrix_numpy`` in torch float64 (batched eigh/eigvalsh), on ``device``."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a dependency of the workflow
+        raise ImportError("backend='torch' needs PyTorch; use backend='numpy'") from exc
+
+    dev = _torch_device(torch, device)
+    m, d = means.shape
+    mu = torch.as_tensor(means, dtype=torch.float64, device=dev)
+    cov = torch.as_tensor(covs, dtype=torch.float64, device=dev)
+    eps = float(np.finfo(np.float64).eps)
+
+    def floor(ev: Any) -> Any:
+        if ev.shape[-1] == 0:
+            return ev
+        top = ev.max(dim=-1, keepdim=True).values.clamp(min=0.0)
+        return torch.where(ev > top * ev.shape[-1] * eps, ev, torch.zeros_like(ev))
+
+    eigval, eigvec = torch.linalg.eigh(cov)
+    eigval = floor(eigval)
+    rank = int((eigval > 0.0).sum(dim=-1).max().item()) if m else 0
+    factors = eigvec[:, :, d - rank :] * eigval[:, None, d - rank :].sqrt()  # [m, d, r]
+    traces = cov.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+
+    rows, cols = torch.triu_indices(m, m, offset=1, device=dev)
+    budget = _W2_CHUNK_BYTES_GPU if dev.type == "cuda" else _W2_CHUNK_BYTES_CPU
+    chunk = max(1, budget // (8 * (2 * rank * d + 3 * rank * rank + 2 * d + 4)))
+    out = torch.zeros((m, m), dtype=torch.float64, device=dev)
+    for start in range(0, rows.numel(), chunk):
+        i = rows[start : start + chunk]
+        j = cols[start : start + chunk]
+        if rank > 0:
+            b = torch.matmul(factors[j].transpose(1, 2), factors[i])  # F_j^T F_i  [p, r, r]
+            inner = torch.matmul(b.transpose(1, 2), b)
+            cross = floor(torch.linalg.eigvalsh(inner)).sqrt().sum(dim=-1)
+        else:
+            cross = torch.zeros(i.numel(), dtype=torch.float64, device=dev)
+        diff = mu[j] - mu[i]
+        squared = (diff * diff).sum(dim=-1) + traces[i] + traces[j] - 2.0 * cross
+        w2 = squared.clamp(min=0.0).sqrt()
+        out[i, j] = w2
+        out[j, i] = w2
+    return out.cpu().numpy()
+
+
+def _check_backend(backend: str, device: Any) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device is not None and backend != "torch":
+        raise ValueError("device= is only used with backend='torch'")
+
+
+def _w2_matrix(means: np.ndarray, covs: np.ndarray, backend: str, device: Any) -> np.ndarray:
+    if backend == "torch":
+        return _w2_matrix_torch(means, covs, device)
+    return _w2_matrix_numpy(means, covs)
 
 
 def gaussian_w2(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,13 +275,16 @@ def gaussian_w2(a: np.ndarray, b: np.ndarray) -> float:
 
     Conventions:
         * mean = sample mean, S = unbiased sample covariance (ddof=1).
-        * ``Tr((S_a S_b)^{1/2})`` is computed as ``Tr((S_a^{1/2} S_b S_a^{1/2})^{1/2})`` (same
-          eigenvalues, but the inner matrix is symmetric PSD) with symmetric eigendecompositions.
-          Eigenvalues at round-off level (negative, or <= largest * size * machine eps) are set
-          to 0, which keeps rank-deficient covariances accurate to machine precision.
+        * ``Tr((S_a S_b)^{1/2})`` is computed from symmetric eigendecompositions only: with
+          ``S_a = F_a F_a^T`` (eigh of S_a, restricted to its numerical rank) it is the sum of the
+          square roots of the eigenvalues of the symmetric PSD matrix ``F_a^T S_b F_a``, which has
+          the eigenvalues of ``S_a S_b``. Eigenvalues at round-off level (negative, or
+          <= largest * size * machine eps) are set to 0, which keeps rank-deficient covariances
+          accurate to machine precision.
         * The squared distance is clamped at 0 before the square root, so identical sets give 0
           up to round-off (about ``sqrt(machine eps) * sqrt(Tr S)``, since it is a difference).
-        * Works for rank-deficient covariances (n <= d) and for d = 1. Lower = more similar.
+        * Works for rank-deficient covariances (n <= d), constant channels and d = 1.
+          Lower = more similar. ``gaussian_w2(c*a, c*b) = |c| * gaussian_w2(a, b)``.
 
     Args:
         a: samples of the first distribution, shape [n, d], n >= 2.
@@ -169,8 +300,41 @@ def gaussian_w2(a: np.ndarray, b: np.ndarray) -> float:
     a = _as_sample_set(a, "a")
     b = _as_sample_set(b, "b")
     _check_same_dim(a, b)
-    g_a = _fit_gaussian(a)
-    return _w2_from_moments(g_a, _fit_gaussian(b), _psd_sqrt(g_a.cov))
+    means, covs = _stack_moments([_fit_gaussian(a), _fit_gaussian(b)])
+    return float(_w2_matrix_numpy(means, covs)[0, 1])
+
+
+def gaussian_w2_matrix(
+    sample_sets: Sequence[np.ndarray], *, backend: str = "numpy", device: Any = None
+) -> np.ndarray:
+    """All pairwise ``gaussian_w2`` distances between m sample sets, batched (paper eq. 1).
+
+    Each covariance is factorised once; each unordered pair then costs one r x r product and one
+    symmetric eigvalsh (r = the largest numerical rank of the covariances, <= d). Same conventions
+    as ``gaussian_w2`` (ddof=1 covariances, round-off eigenvalues set to 0, W2 not squared).
+
+    Args:
+        sample_sets: m >= 1 arrays [n_i, d] with n_i >= 2 and a common d.
+        backend: ``"numpy"`` (default) or ``"torch"`` (float64; batched ``torch.linalg.eigh`` /
+            ``eigvalsh``). The torch backend runs on ``device``; ``device=None`` means ``"cuda"``
+            when ``torch.cuda.is_available()`` and ``"cpu"`` otherwise.
+        device: torch device (only with ``backend="torch"``).
+
+    Returns:
+        float64 array [m, m]: symmetric, zero diagonal, entry (i, j) = W2(set_i, set_j).
+
+    Raises:
+        ValueError: invalid sets (see ``gaussian_w2``), different dimensions, no sets, or an
+            unknown backend.
+    """
+    _check_backend(backend, device)
+    sets = [_as_sample_set(x, f"sample_sets[{index}]") for index, x in enumerate(sample_sets)]
+    if not sets:
+        raise ValueError("gaussian_w2_matrix needs at least one sample set")
+    for other in sets[1:]:
+        _check_same_dim(sets[0], other)
+    means, covs = _stack_moments([_fit_gaussian(x) for x in sets])
+    return _w2_matrix(means, covs, backend, device)
 
 
 def _ridge(g0: _Gaussian, g1: _Gaussian, eps: float) -> np.ndarray:
@@ -273,7 +437,11 @@ def bhattacharyya_gaussian(a: np.ndarray, b: np.ndarray, *, eps: float = RIDGE_E
 
 
 def class_consistency(
-    cases: Sequence[Mapping[Any, np.ndarray]], *, distance: str = "w2"
+    cases: Sequence[Mapping[Any, np.ndarray]],
+    *,
+    distance: str = "w2",
+    backend: str = "numpy",
+    device: Any = None,
 ) -> float:
     """Class consistency C_cons (paper eq. 2): mean distance between same-class feature sets.
 
@@ -295,22 +463,36 @@ def class_consistency(
           symmetric. KL and Bhattacharyya use the default ridge ``RIDGE_EPS``.
         * The sum runs over every class id found in ``cases`` (ids in order of first appearance);
           pass foreground classes only if background should be excluded, as in the paper.
+        * W2 is batched per class (``gaussian_w2_matrix``): each case-class covariance is
+          factorised once, each pair costs one symmetric eigvalsh of size <= d.
+        * Invariant to the order of the cases and to a common permutation of the feature
+          channels; ``C_cons(c * features) = |c| * C_cons(features)`` for W2 (the KL and
+          Bhattacharyya distances are scale-invariant up to their ridge).
+        * Rank-deficient covariances (n_k <= d), constant or duplicated channels give finite
+          values (round-off eigenvalues are set to 0; KL/Bhattacharyya add a ridge).
         * Lower = more consistent.
 
     Args:
         cases: N cases; each maps a class id to that class's sampled features [n_k, d]. The
             feature dimension d must agree within a class.
         distance: one of ``DISTANCES``.
+        backend: ``"numpy"`` (default) or ``"torch"`` (float64, batched ``torch.linalg``; only for
+            ``distance="w2"``). See ``gaussian_w2_matrix``.
+        device: torch device for ``backend="torch"``; ``None`` = CUDA when available, else CPU.
 
     Returns:
         C_cons as a Python float.
 
     Raises:
-        ValueError: unknown ``distance``, inconsistent feature dimensions within a class, or no
-            class with a valid pair at all.
+        ValueError: unknown ``distance`` or ``backend``, ``backend="torch"`` with a distance other
+            than W2, inconsistent feature dimensions within a class, or no class with a valid pair
+            at all (for example a single case).
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    _check_backend(backend, device)
+    if backend == "torch" and distance != "w2":
+        raise ValueError("backend='torch' is implemented for distance='w2' only")
     cases = list(cases)
     for index, case in enumerate(cases):
         if not isinstance(case, Mapping):
@@ -354,12 +536,8 @@ def class_consistency(
                 for j in range(i + 1, n_valid)
             )
         else:
-            sqrt_covs = [_psd_sqrt(fit.cov) for fit in fits]
-            pair_sum = 2.0 * sum(
-                _w2_from_moments(fits[i], fits[j], sqrt_covs[i])
-                for i in range(n_valid)
-                for j in range(i + 1, n_valid)
-            )
+            means, covs = _stack_moments(fits)
+            pair_sum = float(_w2_matrix(means, covs, backend, device).sum())
         total += pair_sum / (n_valid * (n_valid - 1))
         any_valid = True
 
@@ -459,6 +637,8 @@ def ccfv_score(
     single_scale: bool = False,
     distance: str = "w2",
     s: float = 1.0,
+    backend: str = "numpy",
+    device: Any = None,
 ) -> float:
     """CC-FV transferability score T_{m->t} (paper eq. 5). Higher = more transferable.
 
@@ -473,8 +653,19 @@ def ccfv_score(
         * ``single_scale=True``:     only the last element of ``layers`` is used (D = 1).
         * ``distance="kl"`` / ``"bhattacharyya"``: replaces W2 in C_cons.
 
-    Conventions: natural log; mean (not sum) over layers. With s = 1 and distance "w2" the score
-    is invariant to a common rescaling of all features (F_v and C_cons both scale linearly).
+    Conventions: natural log; mean (not sum) over layers.
+
+    Common scaling of the features (every feature of every layer multiplied by c > 0), for s > 0
+    and distance "w2": C_cons scales by c and E_s by c^{-s}, so F_v scales by c^s and
+
+        T(c * features) = T(features) + (s - 1) * log c        (both terms)
+        T(c * features) = T(features) + s * log c              (use_consistency=False)
+        T(c * features) = T(features) - log c                  (use_variety=False)
+
+    In particular, the paper's choice s = 1 makes T invariant to the scale of the features. (For
+    s = 0, E_0 shifts additively instead, and the KL / Bhattacharyya distances are scale-invariant
+    up to their ridge.) T is also invariant to the order of the cases and to a common permutation
+    of the feature channels.
 
     Args:
         layers: decoder layers ordered from the one nearest the bottleneck to the last one (the
@@ -486,6 +677,8 @@ def ccfv_score(
         single_scale: use the last layer only.
         distance: one of ``DISTANCES``.
         s: hyperspherical energy exponent (the paper uses 1).
+        backend: backend of the W2 computation in ``class_consistency`` ("numpy" or "torch").
+        device: torch device for ``backend="torch"`` (``None`` = CUDA when available).
 
     Returns:
         T as a Python float.
@@ -496,6 +689,7 @@ def ccfv_score(
     """
     if not (use_consistency or use_variety):
         raise ValueError("at least one of use_consistency and use_variety must be True")
+    _check_backend(backend, device)
     layers = list(layers)
     if not layers:
         raise ValueError("ccfv_score needs at least one layer")
@@ -515,7 +709,9 @@ def ccfv_score(
         if use_consistency:
             if "cases" not in layer:
                 raise ValueError(f"layer {index} has no 'cases' entry (needed for C_cons)")
-            consistency = class_consistency(layer["cases"], distance=distance)
+            consistency = class_consistency(
+                layer["cases"], distance=distance, backend=backend, device=device
+            )
             if not consistency > 0.0:
                 raise ValueError(
                     f"layer {index}: C_cons = {consistency} <= 0, log C_cons is undefined"
@@ -624,3 +820,507 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
         _logme_evidence(sigma, x[:, c] ** 2, residual[c], n, d) for c in range(classes.size)
     ]
     return float(np.mean(evidences))
+
+
+# --------------------------------------------------------------------------------------------------
+# Label-based and feature-based baselines: LEEP, NCE, GBC, TransRate, H-score
+# --------------------------------------------------------------------------------------------------
+
+#: Rows of ``probs`` in ``leep`` must sum to 1 within this absolute tolerance.
+PROB_SUM_ATOL = 1e-4
+
+#: Per-dimension variance floor of ``gbc`` (google-research/stable_transfer ``gbc.py``).
+GBC_VARIANCE_FLOOR = 1e-4
+
+
+def _as_labels(labels: Any, n: int, name: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """Validate a label vector of length n; return (sorted unique values, index of each row)."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}], got {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must hold integer class ids")
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"{name} must hold integer class ids, got dtype {arr.dtype}")
+    values, index = np.unique(arr, return_inverse=True)
+    return values, index.reshape(-1)
+
+
+def leep(probs: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP, the Log Expected Empirical Prediction (Nguyen et al., ICML 2020, eqs. 1-2).
+
+    With theta(x_i) = ``probs[i]`` the source model's softmax over its Z source classes:
+
+        P(y, z) = (1/n) sum_{i: y_i = y} theta(x_i)_z        (empirical joint, soft counts)
+        P(z)    = sum_y P(y, z),     P(y | z) = P(y, z) / P(z)
+        LEEP    = (1/n) sum_i log( sum_z P(y_i | z) theta(x_i)_z )
+
+    Conventions:
+        * Natural log. LEEP <= 0; higher = more transferable.
+        * Target classes are the values present in ``labels``; a source class z that receives no
+          probability mass (P(z) = 0) has P(y|z) := 0 and contributes nothing (its theta is 0
+          for every sample).
+        * ``probs`` is used as given (no renormalisation); each row must be >= 0 and sum to 1
+          within ``PROB_SUM_ATOL``. The result is then always finite: every inner sum is
+          >= sum_z theta_z^2 / n > 0.
+        * Invariant to the order of the samples and to a permutation of the source classes.
+
+    Args:
+        probs: [n, Z] source-model class probabilities, n >= 1.
+        labels: [n] integer target labels.
+
+    Returns:
+        LEEP as a Python float.
+
+    Raises:
+        ValueError: bad shapes, negative or non-finite probabilities, rows not summing to 1.
+    """
+    p = _as_matrix(probs, "probs")
+    n = p.shape[0]
+    if n == 0 or p.shape[1] == 0:
+        raise ValueError(f"probs must be non-empty, got shape {p.shape}")
+    if np.any(p < 0.0):
+        raise ValueError("probs has negative entries; pass softmax probabilities, not logits")
+    if np.any(np.abs(p.sum(axis=1) - 1.0) > PROB_SUM_ATOL):
+        raise ValueError(f"each row of probs must sum to 1 (within {PROB_SUM_ATOL})")
+    classes, index = _as_labels(labels, n)
+    one_hot = np.zeros((n, classes.size))
+    one_hot[np.arange(n), index] = 1.0
+    joint = one_hot.T @ p / n  # [C, Z]
+    marginal = joint.sum(axis=0)  # [Z]
+    conditional = np.divide(
+        joint, marginal, out=np.zeros_like(joint), where=marginal[None, :] > 0.0
+    )
+    expected = np.einsum("iz,iz->i", p, conditional[index])
+    return float(np.mean(np.log(expected)))
+
+
+def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
+    """NCE, Negative Conditional Entropy -H(Y | Z) (Tran et al., ICCV 2019, eq. 2 / Def. 1).
+
+    With hard source labels z_i (e.g. the argmax of the source model's prediction) and target
+    labels y_i, using the empirical joint distribution P(y, z) = #{i: y_i = y, z_i = z} / n:
+
+        NCE = -H(Y | Z) = sum_{y, z: P(y,z) > 0} P(y, z) log( P(y, z) / P(z) ).
+
+    Conventions: natural log; NCE <= 0 (0 when y is a function of z); higher = more
+    transferable; label values are used only as identities (invariant to relabelling).
+
+    Args:
+        source_labels: [n] integer hard labels in the source label space, n >= 1.
+        labels: [n] integer target labels.
+
+    Returns:
+        NCE as a Python float.
+    """
+    source = np.asarray(source_labels)
+    if source.ndim != 1 or source.shape[0] == 0:
+        raise ValueError(f"source_labels must be a non-empty 1-D array, got shape {source.shape}")
+    n = source.shape[0]
+    z_values, z_index = _as_labels(source, n, "source_labels")
+    y_values, y_index = _as_labels(labels, n)
+    joint = np.zeros((z_values.size, y_values.size))
+    np.add.at(joint, (z_index, y_index), 1.0)
+    joint /= n
+    marginal = joint.sum(axis=1, keepdims=True)
+    nz = joint > 0.0
+    return float(np.sum(joint[nz] * np.log((joint / marginal)[nz])))
+
+
+def gbc(features: np.ndarray, labels: np.ndarray, gaussian: str = "spherical") -> float:
+    """GBC, Gaussian Bhattacharyya Coefficient (Pándy et al., CVPR 2022, eqs. 2-4), computed as
+    the authors' released code does (google-research ``stable_transfer/transferability/gbc.py``).
+
+    Per target class c: mean mu_c and *population* variance (ddof=0) per dimension, each
+    floored at ``GBC_VARIANCE_FLOOR`` = 1e-4. Then
+
+        D_B(c1, c2) = 1/8 sum_d (mu1_d - mu2_d)^2 / s_d + 1/2 [ sum log s - 1/2 sum log v1
+                                                                - 1/2 sum log v2 ],
+        s = (v1 + v2) / 2,
+        GBC = - sum_{c1} sum_{c2 != c1} exp(-D_B(c1, c2))    (ordered pairs: each pair twice).
+
+    ``gaussian="diagonal"``: v is the floored variance vector and the log sums run over the d
+    dimensions. ``gaussian="spherical"`` (the authors' default): v is the *mean* of the floored
+    variance vector, a scalar, and -- exactly as in the released code -- the log sums run over
+    that single scalar, i.e. the log-determinant term is counted once, not d times as the exact
+    Bhattacharyya distance between isotropic Gaussians would have it (the Mahalanobis term does
+    sum over all d dimensions). We reproduce this; see ``docs/metrics.md``.
+
+    Conventions: natural log; GBC <= 0, higher (closer to 0) = classes more separable = more
+    transferable; float64 (the released code runs in TensorFlow float32). Invariant to the order
+    of samples and to a permutation of the feature channels. Not scale-invariant (the floor).
+
+    Args:
+        features: [n, d] target features from the source model.
+        labels: [n] integer target labels; at least 2 distinct classes.
+        gaussian: ``"spherical"`` (default) or ``"diagonal"``.
+
+    Returns:
+        GBC as a Python float.
+
+    Raises:
+        ValueError: fewer than 2 classes, bad shapes, non-finite features, unknown ``gaussian``.
+    """
+    if gaussian not in ("spherical", "diagonal"):
+        raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
+    f = _as_matrix(features, "features")
+    classes, index = _as_labels(labels, f.shape[0])
+    if classes.size < 2:
+        raise ValueError("gbc needs at least 2 classes (it measures separability between classes)")
+    counts = np.bincount(index, minlength=classes.size).astype(np.float64)
+    means = np.zeros((classes.size, f.shape[1]))
+    np.add.at(means, index, f)
+    means /= counts[:, None]
+    centred = f - means[index]
+    variances = np.zeros_like(means)
+    np.add.at(variances, index, centred * centred)
+    variances = np.maximum(variances / counts[:, None], GBC_VARIANCE_FLOOR)
+    if gaussian == "spherical":
+        variances = variances.mean(axis=1, keepdims=True)  # [C, 1]: one scalar per class
+
+    avg = 0.5 * (variances[:, None, :] + variances[None, :, :])  # [C, C, 1 or d]
+    diff2 = (means[:, None, :] - means[None, :, :]) ** 2  # [C, C, d]
+    mahalanobis = (diff2 / avg).sum(axis=-1) / 8.0
+    log_var = np.log(variances).sum(axis=-1)  # [C]
+    log_term = np.log(avg).sum(axis=-1) - 0.5 * (log_var[:, None] + log_var[None, :])
+    distance = mahalanobis + 0.5 * log_term
+    coefficient = np.exp(-distance)
+    np.fill_diagonal(coefficient, 0.0)
+    return float(-coefficient.sum())
+
+
+def _transrate_rate(z: np.ndarray, eps: float) -> tuple[float, np.ndarray]:
+    """0.5 * sum log(1 + |eig(Z^T Z / n)| / eps) and the eigenvalues (as in Long-Kai/TransRate)."""
+    gram = z.T @ z / z.shape[0]
+    eigval = np.abs(np.linalg.eigvalsh(0.5 * (gram + gram.T)))
+    return 0.5 * float(np.log1p(eigval / eps).sum()), eigval
+
+
+def transrate(
+    features: np.ndarray,
+    labels: np.ndarray,
+    eps: float = 1e-4,
+    *,
+    rank_normalise: bool = True,
+    row_normalise: bool = False,
+) -> float:
+    """TransRate (Huang et al., ICML 2022) as the authors' released code computes it
+    (github.com/Long-Kai/TransRate: ``generate_transrate/transrate.py`` + ``extract_result_utils.
+    process_transrate_logs`` with its defaults reg=1, all eigenvalues, normalize_opt="rank").
+
+        Z      = features - mean(features)                      (centred with the global mean)
+        R(A)   = 1/2 log det(I_d + A^T A / (n_A * eps)) = 1/2 sum_i log(1 + lambda_i / eps),
+                 lambda_i = eigenvalues of A^T A / n_A           (rate-distortion coding rate)
+        TrR    = [ R(Z) - sum_k (n_k / n) R(Z_k) ] / rank(Z^T Z / n)
+
+    where Z_k are the rows of Z with label k (not re-centred: the class-conditional rates use the
+    global mean, as in the released code) and the rank is ``numpy.linalg.matrix_rank``'s (cutoff
+    largest eigenvalue * d * machine eps).
+
+    Conventions and where they come from:
+        * ``eps`` multiplies n directly: the released code's ``eps`` *is* the paper's eps^2 (its
+          docstring: "value of eps^2 in transrate"); there is no extra factor d (the factor d/n of
+          MCR^2's coding rate does not appear in the TransRate code).
+        * Class rates are weighted by n_k / n (released code). The unofficial snippet that
+          circulates as "TransRate" (and the paper's appendix code) uses ``R(Z) - (1/K) sum_k
+          R(Z_k)`` with K = max label + 1 and no rank division; that is *not* what we compute.
+        * **Rank division** (``rank_normalise=True``, default): the released evaluation divides
+          both rates by rank(Z^T Z / n) (``normalize_opt='rank'``, used for every reported number);
+          ``rank_normalise=False`` returns the undivided ``R(Z) - sum_k (n_k/n) R(Z_k)``.
+        * ``row_normalise=True`` additionally L2-normalises every *centred* row, as
+          ``pre_transrate(..., normalize=True)`` in the released code does (their feature
+          extraction also L2-normalises rows before centring; do that yourself if wanted). The
+          default leaves the features as given, because CC-FV's baselines are evaluated on raw
+          decoder features.
+        * Not implemented: the released code's projection variant (``use_proj_Z``) and the
+          per-experiment choices of eps and ``normalize_eigz``.
+        * Natural log; higher = more transferable. Depends on the feature scale (through eps).
+          Invariant to the order of samples and to a permutation of the feature channels.
+
+    Args:
+        features: [n, d], n >= 2.
+        labels: [n] integer target labels.
+        eps: distortion (the paper's eps^2), > 0. Default 1e-4 as in the released code.
+        rank_normalise: divide by rank(Z^T Z / n) (released code's default).
+        row_normalise: L2-normalise the centred rows first.
+
+    Returns:
+        TransRate as a Python float.
+
+    Raises:
+        ValueError: eps <= 0, bad shapes, non-finite features, constant features (rank 0), or a
+            zero centred row with ``row_normalise=True``.
+    """
+    if not eps > 0.0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    f = _as_sample_set(features, "features")
+    n, d = f.shape
+    classes, index = _as_labels(labels, n)
+    z = f - f.mean(axis=0, keepdims=True)
+    if row_normalise:
+        norms = np.linalg.norm(z, axis=1, keepdims=True)
+        if np.any(norms == 0.0):
+            raise ValueError("a centred feature row is zero; it cannot be L2-normalised")
+        z = z / norms
+    rate, eigval = _transrate_rate(z, eps)
+    rank = int(np.count_nonzero(eigval > eigval.max() * d * np.finfo(np.float64).eps))
+    if rank == 0:
+        raise ValueError("features are constant (rank 0 after centring); TransRate is undefined")
+    conditional = 0.0
+    for k in range(classes.size):
+        rows = z[index == k]
+        conditional += rows.shape[0] / n * _transrate_rate(rows, eps)[0]
+    score = rate - conditional
+    return float(score / rank if rank_normalise else score)
+
+
+def hscore(features: np.ndarray, labels: np.ndarray) -> float:
+    """H-score (Bao et al., ICIP 2019, Def. 2): H(f) = tr( cov(f)^+ cov(E[f | y]) ).
+
+    Covariance conventions (those of the authors' code, YaojieBao/An-Information-theoretic-
+    Metric-of-Transferability ``getCov``/``getHscore``): both covariances are sample covariances
+    over the n samples with the same 1/(n-1) normaliser (which cancels in the ratio, so ddof does
+    not matter); E[f | y] is the per-sample class mean (so cov(E[f|y]) = sum_k n_k/(n-1)
+    (mu_k - mu)(mu_k - mu)^T, the between-class covariance).
+
+    The pseudo-inverse is taken through ``eigh`` of the symmetric cov(f) with the
+    ``matrix_rank`` cutoff (eigenvalues <= largest * d * machine eps count as 0), instead of the
+    authors' ``pinv(rcond=1e-15)``: with constant, duplicated or otherwise collinear channels or
+    n <= d, the 1e-15 cutoff keeps round-off eigenvalues and returns noise; ours returns the
+    value on the column space of the features, so the score is exactly invariant to adding
+    duplicated or constant channels.
+
+    Conventions: higher = more transferable; 0 <= H <= number of classes - 1 (0 for a single
+    class or constant features). Invariant to any invertible linear map of the features (scale,
+    channel permutation) and to the order of samples.
+
+    Args:
+        features: [n, d], n >= 2.
+        labels: [n] integer target labels.
+
+    Returns:
+        H-score as a Python float.
+    """
+    f = _as_sample_set(features, "features")
+    n, d = f.shape
+    classes, index = _as_labels(labels, n)
+    mean = f.mean(axis=0)
+    centred = f - mean
+    cov_f = centred.T @ centred / (n - 1)
+    counts = np.bincount(index, minlength=classes.size).astype(np.float64)
+    class_means = np.zeros((classes.size, d))
+    np.add.at(class_means, index, f)
+    class_means /= counts[:, None]
+    g = class_means[index] - mean
+    cov_g = g.T @ g / (n - 1)
+    eigval, eigvec = np.linalg.eigh(0.5 * (cov_f + cov_f.T))
+    eigval = _psd_eigvals_floor(eigval)
+    keep = eigval > 0.0
+    projected = np.einsum("dk,de,ek->k", eigvec[:, keep], cov_g, eigvec[:, keep])
+    return float(np.sum(projected / eigval[keep]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reproduction of the CC-FV authors' released code (EndoluminalSurgicalVision-IMR/CCFV)
+# --------------------------------------------------------------------------------------------------
+#
+# utils/ccfv.py (commit 71b7f56) and main.py (two stored versions, 4d5ee93 and f034f92, which
+# differ only in the final ratio). These functions reproduce that arithmetic; they are slow (one
+# scipy.linalg.sqrtm per pair) and exist to compare against, not to score with. Where the released
+# code would crash or return NaN, they raise ValueError instead.
+
+#: ``cal_variety``'s additive constant inside the square root of the squared distance.
+RELEASED_VARIETY_EPS = 1e-3
+
+#: Accepted values of ``ccfv_score_released(ratio=...)``.
+RELEASED_RATIOS = ("variety_over_distance", "distance_over_variety")
+
+
+def gaussian_w2_released(a: np.ndarray, b: np.ndarray) -> float:
+    """W2 exactly as the released ``utils/ccfv.py::cal_w_distance`` computes it.
+
+        w = ||mu_a - mu_b||^2 + Tr S_a + Tr S_b - 2 Tr(sqrtm(S_a @ S_b));   return sqrt(|w|)
+
+    with S = ``np.cov`` (ddof=1) and ``scipy.linalg.sqrtm`` of the non-symmetric product. When
+    sqrtm returns a complex matrix (singular or ill-conditioned products), ``|w|`` is the complex
+    modulus, as in the released code; a round-off negative ``w`` becomes positive. Differences
+    from ``gaussian_w2`` are therefore at round-off level for well-conditioned full-rank
+    covariances and can be larger for rank-deficient ones. d = 1 is supported (the released code
+    would fail on the 0-d ``np.cov``).
+
+    Raises:
+        ValueError: invalid inputs (see ``gaussian_w2``) or a non-finite sqrtm result.
+    """
+    a = _as_sample_set(a, "a")
+    b = _as_sample_set(b, "b")
+    _check_same_dim(a, b)
+    delta = a.mean(axis=0) - b.mean(axis=0)
+    cov_a = np.atleast_2d(np.cov(a.T))
+    cov_b = np.atleast_2d(np.cov(b.T))
+    cross = scipy.linalg.sqrtm(cov_a.dot(cov_b))
+    w = np.sum(delta**2) + cov_a.trace() + cov_b.trace() - 2.0 * cross.trace()
+    value = float(np.sqrt(abs(w)))
+    if not np.isfinite(value):
+        raise ValueError("scipy.linalg.sqrtm(S_a @ S_b) returned a non-finite result")
+    return value
+
+
+def feature_variety_released(case_vectors: np.ndarray) -> float:
+    """``utils/ccfv.py::cal_variety``: mean over unordered pairs of 1/sqrt(||v_i - v_j||^2 + 1e-3).
+
+    ``case_vectors`` [N, d] holds one vector per case (``main.py`` passes each case's mean
+    sampled feature). Squared distances use the expansion ``|v_i|^2 + |v_j|^2 - 2 v_i.v_j`` as in
+    the released code. This is a normalised hyperspherical energy E_1, *not* its inverse: it grows
+    as the case vectors get closer (less varied), unlike the paper's F_v (eq. 4).
+
+    Raises:
+        ValueError: fewer than 2 cases (the released code divides by zero), non-finite input, or
+            a non-finite result (round-off making ``d^2 + 1e-3`` negative for huge features).
+    """
+    v = _as_matrix(case_vectors, "case_vectors")
+    count = v.shape[0]
+    if count < 2:
+        raise ValueError(f"feature_variety_released needs at least 2 cases, got {count}")
+    row_norms = np.sum(v * v, axis=1)
+    squared = row_norms[:, None] + row_norms[None, :] - 2.0 * (v @ v.T)
+    with np.errstate(invalid="ignore"):
+        inverse = 1.0 / np.sqrt(squared + RELEASED_VARIETY_EPS)
+    value = float(np.sum(np.triu(inverse, k=1)) / count / (count - 1) * 2)
+    if not np.isfinite(value):
+        raise ValueError("released feature variety is not finite (round-off in the distances)")
+    return value
+
+
+def _released_classes(
+    cases: Sequence[Mapping[Any, np.ndarray]], background: Any
+) -> list[Any]:
+    ids: set[Any] = set()
+    for index, case in enumerate(cases):
+        if not isinstance(case, Mapping):
+            raise TypeError(f"cases[{index}] must be a mapping, got {type(case).__name__}")
+        ids.update(case)
+    ids.discard(background)
+    try:
+        return sorted(ids)
+    except TypeError as exc:
+        raise ValueError("class ids must be sortable (the released code loops over 1..K)") from exc
+
+
+def class_consistency_released(
+    cases: Sequence[Mapping[Any, np.ndarray]],
+    *,
+    background: Any = 0,
+    num_classes: int | None = None,
+) -> float:
+    """The class-consistency accumulator of the released ``main.py::evaluate`` (per layer).
+
+        w = 0
+        for k in foreground classes, ascending:
+            w += sum_{i < j} gaussian_w2_released(F_i^k, F_j^k)       (unordered pairs)
+            w += w / (N * N / 2) / num_classes
+
+    The second line adds the *running* total (all classes so far) back onto itself, so the result
+    is not equation 2: class k's pair sum is multiplied by (1 + 2 / (N^2 K))^(K - k + 1), it is a
+    sum (not a mean) over pairs and classes, and it depends on the class order. We reproduce this.
+
+    Args:
+        cases: N >= 2 cases mapping class id -> features [n, d]; every case must contain every
+            foreground class with >= 2 samples (the released code raises KeyError or returns NaN
+            otherwise; we raise ValueError).
+        background: the class id skipped (``lb == 0`` in the released code).
+        num_classes: ``configs["num_classes"]``; default: the number of foreground ids found.
+
+    Returns:
+        The released accumulator as a Python float.
+    """
+    cases = list(cases)
+    if len(cases) < 2:
+        raise ValueError(f"class_consistency_released needs at least 2 cases, got {len(cases)}")
+    classes = _released_classes(cases, background)
+    if not classes:
+        raise ValueError("no foreground class found")
+    k_classes = len(classes) if num_classes is None else int(num_classes)
+    if k_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    sets: dict[Any, list[np.ndarray]] = {}
+    for class_id in classes:
+        sets[class_id] = []
+        for index, case in enumerate(cases):
+            if class_id not in case:
+                raise ValueError(
+                    f"class {class_id!r} is absent from case {index}; the released code needs "
+                    "every foreground class in every case (use class_consistency instead)"
+                )
+            sets[class_id].append(_as_sample_set(case[class_id], f"cases[{index}][{class_id!r}]"))
+    count = len(cases)
+    w_distance = 0.0
+    for class_id in classes:
+        feats = sets[class_id]
+        for i in range(count):
+            for j in range(i + 1, count):
+                w_distance += gaussian_w2_released(feats[i], feats[j])
+        w_distance += w_distance / (count * count / 2) / k_classes
+    return float(w_distance)
+
+
+def ccfv_score_released(
+    layers: Sequence[Mapping[str, Any]],
+    *,
+    background: Any = 0,
+    num_classes: int | None = None,
+    ratio: str = "variety_over_distance",
+) -> float:
+    """The CC-FV score as the released ``main.py::evaluate`` computes it.
+
+        score = sum over layers of log(var_f / w)      (ratio="variety_over_distance", main.py
+                                                        version 4d5ee93)
+             or sum over layers of log(w / var_f)      (ratio="distance_over_variety", version
+                                                        f034f92)
+
+    with ``w = class_consistency_released(layer["cases"])`` and ``var_f =
+    feature_variety_released(case means)``, where each case's vector is the mean of *all* its
+    sampled features, background included (the released code concatenates every label's samples
+    and averages them). The two stored versions of ``main.py`` differ only in this ratio and we
+    could not establish which is the later one, so both are offered. Neither matches equation 5
+    (mean over layers of log(F_v / C_cons) with F_v = mean 1/E_s): see ``docs/metrics.md``.
+
+    Args:
+        layers: mappings with ``"cases"``: N >= 2 dicts class id -> features [n, d] (background
+            included if it should enter the case means).
+        background: class id excluded from the consistency term.
+        num_classes: ``configs["num_classes"]`` (default: number of foreground ids found).
+        ratio: one of ``RELEASED_RATIOS``.
+
+    Returns:
+        The released score as a Python float.
+
+    Raises:
+        ValueError: no layers, unknown ratio, a layer without ``"cases"``, invalid cases (see
+            ``class_consistency_released``) or a non-positive term (log undefined).
+    """
+    if ratio not in RELEASED_RATIOS:
+        raise ValueError(f"ratio must be one of {RELEASED_RATIOS}, got {ratio!r}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("ccfv_score_released needs at least one layer")
+    total = 0.0
+    for index, layer in enumerate(layers):
+        if "cases" not in layer:
+            raise ValueError(f"layer {index} has no 'cases' entry")
+        cases = list(layer["cases"])
+        w_distance = class_consistency_released(
+            cases, background=background, num_classes=num_classes
+        )
+        means = []
+        for case_index, case in enumerate(cases):
+            arrays = [_as_matrix(x, f"cases[{case_index}]") for x in case.values()]
+            means.append(np.concatenate(arrays, axis=0).mean(axis=0))
+        var_f = feature_variety_released(np.stack(means))
+        if not (w_distance > 0.0 and var_f > 0.0):
+            raise ValueError(f"layer {index}: w = {w_distance}, var_f = {var_f}; log undefined")
+        if ratio == "variety_over_distance":
+            total += float(np.log(var_f / w_distance))
+        else:
+            total += float(np.log(w_distance / var_f))
+    return total

@@ -9,17 +9,29 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import ccfv.metrics as metrics_module
 from ccfv.metrics import (
+    GBC_VARIANCE_FLOOR,
     HSE_DISTANCE_FLOOR,
     RIDGE_EPS,
     bhattacharyya_gaussian,
     ccfv_score,
+    ccfv_score_released,
     class_consistency,
+    class_consistency_released,
     feature_variety,
+    feature_variety_released,
     gaussian_w2,
+    gaussian_w2_matrix,
+    gaussian_w2_released,
+    gbc,
+    hscore,
     hyperspherical_energy,
     kl_gaussian,
+    leep,
     logme,
+    nce,
+    transrate,
 )
 
 RTOL = 1e-6
@@ -593,3 +605,605 @@ def test_logme_rejects_bad_inputs(rng):
         logme(rng.normal(size=(10, 3)), np.zeros(9, dtype=int))
     with pytest.raises(ValueError, match="all zero"):
         logme(np.zeros((10, 3)), np.zeros(10, dtype=int))
+
+
+# --------------------------------------------------------------------------------------------------
+# Batched W2: gaussian_w2_matrix, backends, chunking, robustness of class_consistency
+# --------------------------------------------------------------------------------------------------
+
+
+def test_w2_matrix_matches_pairwise_sqrtm_reference(rng):
+    sets = [rng.normal(loc=0.2 * i, size=(15 + i, 4)) @ rng.normal(size=(4, 4)) for i in range(6)]
+    matrix = gaussian_w2_matrix(sets)
+    assert matrix.shape == (6, 6)
+    assert np.all(np.diag(matrix) == 0.0)
+    for i in range(6):
+        for j in range(6):
+            if i != j:
+                assert matrix[i, j] == pytest.approx(slow_w2(sets[i], sets[j]), rel=1e-9)
+
+
+@pytest.mark.parametrize("sizes", [(3, 8, 5, 12), (2, 2, 3)])
+def test_w2_matrix_rank_deficient_mixed_ranks_match_nuclear_norm(rng, sizes):
+    # n < d = 10 for most sets, with different ranks in one batch.
+    sets = [rng.normal(loc=0.1 * i, size=(n, 10)) for i, n in enumerate(sizes)]
+    matrix = gaussian_w2_matrix(sets)
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            assert matrix[i, j] == pytest.approx(nuclear_w2(sets[i], sets[j]), rel=1e-10)
+
+
+def test_w2_matrix_chunking_does_not_change_the_result(rng, monkeypatch):
+    pytest.importorskip("torch")
+    sets = [rng.normal(size=(9, 5)) * (1 + 0.1 * i) for i in range(7)]
+    expected = gaussian_w2_matrix(sets)
+    monkeypatch.setattr(metrics_module, "_W2_CHUNK_BYTES_CPU", 1)  # one pair per batch
+    np.testing.assert_allclose(gaussian_w2_matrix(sets), expected, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        gaussian_w2_matrix(sets, backend="torch", device="cpu"), expected, rtol=1e-10, atol=1e-14
+    )
+
+
+def test_torch_backend_matches_numpy(rng):
+    pytest.importorskip("torch")
+    cases = random_cases(rng, n_cases=5, classes=(1, 2), d=6)
+    cases[2].pop(2)  # class 2 absent from one case
+    cases[3][1] = rng.normal(size=(4, 6))  # rank-deficient
+    expected = class_consistency(cases)
+    assert class_consistency(cases, backend="torch", device="cpu") == pytest.approx(
+        expected, rel=1e-10
+    )
+    assert class_consistency(cases, backend="torch") == pytest.approx(expected, rel=1e-10)
+    layers = random_layers(rng, n_layers=2)
+    assert ccfv_score(layers, backend="torch", device="cpu") == pytest.approx(
+        ccfv_score(layers), rel=1e-10
+    )
+
+
+def test_backend_argument_errors(rng):
+    cases = random_cases(rng, 3, (1,), 2)
+    with pytest.raises(ValueError, match="backend"):
+        class_consistency(cases, backend="jax")
+    with pytest.raises(ValueError, match="device"):
+        class_consistency(cases, device="cpu")
+    with pytest.raises(ValueError, match="w2"):
+        class_consistency(cases, distance="kl", backend="torch")
+    with pytest.raises(ValueError, match="at least one"):
+        gaussian_w2_matrix([])
+    with pytest.raises(ValueError, match="dimensions"):
+        gaussian_w2_matrix([rng.normal(size=(4, 2)), rng.normal(size=(4, 3))])
+
+
+def test_class_consistency_rank_deficient_cases_match_nuclear_reference(rng):
+    cases = [{1: rng.normal(loc=0.3 * i, size=(4, 12))} for i in range(5)]  # n = 4 < d = 12
+    expected = sum(
+        nuclear_w2(cases[i][1], cases[j][1]) for i in range(5) for j in range(5) if i != j
+    ) / 20
+    assert class_consistency(cases) == pytest.approx(expected, rel=1e-10)
+
+
+def test_class_consistency_constant_channel_is_finite_and_changes_nothing(rng):
+    cases = random_cases(rng, n_cases=4, classes=(1, 2), d=3)
+    padded = [
+        {k: np.hstack([x, np.full((len(x), 1), 7.0)]) for k, x in case.items()} for case in cases
+    ]
+    value = class_consistency(padded)
+    assert np.isfinite(value)
+    assert value == pytest.approx(class_consistency(cases), rel=1e-10)
+    for distance in ("kl", "bhattacharyya"):
+        assert np.isfinite(class_consistency(padded, distance=distance))
+
+
+def test_class_consistency_duplicated_channel_matches_nuclear_reference(rng):
+    cases = []
+    for i in range(4):
+        x = rng.normal(loc=0.2 * i, size=(10, 3))
+        cases.append({1: np.hstack([x, x[:, :1]])})  # rank 3 covariance in 4 dimensions
+    expected = sum(
+        nuclear_w2(cases[i][1], cases[j][1]) for i in range(4) for j in range(4) if i != j
+    ) / 12
+    value = class_consistency(cases)
+    assert np.isfinite(value)
+    assert value == pytest.approx(expected, rel=1e-10)
+
+
+def test_class_consistency_zero_covariance_class(rng):
+    # every sample of the class identical within a case: covariance 0, W2 = distance of means
+    cases = [{1: np.tile(rng.normal(size=(1, 3)), (5, 1))} for _ in range(3)]
+    means = [case[1][0] for case in cases]
+    expected = sum(
+        np.linalg.norm(means[i] - means[j]) for i in range(3) for j in range(3) if i != j
+    ) / 6
+    assert class_consistency(cases) == pytest.approx(expected, rel=1e-12)
+
+
+def test_single_case_raises_everywhere(rng):
+    one = random_cases(rng, n_cases=1, classes=(1, 2), d=3)
+    with pytest.raises(ValueError, match="no valid pair"):
+        class_consistency(one)
+    with pytest.raises(ValueError, match="no valid pair"):
+        ccfv_score([{"cases": one, "global": [rng.normal(size=(6, 3))]}])
+    with pytest.raises(ValueError, match="at least 2 cases"):
+        class_consistency_released(one)
+    with pytest.raises(ValueError, match="at least 2 cases"):
+        feature_variety_released(rng.normal(size=(1, 3)))
+
+
+def test_class_consistency_invariant_to_case_order_and_channel_permutation(rng):
+    cases = random_cases(rng, n_cases=6, classes=(1, 2), d=5)
+    cases[4].pop(1)
+    value = class_consistency(cases)
+    order = rng.permutation(6)
+    assert class_consistency([cases[i] for i in order]) == pytest.approx(value, rel=1e-12)
+    channels = rng.permutation(5)
+    permuted = [{k: x[:, channels] for k, x in case.items()} for case in cases]
+    assert class_consistency(permuted) == pytest.approx(value, rel=1e-10)
+    assert class_consistency([{k: 4.0 * x for k, x in c.items()} for c in cases]) == pytest.approx(
+        4.0 * value, rel=1e-10
+    )
+
+
+def test_ccfv_score_invariant_to_case_order_and_channel_permutation(rng):
+    layers = random_layers(rng, n_layers=2)
+    value = ccfv_score(layers)
+    shuffled = []
+    for layer in layers:
+        order = rng.permutation(len(layer["cases"]))
+        d = layer["global"][0].shape[1]
+        channels = rng.permutation(d)
+        shuffled.append(
+            {
+                "cases": [
+                    {k: x[:, channels] for k, x in layer["cases"][i].items()} for i in order
+                ],
+                "global": [layer["global"][i][:, channels] for i in order],
+            }
+        )
+    assert ccfv_score(shuffled) == pytest.approx(value, rel=1e-10)
+
+
+@pytest.mark.parametrize("s", [2.0, 0.5])
+def test_ccfv_score_common_scaling_shifts_by_s_minus_1_log_c(rng, s):
+    layers = random_layers(rng, n_layers=2)
+    c = 3.0
+    scaled = [
+        {
+            "cases": [{k: c * x for k, x in case.items()} for case in layer["cases"]],
+            "global": [c * v for v in layer["global"]],
+        }
+        for layer in layers
+    ]
+    log_c = math.log(c)
+    assert ccfv_score(scaled, s=s) == pytest.approx(ccfv_score(layers, s=s) + (s - 1) * log_c)
+    assert ccfv_score(scaled, s=s, use_consistency=False) == pytest.approx(
+        ccfv_score(layers, s=s, use_consistency=False) + s * log_c
+    )
+    assert ccfv_score(scaled, use_variety=False) == pytest.approx(
+        ccfv_score(layers, use_variety=False) - log_c
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# LEEP (Nguyen et al., 2020)
+# --------------------------------------------------------------------------------------------------
+
+
+def slow_leep(probs, labels):
+    n, n_source = probs.shape
+    target = sorted(set(labels.tolist()))
+    joint = {(y, z): 0.0 for y in target for z in range(n_source)}
+    for i in range(n):
+        for z in range(n_source):
+            joint[(labels[i], z)] += probs[i, z] / n
+    marginal = [sum(joint[(y, z)] for y in target) for z in range(n_source)]
+    total = 0.0
+    for i in range(n):
+        inner = 0.0
+        for z in range(n_source):
+            if marginal[z] > 0:
+                inner += joint[(labels[i], z)] / marginal[z] * probs[i, z]
+        total += math.log(inner)
+    return total / n
+
+
+def test_leep_matches_loop_reference(rng):
+    probs = rng.dirichlet(np.ones(5), size=40)
+    labels = rng.integers(0, 3, size=40)
+    assert leep(probs, labels) == pytest.approx(slow_leep(probs, labels), rel=1e-12)
+
+
+def test_leep_hand_computed():
+    assert leep(np.eye(2), np.array([0, 1])) == pytest.approx(0.0, abs=1e-15)
+    # uniform source predictions: P(y|z) = 1/2, inner sum = 1/2
+    assert leep(np.full((4, 2), 0.5), np.array([0, 1, 0, 1])) == pytest.approx(math.log(0.5))
+    # a source class with no mass is ignored
+    probs = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # P(y=0|z=0) = 1/2, P(y=1|z=0) = 1/2, P(y=1|z=1) = 1
+    expected = (math.log(0.5) + math.log(0.5) + 0.0) / 3
+    assert leep(probs, np.array([0, 1, 1])) == pytest.approx(expected)
+
+
+def test_leep_properties_and_errors(rng):
+    probs = rng.dirichlet(np.ones(4), size=30)
+    labels = rng.integers(0, 3, size=30)
+    value = leep(probs, labels)
+    assert value <= 0.0
+    order = rng.permutation(30)
+    assert leep(probs[order], labels[order]) == pytest.approx(value, rel=1e-12)
+    assert leep(probs[:, ::-1], labels) == pytest.approx(value, rel=1e-12)
+    with pytest.raises(ValueError, match="negative"):
+        leep(probs - 0.5, labels)
+    with pytest.raises(ValueError, match="sum to 1"):
+        leep(probs * 2, labels)
+    with pytest.raises(ValueError, match="shape"):
+        leep(probs, labels[:-1])
+    with pytest.raises(ValueError, match="integer"):
+        leep(probs, labels + 0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# NCE (Tran et al., 2019)
+# --------------------------------------------------------------------------------------------------
+
+
+def slow_nce(z, y):
+    n = len(z)
+    total = 0.0
+    for zv in set(z.tolist()):
+        n_z = sum(1 for a in z if a == zv)
+        for yv in set(y.tolist()):
+            n_zy = sum(1 for a, b in zip(z, y) if a == zv and b == yv)
+            if n_zy:
+                total += n_zy / n * math.log(n_zy / n_z)
+    return total
+
+
+def test_nce_matches_loop_reference_and_hand_cases(rng):
+    z = rng.integers(0, 5, size=50)
+    y = rng.integers(0, 3, size=50)
+    assert nce(z, y) == pytest.approx(slow_nce(z, y), rel=1e-12)
+    assert nce(np.array([0, 0, 1, 1]), np.array([3, 3, 7, 7])) == 0.0
+    assert nce(np.zeros(4, dtype=int), np.array([0, 1, 0, 1])) == pytest.approx(-math.log(2))
+    # z = (0,0,0,1), y = (0,0,1,1): H(Y|Z) = 3/4 * H(2/3, 1/3)
+    h = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert nce(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1])) == pytest.approx(-0.75 * h)
+
+
+def test_nce_is_relabelling_invariant_and_checks_shapes(rng):
+    z = rng.integers(0, 4, size=40)
+    y = rng.integers(0, 3, size=40)
+    assert nce(np.array([9, 2, 5, 1])[z], np.array([4, 0, 8])[y]) == pytest.approx(nce(z, y))
+    with pytest.raises(ValueError, match="shape"):
+        nce(z, y[:-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# GBC (Pándy et al., 2022)
+# --------------------------------------------------------------------------------------------------
+
+
+def slow_gbc(features, labels, gaussian):
+    """The released TensorFlow code, transcribed with loops over classes and dimensions."""
+    stats = {}
+    for c in sorted(set(labels.tolist())):
+        rows = features[labels == c]
+        mean = [sum(rows[:, k]) / len(rows) for k in range(features.shape[1])]
+        var = [
+            max(sum((rows[r, k] - mean[k]) ** 2 for r in range(len(rows))) / len(rows), 1e-4)
+            for k in range(features.shape[1])
+        ]
+        if gaussian == "spherical":
+            var = [sum(var) / len(var)]
+        stats[c] = (mean, var)
+    total = 0.0
+    for c1 in stats:
+        for c2 in stats:
+            if c1 == c2:
+                continue
+            (m1, v1), (m2, v2) = stats[c1], stats[c2]
+            avg = [(a + b) / 2 for a, b in zip(v1, v2)]
+            first = 0.0
+            for k in range(len(m1)):
+                first += (m1[k] - m2[k]) ** 2 / avg[k if len(avg) > 1 else 0]
+            first /= 8
+            second = sum(math.log(a) for a in avg)
+            second -= 0.5 * sum(math.log(a) for a in v1)
+            second -= 0.5 * sum(math.log(a) for a in v2)
+            total += math.exp(-(first + 0.5 * second))
+    return -total
+
+
+@pytest.mark.parametrize("gaussian", ["spherical", "diagonal"])
+def test_gbc_matches_loop_transcription_of_released_code(rng, gaussian):
+    labels = rng.integers(0, 3, size=45)
+    features = rng.normal(size=(45, 4)) * np.array([1.0, 0.5, 2.0, 0.01])
+    features[:, 0] += labels
+    assert gbc(features, labels, gaussian) == pytest.approx(
+        slow_gbc(features, labels, gaussian), rel=1e-12
+    )
+
+
+def test_gbc_hand_computed():
+    # 1-D: class 0 = {0, 2} (mean 1, var 1), class 1 = {4, 6} (mean 5, var 1): D_B = 16/8 = 2
+    features = np.array([[0.0], [2.0], [4.0], [6.0]])
+    labels = np.array([0, 0, 1, 1])
+    for gaussian in ("spherical", "diagonal"):
+        assert gbc(features, labels, gaussian) == pytest.approx(-2 * math.exp(-2))
+    # 2-D, equal means: only the log term. Class 0 variances (1, 9), class 1 variances (9, 1).
+    a = np.array([[1.0, 3.0], [-1.0, -3.0]])
+    b = np.array([[3.0, 1.0], [-3.0, -1.0]])
+    features = np.vstack([a, b])
+    labels = np.array([0, 0, 1, 1])
+    # diagonal: averaged variances (5, 5); D_B = 1/2 [2 log 5 - 1/2 log 9 - 1/2 log 9] = log(5/3)
+    diag_db = 0.5 * (2 * math.log(5) - 0.5 * math.log(9) - 0.5 * math.log(9))
+    assert diag_db == pytest.approx(math.log(5 / 3))
+    assert gbc(features, labels, "diagonal") == pytest.approx(-2 * math.exp(-diag_db))
+    # spherical: both classes have mean variance 5, so D_B = 0 and each coefficient is 1
+    assert gbc(features, labels, "spherical") == pytest.approx(-2.0)
+
+
+def test_gbc_spherical_counts_log_term_once_like_the_released_code():
+    # class variances 1 and 4 (isotropic, d = 3), equal means: exact isotropic Bhattacharyya
+    # would be d/2 * log(2.5 / 2); the released code (and we) use 1/2 * log(2.5 / 2).
+    unit = np.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    features = np.vstack([unit, 2 * unit])
+    labels = np.array([0, 0, 1, 1])
+    assert gbc(features, labels) == pytest.approx(-2 * math.exp(-0.5 * math.log(2.5 / 2)))
+
+
+def test_gbc_properties_and_robustness(rng):
+    labels = rng.integers(0, 3, size=40)
+    features = rng.normal(size=(40, 5)) + labels[:, None]
+    value = gbc(features, labels)
+    perm = rng.permutation(5)
+    order = rng.permutation(40)
+    assert gbc(features[:, perm], labels) == pytest.approx(value, rel=1e-12)
+    assert gbc(features[order], labels[order]) == pytest.approx(value, rel=1e-12)
+    assert value < 0
+    constant = np.hstack([features, np.ones((40, 1))])  # zero variance -> floored
+    assert np.isfinite(gbc(constant, labels, "diagonal"))
+    single_sample_class = np.append(labels[:-1], 9)
+    assert np.isfinite(gbc(features, single_sample_class))
+    with pytest.raises(ValueError, match="2 classes"):
+        gbc(features, np.zeros(40, dtype=int))
+    with pytest.raises(ValueError, match="gaussian"):
+        gbc(features, labels, "full")
+    assert GBC_VARIANCE_FLOOR == 1e-4
+
+
+# --------------------------------------------------------------------------------------------------
+# TransRate (Huang et al., 2022)
+# --------------------------------------------------------------------------------------------------
+
+
+def slow_transrate(features, labels, eps=1e-4, rank_normalise=True):
+    """Released-code formula with explicit determinants and numpy.linalg.matrix_rank."""
+    n, d = features.shape
+    z = features - features.mean(axis=0)
+
+    def rate(rows):
+        return 0.5 * math.log(np.linalg.det(np.eye(d) + rows.T @ rows / (len(rows) * eps)))
+
+    conditional = 0.0
+    for c in sorted(set(labels.tolist())):
+        rows = z[labels == c]
+        conditional += len(rows) / n * rate(rows)
+    score = rate(z) - conditional
+    if rank_normalise:
+        score /= np.linalg.matrix_rank(z.T @ z / n)
+    return score
+
+
+@pytest.mark.parametrize("rank_normalise", [True, False])
+def test_transrate_matches_explicit_determinant_reference(rng, rank_normalise):
+    labels = rng.integers(0, 3, size=50)
+    features = rng.normal(size=(50, 4)) + 0.5 * labels[:, None]
+    assert transrate(features, labels, 1e-2, rank_normalise=rank_normalise) == pytest.approx(
+        slow_transrate(features, labels, 1e-2, rank_normalise), rel=1e-10
+    )
+
+
+def test_transrate_hand_computed():
+    # 1-D, mean 0: Z^T Z / n = 5; class 0 = {-1, 1}: 1; class 1 = {-3, 3}: 9; rank 1; eps = 1
+    features = np.array([[-1.0], [1.0], [-3.0], [3.0]])
+    labels = np.array([0, 0, 1, 1])
+    expected = 0.5 * math.log(6) - 0.5 * (0.5 * math.log(2) + 0.5 * math.log(10))
+    assert transrate(features, labels, eps=1.0) == pytest.approx(expected)
+    assert transrate(features, labels, eps=1.0, rank_normalise=False) == pytest.approx(expected)
+    # row_normalise: centred rows become +-1, every second moment is 1, TransRate is 0
+    assert transrate(features, labels, eps=1.0, row_normalise=True) == pytest.approx(0.0)
+
+
+def test_transrate_rank_division_uses_the_feature_rank(rng):
+    base = rng.normal(size=(60, 3))
+    features = np.hstack([base, base[:, :1] + base[:, 1:2]])  # rank 3 in 4 dimensions
+    labels = rng.integers(0, 2, size=60)
+    undivided = transrate(features, labels, rank_normalise=False)
+    assert transrate(features, labels) == pytest.approx(undivided / 3, rel=1e-12)
+    assert transrate(features, labels) == pytest.approx(slow_transrate(features, labels), rel=1e-6)
+
+
+def test_transrate_properties_and_robustness(rng):
+    labels = rng.integers(0, 3, size=30)
+    features = rng.normal(size=(30, 6)) + labels[:, None]
+    value = transrate(features, labels)
+    assert transrate(features[:, rng.permutation(6)], labels) == pytest.approx(value, rel=1e-10)
+    order = rng.permutation(30)
+    assert transrate(features[order], labels[order]) == pytest.approx(value, rel=1e-10)
+    wide = rng.normal(size=(8, 40))  # n < d
+    assert np.isfinite(transrate(wide, rng.integers(0, 2, size=8)))
+    duplicated = np.hstack([features, features[:, :2], np.ones((30, 1))])
+    assert np.isfinite(transrate(duplicated, labels))
+    with pytest.raises(ValueError, match="constant"):
+        transrate(np.ones((10, 3)), rng.integers(0, 2, size=10))
+    with pytest.raises(ValueError, match="eps"):
+        transrate(features, labels, eps=0.0)
+    with pytest.raises(ValueError, match="zero"):
+        transrate(np.array([[0.0], [1.0], [2.0]]), np.array([0, 1, 1]), row_normalise=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# H-score (Bao et al., 2019)
+# --------------------------------------------------------------------------------------------------
+
+
+def slow_hscore(features, labels):
+    """The authors' getHscore: ddof=1 covariances, per-sample class means, pinv(rcond=1e-15)."""
+    def cov(x):
+        centred = x - x.mean(axis=0, keepdims=True)
+        return centred.T @ centred / (len(x) - 1)
+
+    g = np.zeros_like(features)
+    for c in set(labels.tolist()):
+        g[labels == c] = features[labels == c].mean(axis=0)
+    return float(np.trace(np.linalg.pinv(cov(features), rcond=1e-15) @ cov(g)))
+
+
+def test_hscore_matches_authors_formula_on_full_rank_features(rng):
+    labels = rng.integers(0, 4, size=80)
+    features = rng.normal(size=(80, 6)) @ rng.normal(size=(6, 6)) + labels[:, None]
+    assert hscore(features, labels) == pytest.approx(slow_hscore(features, labels), rel=1e-9)
+
+
+def test_hscore_hand_computed():
+    labels = np.array([0, 0, 1, 1])
+    assert hscore(np.array([[0.0], [0.0], [2.0], [2.0]]), labels) == pytest.approx(1.0)
+    # cov f = 20/3, cov g (class means 1, 5) = 16/3
+    assert hscore(np.array([[0.0], [2.0], [4.0], [6.0]]), labels) == pytest.approx(0.8)
+    assert hscore(np.array([[0.0], [2.0], [4.0], [6.0]]), np.zeros(4, dtype=int)) == 0.0
+    assert hscore(np.ones((4, 2)), labels) == 0.0
+
+
+def test_hscore_invariances_and_degenerate_channels(rng):
+    labels = rng.integers(0, 3, size=50)
+    features = rng.normal(size=(50, 5)) + labels[:, None] * np.array([1, 0, 2, 0, 0])
+    value = hscore(features, labels)
+    assert hscore(features[:, rng.permutation(5)], labels) == pytest.approx(value, rel=1e-10)
+    assert hscore(7.0 * features, labels) == pytest.approx(value, rel=1e-10)
+    order = rng.permutation(50)
+    assert hscore(features[order], labels[order]) == pytest.approx(value, rel=1e-10)
+    degenerate = np.hstack([features, features[:, :2], np.full((50, 1), 3.0)])
+    assert hscore(degenerate, labels) == pytest.approx(value, rel=1e-8)
+    wide = rng.normal(size=(6, 20))  # n < d: finite, at most (classes - 1)
+    wide_value = hscore(wide, np.array([0, 0, 1, 1, 2, 2]))
+    assert np.isfinite(wide_value) and wide_value <= 2 + 1e-8
+
+
+# --------------------------------------------------------------------------------------------------
+# Released-code reproduction (EndoluminalSurgicalVision-IMR/CCFV)
+# --------------------------------------------------------------------------------------------------
+
+
+def released_cal_w_distance(f1, f2):
+    """utils/ccfv.py cal_w_distance, verbatim arithmetic."""
+    miu_f1 = np.mean(f1, axis=0)
+    miu_f2 = np.mean(f2, axis=0)
+    cov_f1 = np.cov(f1.T)
+    cov_f2 = np.cov(f2.T)
+    delta_miu = miu_f1 - miu_f2
+    w_d = (
+        np.sum(delta_miu**2)
+        + cov_f1.trace()
+        + cov_f2.trace()
+        - 2 * (scipy.linalg.sqrtm(cov_f1.dot(cov_f2))).trace()
+    )
+    return np.sqrt(abs(w_d))
+
+
+def test_gaussian_w2_released_matches_released_function_and_ours(rng):
+    a = rng.normal(size=(30, 4)) @ rng.normal(size=(4, 4))
+    b = rng.normal(loc=0.5, size=(25, 4)) @ rng.normal(size=(4, 4))
+    assert gaussian_w2_released(a, b) == released_cal_w_distance(a, b)
+    assert gaussian_w2_released(a, b) == pytest.approx(gaussian_w2(a, b), rel=1e-8)
+    one_d_a, one_d_b = rng.normal(size=(10, 1)), rng.normal(size=(12, 1))
+    assert gaussian_w2_released(one_d_a, one_d_b) == pytest.approx(
+        gaussian_w2(one_d_a, one_d_b), rel=1e-10
+    )
+
+
+def test_class_consistency_released_nested_accumulator_hand_computed():
+    # 1-D: W2 of N(m1, s1^2), N(m2, s2^2) = hypot(m1 - m2, s1 - s2). Sets {mu - h, mu + h} have
+    # ddof=1 std h * sqrt(2).
+    def col(*values):
+        return np.array(values, dtype=float)[:, None]
+
+    cases = [
+        {0: col(0, 1, 2), 1: col(0, 2), 2: col(10, 12)},
+        {0: col(5, 6), 1: col(3, 5), 2: col(10, 14)},
+    ]
+    s1 = 3.0  # class 1: means 1 and 4, equal spread
+    s2 = math.sqrt(1 + 2)  # class 2: means 11 and 12, stds sqrt(2) and 2 sqrt(2)
+    factor = 1 + 1 / (2 * 2 / 2) / 2  # 1 + 1 / (N^2/2) / K with N = 2, K = 2: 1.25
+    expected = (s1 * factor + s2) * factor
+    assert class_consistency_released(cases) == pytest.approx(expected, rel=1e-9)
+    assert class_consistency_released(cases, num_classes=4) == pytest.approx(
+        (s1 * 1.125 + s2) * 1.125, rel=1e-9
+    )
+
+
+def test_class_consistency_released_matches_transcribed_main_loop(rng):
+    cases = [{0: rng.normal(size=(9, 3)), 1: rng.normal(size=(8, 3)), 2: rng.normal(size=(7, 3))}
+             for _ in range(4)]
+    w_distance = 0.0
+    for lb in (0, 1, 2):
+        if lb == 0:
+            continue
+        length = len(cases)
+        for i in range(length):
+            for j in range(i + 1, length):
+                w_distance += released_cal_w_distance(cases[i][lb], cases[j][lb])
+        w_distance += w_distance / (length * length / 2) / 2
+    assert class_consistency_released(cases) == pytest.approx(w_distance, rel=1e-12)
+    order = [2, 0, 3, 1]
+    assert class_consistency_released([cases[i] for i in order]) == pytest.approx(
+        w_distance, rel=1e-9
+    )
+
+
+def test_feature_variety_released_hand_computed_and_direction():
+    v = np.array([[0.0, 0.0], [3.0, 4.0]])
+    assert feature_variety_released(v) == pytest.approx(1 / math.sqrt(25 + 1e-3))
+    three = np.array([[0.0], [1.0], [3.0]])
+    expected = (1 / math.sqrt(1.001) + 1 / math.sqrt(9.001) + 1 / math.sqrt(4.001)) / 3
+    assert feature_variety_released(three) == pytest.approx(expected)
+    # grows when the vectors collapse: the opposite direction to the paper's F_v
+    assert feature_variety_released(0.1 * three) > feature_variety_released(three)
+
+
+def test_ccfv_score_released_sums_layers_and_both_ratio_versions(rng):
+    layers = []
+    for _ in range(2):
+        layers.append({"cases": [{0: rng.normal(size=(10, 3)), 1: rng.normal(size=(6, 3)) + 1}
+                                 for _ in range(3)]})
+    terms = []
+    for layer in layers:
+        w = class_consistency_released(layer["cases"])
+        means = np.stack([np.vstack([c[0], c[1]]).mean(axis=0) for c in layer["cases"]])
+        terms.append(math.log(feature_variety_released(means) / w))
+    value = ccfv_score_released(layers)
+    assert value == pytest.approx(sum(terms), rel=1e-12)
+    assert ccfv_score_released(layers, ratio="distance_over_variety") == pytest.approx(-value)
+    with pytest.raises(ValueError, match="ratio"):
+        ccfv_score_released(layers, ratio="mean")
+
+
+def test_released_variant_rejects_absent_class(rng):
+    cases = [{0: rng.normal(size=(5, 2)), 1: rng.normal(size=(5, 2))}, {0: rng.normal(size=(5, 2))}]
+    with pytest.raises(ValueError, match="absent"):
+        class_consistency_released(cases)
+    with pytest.raises(ValueError, match="absent"):
+        ccfv_score_released([{"cases": cases}])
+    with pytest.raises(ValueError, match="at least 2"):
+        class_consistency_released(
+            [{1: rng.normal(size=(5, 2))}, {1: rng.normal(size=(1, 2))}]
+        )
+
+
+def test_released_w2_agrees_with_batched_w2_on_benchmark_like_data(rng):
+    d = 24
+    mix = rng.normal(size=(d, d)) / math.sqrt(d)
+    sets = [rng.normal(size=(80, d)) @ (mix + 0.1 * rng.normal(size=(d, d))) for _ in range(4)]
+    matrix = gaussian_w2_matrix(sets)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert matrix[i, j] == pytest.approx(gaussian_w2_released(sets[i], sets[j]), rel=1e-8)
