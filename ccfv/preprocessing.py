@@ -98,13 +98,15 @@ def shared_architecture(plans: dict) -> dict:
     return {"patch_size": list(conf["patch_size"]), "architecture": conf["architecture"]}
 
 
-def plan_and_preprocess(raw_dataset: Path, preprocessed_root: Path, network: dict, n_proc: int = 1) -> Path:
+def plan_and_preprocess(raw_dataset: Path, preprocessed_root: Path, network: dict, n_proc: int = 1,
+                        checksums: Path | None = None) -> Path:
     """Fingerprint, plan and preprocess one nnU-Net raw dataset with the shared ``ccfvPlans``.
 
     Runs nnU-Net's own fingerprint extraction (with ``--verify_dataset_integrity``), its default
     experiment planner, then writes ``ccfvPlans.json`` (see module docstring) and preprocesses the
     3d_fullres configuration with it. Everything is built in a scratch folder and renamed into
-    ``preprocessed_root/DatasetXXX_Name`` at the end.
+    ``preprocessed_root/DatasetXXX_Name`` at the end. ``checksums``, when given, receives the SHA-256 of
+    every preprocessed case (``ccfv.checksums.preprocessed_cases``).
     """
     raw_dataset, preprocessed_root = Path(raw_dataset), Path(preprocessed_root)
     name = raw_dataset.name
@@ -131,6 +133,11 @@ def plan_and_preprocess(raw_dataset: Path, preprocessed_root: Path, network: dic
         if target.exists():
             shutil.rmtree(target)
         (scratch / name).rename(target)
+    if checksums is not None:
+        from .atomic import write_json
+        from .checksums import preprocessed_cases
+
+        write_json(checksums, preprocessed_cases(target))
     return target
 
 

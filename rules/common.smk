@@ -39,9 +39,13 @@ def bank(target):
 
 
 def task_folder(task):
-    """The MSD-layout folder of a task (generated for the demo, downloaded or given for MSD)."""
+    """The MSD-layout folder of a task: generated for the demo; for MSD an extracted copy in
+    data.msd.local when there is one (read in place, never copied), else fetched into data.msd.root."""
     if config["data"]["source"] == "synthetic":
         return f"{R}/data/{task}"
+    local = config["data"]["msd"].get("local")
+    if local and Path(local, task, "dataset.json").is_file():
+        return f"{local}/{task}"
     return f"{config['data']['msd']['root']}/{task}"
 
 

@@ -1,4 +1,5 @@
 # Stage 1: the tasks in MSD layout. The demo generates them; MSD tasks are fetched (or found in place).
+# Every task, demo or MSD, is validated before anything reads it.
 
 if config["data"]["source"] == "synthetic":
 
@@ -28,12 +29,14 @@ else:
     rule fetch_msd_task:
         output:
             dataset=f"{config['data']['msd']['root']}/{{task}}/dataset.json",
+            record=f"{R}/checksums/{{task}}/archive.json",
         log:
             "logs/data/fetch_{task}.log",
         benchmark:
             f"{R}/benchmarks/data/fetch_{{task}}.tsv"
         params:
             base_url=config["data"]["msd"].get("base_url"),
+            local=config["data"]["msd"].get("local"),
         resources:
             **resources_for("default"),
         threads: 1
@@ -43,3 +46,23 @@ else:
             CONTAINER
         script:
             "../scripts/fetch_msd_task.py"
+
+
+rule validate_task:
+    input:
+        dataset=lambda wc: f"{task_folder(wc.task)}/dataset.json",
+    output:
+        files=f"{R}/checksums/{{task}}/files.json",
+    log:
+        "logs/data/validate_{task}.log",
+    benchmark:
+        f"{R}/benchmarks/data/validate_{{task}}.tsv"
+    resources:
+        **resources_for("default"),
+    threads: 1
+    conda:
+        CONDA_ENV
+    container:
+        CONTAINER
+    script:
+        "../scripts/validate_task.py"

@@ -6,6 +6,7 @@
 rule convert_to_nnunet:
     input:
         dataset=lambda wc: f"{task_folder(wc.task)}/dataset.json",
+        validated=f"{R}/checksums/{{task}}/files.json",
     output:
         raw=directory(f"{R}/nnunet/{{task}}/raw"),
     log:
@@ -28,6 +29,7 @@ rule plan_and_preprocess:
         raw=f"{R}/nnunet/{{task}}/raw",
     output:
         preprocessed=directory(f"{R}/nnunet/{{task}}/preprocessed"),
+        checksums=f"{R}/checksums/{{task}}/preprocessed.json",
     log:
         "logs/preprocess/plan_and_preprocess_{task}.log",
     benchmark:
@@ -48,8 +50,10 @@ rule plan_and_preprocess:
 rule make_split:
     input:
         preprocessed=f"{R}/nnunet/{{task}}/preprocessed",
+        files=f"{R}/checksums/{{task}}/files.json",
     output:
         split=f"{R}/splits/{{task}}.json",
+        nnunet=f"{R}/splits/{{task}}/splits_final.json",
     log:
         "logs/preprocess/split_{task}.log",
     benchmark:
@@ -57,6 +61,8 @@ rule make_split:
     params:
         test_fraction=config["split"]["test_fraction"],
         seed=config["split"]["seed"],
+        # not an output: it must outlive reruns (see ccfv/splits.py)
+        record=f"{R}/splits/{{task}}.record.json",
     resources:
         **resources_for("default"),
     threads: 1

@@ -9,4 +9,5 @@ from ccfv.workflow import log_to
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         fetch_task(snakemake.wildcards.task, Path(snakemake.output.dataset).parent.parent,
-                   base_url=snakemake.params.base_url)
+                   base_url=snakemake.params.base_url, local=snakemake.params.local,
+                   record=snakemake.output.record)

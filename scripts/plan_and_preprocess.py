@@ -10,4 +10,5 @@ from ccfv.workflow import log_to
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         plan_and_preprocess(dataset_folder(snakemake.input.raw, snakemake.wildcards.task),
-                            Path(snakemake.output.preprocessed), dict(snakemake.params.network))
+                            Path(snakemake.output.preprocessed), dict(snakemake.params.network),
+                            checksums=Path(snakemake.output.checksums))

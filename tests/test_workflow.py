@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 STAGES = {
-    "synthesize_task", "convert_to_nnunet", "plan_and_preprocess", "make_split", "pretrain", "random_init",
+    "synthesize_task", "validate_task", "convert_to_nnunet", "plan_and_preprocess", "make_split", "pretrain", "random_init",
     "sample_features", "score", "finetune", "table1",
 }
 

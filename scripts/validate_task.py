@@ -1,0 +1,9 @@
+"""Snakemake script: validate one task in MSD layout and record the checksums of its files."""
+from pathlib import Path
+
+from ccfv.checksums import validate_and_record
+from ccfv.workflow import log_to
+
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        validate_and_record(Path(snakemake.input.dataset).parent, snakemake.output.files)
