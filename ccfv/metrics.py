@@ -133,8 +133,8 @@ def _psd_eigvals_floor(eigval: np.ndarray) -> np.ndarray:
     """Set eigenvalues at round-off level (<= max * size * machine eps, negatives included) to 0.
 
     Works row-wise on a stack ``[..., k]`` of spectra. For a rank-deficient PSD matrix the zero
-    eigenvalues come out of eigh as +-(round-off); their square roots (~1e-8 relative) would
-    otherwise leak into W2. The cutoff is the one ``numpy.linalg.matrix_rank`` uses.
+    eigenvalues come out of eigh as +-(round-off); dividing by them (pseudo-inverse in
+    ``hscore``) would amplify noise. The cutoff is the one ``numpy.linalg.matrix_rank`` uses.
     """
     if eigval.shape[-1] == 0:
         return eigval
@@ -149,48 +149,62 @@ def _psd_eigvals_floor(eigval: np.ndarray) -> np.ndarray:
 #
 # Batched W2 (used by gaussian_w2, gaussian_w2_matrix and class_consistency):
 #
-#   1. every case-class covariance S_i is factorised ONCE: S_i = V_i diag(w_i) V_i^T (eigh),
-#      round-off eigenvalues set to 0, F_i = V_i diag(sqrt w_i) restricted to the r largest
-#      eigenpairs, where r is the largest numerical rank in the batch (r = d for full-rank
-#      covariances, r <= n - 1 when there are fewer samples than channels), so S_i = F_i F_i^T;
-#   2. a pair (i, j) then costs one r x r product B = F_j^T F_i, M = B^T B = F_i^T S_j F_i and one
-#      symmetric eigvalsh(M): the eigenvalues of M are those of S_i S_j (and of S_i^{1/2} S_j
-#      S_i^{1/2}), so Tr((S_i S_j)^{1/2}) = sum_k sqrt(eig_k(M)) (round-off eigenvalues set to 0);
-#   3. W2^2 = ||mu_i - mu_j||^2 + Tr S_i + Tr S_j - 2 Tr((S_i S_j)^{1/2}), clamped at 0.
+#   1. every case-class sample set X_i [n_i, d] is factorised ONCE: thin QR of the centred data,
+#      X_i - mean_i = Q_i R_i, and F_i = R_i^T / sqrt(n_i - 1) [d, min(n_i, d)], so that
+#      S_i = F_i F_i^T exactly (S_i the ddof=1 covariance). Widths are zero-padded to the largest
+#      one in the batch (zero columns change nothing);
+#   2. a pair (i, j) then costs one product B = F_j^T F_i and the singular values of B:
+#      S_i S_j = F_i F_i^T F_j F_j^T has the same nonzero eigenvalues as F_i^T F_j F_j^T F_i =
+#      B^T B (cyclic permutation), so Tr((S_i S_j)^{1/2}) = sum_k sqrt(eig_k(B^T B)) = ||B||_*,
+#      the sum of the singular values of B;
+#   3. W2^2 = ||mu_i - mu_j||^2 + Tr S_i + Tr S_j - 2 ||B||_*, clamped at 0.
 #
-# Pairs are processed in batches (numpy: one row i against a block of j; torch: blocks of the
-# upper-triangular pair list) so that no Python-level loop runs per pair.
+# Why QR + singular values rather than an eigendecomposition of S_i and an eigvalsh of the
+# symmetric product S_i^{1/2} S_j S_i^{1/2}: the eigenvalues of that product are squares of the
+# singular values of B, so an eigensolver (absolute error ~ eps * largest eigenvalue) resolves a
+# small one only to ~sqrt(eps) * largest singular value, and any threshold that cleans up
+# round-off for rank-deficient covariances also discards genuinely small eigenvalues. On
+# ill-conditioned covariances (condition ~1e10, typical of decoder features) that left W2 off
+# by ~1e-8 relative. QR and the SVD are backward stable on the data scale (absolute error ~ eps *
+# largest singular value), need no threshold at all, and handle rank-deficient sets (n <= d,
+# constant or duplicated channels) exactly. A pair costs one d x d SVD (values only) instead of
+# one eigvalsh: about 1.5-2x slower per pair, for ~1e-11 agreement with sqrtm.
+#
+# Pairs are processed in batches (numpy: one row i against a block of j's in one GEMM; torch:
+# blocks of the upper-triangular pair list) so that no Python-level loop runs per pair.
 
 
-def _stack_moments(fits: Sequence[_Gaussian]) -> tuple[np.ndarray, np.ndarray]:
-    return np.stack([fit.mean for fit in fits]), np.stack([fit.cov for fit in fits])
+def _w2_factors(sets: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Means [m, d], covariance factors F [m, d, w] (S_i = F_i F_i^T) and traces Tr S_i [m]."""
+    d = sets[0].shape[1]
+    width = max(min(x.shape[0], d) for x in sets)
+    means = np.empty((len(sets), d))
+    factors = np.zeros((len(sets), d, width))
+    traces = np.empty(len(sets))
+    for index, x in enumerate(sets):
+        means[index] = x.mean(axis=0)
+        centred = x - means[index]
+        r_factor = np.linalg.qr(centred, mode="r")  # [min(n, d), d]
+        scale = 1.0 / np.sqrt(x.shape[0] - 1)
+        factors[index, :, : r_factor.shape[0]] = r_factor.T * scale
+        traces[index] = np.einsum("nd,nd->", centred, centred) * scale * scale
+    return means, factors, traces
 
 
-def _w2_matrix_numpy(means: np.ndarray, covs: np.ndarray) -> np.ndarray:
-    """Symmetric [m, m] matrix of W2 between the Gaussians (means [m, d], covs [m, d, d])."""
-    m, d = means.shape
-    eigval, eigvec = np.linalg.eigh(covs)  # ascending, batched: each S_i factorised once
-    eigval = _psd_eigvals_floor(eigval)
-    rank = int((eigval > 0.0).sum(axis=-1).max(initial=0))
-    factors = eigvec[:, :, d - rank :] * np.sqrt(eigval[:, None, d - rank :])  # [m, d, r]
-    factors_t = np.ascontiguousarray(factors.transpose(0, 2, 1))  # [m, r, d]
-    traces = np.trace(covs, axis1=1, axis2=2)
-
-    per_pair_bytes = 8 * (3 * rank * rank + 2 * d + 4)
-    chunk = max(1, _W2_CHUNK_BYTES_CPU // per_pair_bytes)
+def _w2_matrix_numpy(sets: Sequence[np.ndarray]) -> np.ndarray:
+    """Symmetric [m, m] matrix of W2 between the Gaussians fitted to the sample sets."""
+    means, factors, traces = _w2_factors(sets)
+    m, d, width = factors.shape
+    factors_t = np.ascontiguousarray(factors.transpose(0, 2, 1))  # [m, w, d]
+    chunk = max(1, _W2_CHUNK_BYTES_CPU // (8 * (3 * width * width + 2 * d + 4)))
     out = np.zeros((m, m))
     for i in range(m - 1):
         for start in range(i + 1, m, chunk):
             stop = min(m, start + chunk)
             k = stop - start
-            if rank > 0:
-                # B_j = F_j^T F_i for the whole block in one GEMM: [k*r, d] @ [d, r].
-                b = (factors_t[start:stop].reshape(k * rank, d) @ factors[i]).reshape(k, rank, rank)
-                inner = np.matmul(b.transpose(0, 2, 1), b)  # F_i^T S_j F_i, symmetric PSD
-                spectrum = _psd_eigvals_floor(np.linalg.eigvalsh(inner))
-                cross = np.sqrt(spectrum).sum(axis=-1)
-            else:
-                cross = np.zeros(k)
+            # B_j = F_j^T F_i for the whole block in one GEMM: [k*w, d] @ [d, w].
+            b = (factors_t[start:stop].reshape(k * width, d) @ factors[i]).reshape(k, width, width)
+            cross = np.linalg.svd(b, compute_uv=False).sum(axis=-1)
             diff = means[start:stop] - means[i]
             squared = np.einsum("kd,kd->k", diff, diff) + traces[i] + traces[start:stop]
             w2 = np.sqrt(np.maximum(squared - 2.0 * cross, 0.0))
@@ -205,45 +219,35 @@ def _torch_device(torch: Any, device: Any) -> Any:
     return torch.device(device)
 
 
-def _w2_matrix_torch(means: np.ndarray, covs: np.ndarray, device: Any) -> np.ndarray:
-    """``_w2_matrix_numpy`` in torch float64 (batched eigh/eigvalsh), on ``device``."""
+def _w2_matrix_torch(sets: Sequence[np.ndarray], device: Any) -> np.ndarray:
+    """``_w2_matrix_numpy`` with the pair step in torch float64 (batched ``svdvals``) on ``device``.
+
+    The per-set QR factors are computed with numpy (m small QRs); the O(m^2) pair work runs on the
+    device.
+    """
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a dependency of the workflow
         raise ImportError("backend='torch' needs PyTorch; use backend='numpy'") from exc
 
     dev = _torch_device(torch, device)
-    m, d = means.shape
-    mu = torch.as_tensor(means, dtype=torch.float64, device=dev)
-    cov = torch.as_tensor(covs, dtype=torch.float64, device=dev)
-    eps = float(np.finfo(np.float64).eps)
-
-    def floor(ev: Any) -> Any:
-        if ev.shape[-1] == 0:
-            return ev
-        top = ev.max(dim=-1, keepdim=True).values.clamp(min=0.0)
-        return torch.where(ev > top * ev.shape[-1] * eps, ev, torch.zeros_like(ev))
-
-    eigval, eigvec = torch.linalg.eigh(cov)
-    eigval = floor(eigval)
-    rank = int((eigval > 0.0).sum(dim=-1).max().item()) if m else 0
-    factors = eigvec[:, :, d - rank :] * eigval[:, None, d - rank :].sqrt()  # [m, d, r]
-    traces = cov.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+    means_np, factors_np, traces_np = _w2_factors(sets)
+    m, d, width = factors_np.shape
+    means = torch.as_tensor(means_np, device=dev)
+    factors = torch.as_tensor(factors_np, device=dev)
+    factors_t = factors.transpose(1, 2).contiguous()
+    traces = torch.as_tensor(traces_np, device=dev)
 
     rows, cols = torch.triu_indices(m, m, offset=1, device=dev)
     budget = _W2_CHUNK_BYTES_GPU if dev.type == "cuda" else _W2_CHUNK_BYTES_CPU
-    chunk = max(1, budget // (8 * (2 * rank * d + 3 * rank * rank + 2 * d + 4)))
+    chunk = max(1, budget // (8 * (2 * width * d + 3 * width * width + 2 * d + 4)))
     out = torch.zeros((m, m), dtype=torch.float64, device=dev)
     for start in range(0, rows.numel(), chunk):
         i = rows[start : start + chunk]
         j = cols[start : start + chunk]
-        if rank > 0:
-            b = torch.matmul(factors[j].transpose(1, 2), factors[i])  # F_j^T F_i  [p, r, r]
-            inner = torch.matmul(b.transpose(1, 2), b)
-            cross = floor(torch.linalg.eigvalsh(inner)).sqrt().sum(dim=-1)
-        else:
-            cross = torch.zeros(i.numel(), dtype=torch.float64, device=dev)
-        diff = mu[j] - mu[i]
+        b = torch.matmul(factors_t[j], factors[i])  # F_j^T F_i  [p, w, w]
+        cross = torch.linalg.svdvals(b).sum(dim=-1)
+        diff = means[j] - means[i]
         squared = (diff * diff).sum(dim=-1) + traces[i] + traces[j] - 2.0 * cross
         w2 = squared.clamp(min=0.0).sqrt()
         out[i, j] = w2
@@ -258,10 +262,10 @@ def _check_backend(backend: str, device: Any) -> None:
         raise ValueError("device= is only used with backend='torch'")
 
 
-def _w2_matrix(means: np.ndarray, covs: np.ndarray, backend: str, device: Any) -> np.ndarray:
+def _w2_matrix(sets: Sequence[np.ndarray], backend: str, device: Any) -> np.ndarray:
     if backend == "torch":
-        return _w2_matrix_torch(means, covs, device)
-    return _w2_matrix_numpy(means, covs)
+        return _w2_matrix_torch(sets, device)
+    return _w2_matrix_numpy(sets)
 
 
 def gaussian_w2(a: np.ndarray, b: np.ndarray) -> float:
@@ -275,16 +279,15 @@ def gaussian_w2(a: np.ndarray, b: np.ndarray) -> float:
 
     Conventions:
         * mean = sample mean, S = unbiased sample covariance (ddof=1).
-        * ``Tr((S_a S_b)^{1/2})`` is computed from symmetric eigendecompositions only: with
-          ``S_a = F_a F_a^T`` (eigh of S_a, restricted to its numerical rank) it is the sum of the
-          square roots of the eigenvalues of the symmetric PSD matrix ``F_a^T S_b F_a``, which has
-          the eigenvalues of ``S_a S_b``. Eigenvalues at round-off level (negative, or
-          <= largest * size * machine eps) are set to 0, which keeps rank-deficient covariances
-          accurate to machine precision.
+        * ``Tr((S_a S_b)^{1/2})`` is computed without forming a matrix square root: with the
+          thin QR of the centred data, ``S = F F^T`` where ``F = R^T / sqrt(n - 1)``, and
+          ``Tr((S_a S_b)^{1/2}) = ||F_b^T F_a||_*``, the sum of the singular values of a
+          ``min(n_b, d) x min(n_a, d)`` matrix. Both steps are backward stable, so no threshold
+          is needed and rank-deficient covariances (n <= d, constant or duplicated channels) and
+          ill-conditioned ones are accurate to machine precision on the scale of the data.
         * The squared distance is clamped at 0 before the square root, so identical sets give 0
           up to round-off (about ``sqrt(machine eps) * sqrt(Tr S)``, since it is a difference).
-        * Works for rank-deficient covariances (n <= d), constant channels and d = 1.
-          Lower = more similar. ``gaussian_w2(c*a, c*b) = |c| * gaussian_w2(a, b)``.
+        * Works for d = 1. Lower = more similar. ``gaussian_w2(c*a, c*b) = |c| gaussian_w2(a, b)``.
 
     Args:
         a: samples of the first distribution, shape [n, d], n >= 2.
@@ -300,8 +303,7 @@ def gaussian_w2(a: np.ndarray, b: np.ndarray) -> float:
     a = _as_sample_set(a, "a")
     b = _as_sample_set(b, "b")
     _check_same_dim(a, b)
-    means, covs = _stack_moments([_fit_gaussian(a), _fit_gaussian(b)])
-    return float(_w2_matrix_numpy(means, covs)[0, 1])
+    return float(_w2_matrix_numpy([a, b])[0, 1])
 
 
 def gaussian_w2_matrix(
@@ -309,15 +311,15 @@ def gaussian_w2_matrix(
 ) -> np.ndarray:
     """All pairwise ``gaussian_w2`` distances between m sample sets, batched (paper eq. 1).
 
-    Each covariance is factorised once; each unordered pair then costs one r x r product and one
-    symmetric eigvalsh (r = the largest numerical rank of the covariances, <= d). Same conventions
-    as ``gaussian_w2`` (ddof=1 covariances, round-off eigenvalues set to 0, W2 not squared).
+    Each set is factorised once (thin QR of its centred data); each unordered pair then costs one
+    product of the two factors and its singular values (size <= d). Same conventions as
+    ``gaussian_w2``.
 
     Args:
         sample_sets: m >= 1 arrays [n_i, d] with n_i >= 2 and a common d.
-        backend: ``"numpy"`` (default) or ``"torch"`` (float64; batched ``torch.linalg.eigh`` /
-            ``eigvalsh``). The torch backend runs on ``device``; ``device=None`` means ``"cuda"``
-            when ``torch.cuda.is_available()`` and ``"cpu"`` otherwise.
+        backend: ``"numpy"`` (default) or ``"torch"`` (float64; the pair step uses batched
+            ``torch.linalg.svdvals``). The torch backend runs on ``device``; ``device=None``
+            means ``"cuda"`` when ``torch.cuda.is_available()`` and ``"cpu"`` otherwise.
         device: torch device (only with ``backend="torch"``).
 
     Returns:
@@ -333,8 +335,7 @@ def gaussian_w2_matrix(
         raise ValueError("gaussian_w2_matrix needs at least one sample set")
     for other in sets[1:]:
         _check_same_dim(sets[0], other)
-    means, covs = _stack_moments([_fit_gaussian(x) for x in sets])
-    return _w2_matrix(means, covs, backend, device)
+    return _w2_matrix(sets, backend, device)
 
 
 def _ridge(g0: _Gaussian, g1: _Gaussian, eps: float) -> np.ndarray:
@@ -463,21 +464,22 @@ def class_consistency(
           symmetric. KL and Bhattacharyya use the default ridge ``RIDGE_EPS``.
         * The sum runs over every class id found in ``cases`` (ids in order of first appearance);
           pass foreground classes only if background should be excluded, as in the paper.
-        * W2 is batched per class (``gaussian_w2_matrix``): each case-class covariance is
-          factorised once, each pair costs one symmetric eigvalsh of size <= d.
+        * W2 is batched per class (``gaussian_w2_matrix``): each case-class sample set is
+          factorised once (QR of its centred data), each pair costs one SVD (values only) of
+          size <= d.
         * Invariant to the order of the cases and to a common permutation of the feature
           channels; ``C_cons(c * features) = |c| * C_cons(features)`` for W2 (the KL and
           Bhattacharyya distances are scale-invariant up to their ridge).
-        * Rank-deficient covariances (n_k <= d), constant or duplicated channels give finite
-          values (round-off eigenvalues are set to 0; KL/Bhattacharyya add a ridge).
+        * Rank-deficient covariances (n_k <= d), constant or duplicated channels give finite,
+          accurate values (W2 needs no threshold; KL/Bhattacharyya add a ridge).
         * Lower = more consistent.
 
     Args:
         cases: N cases; each maps a class id to that class's sampled features [n_k, d]. The
             feature dimension d must agree within a class.
         distance: one of ``DISTANCES``.
-        backend: ``"numpy"`` (default) or ``"torch"`` (float64, batched ``torch.linalg``; only for
-            ``distance="w2"``). See ``gaussian_w2_matrix``.
+        backend: ``"numpy"`` (default) or ``"torch"`` (float64, batched ``torch.linalg.svdvals``;
+            only for ``distance="w2"``). See ``gaussian_w2_matrix``.
         device: torch device for ``backend="torch"``; ``None`` = CUDA when available, else CPU.
 
     Returns:
@@ -508,20 +510,26 @@ def class_consistency(
     total = 0.0
     any_valid = False
     for class_id in class_ids:
-        fits = []
+        sets = []
         for index, case in enumerate(cases):
             if class_id not in case:
                 continue
             features = _as_matrix(case[class_id], f"cases[{index}][{class_id!r}]")
             if features.shape[0] >= 2:
-                fits.append(_fit_gaussian(features))
-        if len(fits) < 2:
+                sets.append(features)
+        if len(sets) < 2:
             continue
-        dims = {fit.mean.shape[0] for fit in fits}
+        dims = {x.shape[1] for x in sets}
         if len(dims) != 1:
             raise ValueError(f"class {class_id!r} has features of different dimensions {dims}")
 
-        n_valid = len(fits)
+        n_valid = len(sets)
+        if distance == "w2":
+            pair_sum = float(_w2_matrix(sets, backend, device).sum())
+            total += pair_sum / (n_valid * (n_valid - 1))
+            any_valid = True
+            continue
+        fits = [_fit_gaussian(x) for x in sets]
         if distance == "kl":
             pair_sum = sum(
                 _kl_from_moments(fits[i], fits[j], RIDGE_EPS)
@@ -529,15 +537,12 @@ def class_consistency(
                 for j in range(n_valid)
                 if i != j
             )
-        elif distance == "bhattacharyya":
+        else:
             pair_sum = 2.0 * sum(
                 _bhattacharyya_from_moments(fits[i], fits[j], RIDGE_EPS)
                 for i in range(n_valid)
                 for j in range(i + 1, n_valid)
             )
-        else:
-            means, covs = _stack_moments(fits)
-            pair_sum = float(_w2_matrix(means, covs, backend, device).sum())
         total += pair_sum / (n_valid * (n_valid - 1))
         any_valid = True
 

@@ -633,6 +633,25 @@ def test_w2_matrix_rank_deficient_mixed_ranks_match_nuclear_norm(rng, sizes):
             assert matrix[i, j] == pytest.approx(nuclear_w2(sets[i], sets[j]), rel=1e-10)
 
 
+def test_w2_accurate_for_ill_conditioned_covariances(rng):
+    # Channel scales spanning 1 .. 1e-6 in random orientations: covariance condition ~1e12. An
+    # eigensolver on the symmetric product S_a^{1/2} S_b S_a^{1/2} resolves the small eigenvalues
+    # only to ~sqrt(eps) and was off by ~3e-8 here; QR + singular values are not.
+    d = 30
+
+    def ill(n, loc):
+        rotation = np.linalg.qr(rng.normal(size=(d, d)))[0]
+        return rng.normal(size=(n, d)) * np.logspace(0, -6, d) @ rotation.T + loc
+
+    sets = [ill(200, 0.0), ill(150, 0.01), ill(90, -0.01)]
+    matrix = gaussian_w2_matrix(sets)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            expected = nuclear_w2(sets[i], sets[j])
+            assert matrix[i, j] == pytest.approx(expected, rel=1e-12)
+            assert gaussian_w2(sets[i], sets[j]) == pytest.approx(expected, rel=1e-12)
+
+
 def test_w2_matrix_chunking_does_not_change_the_result(rng, monkeypatch):
     pytest.importorskip("torch")
     sets = [rng.normal(size=(9, 5)) * (1 + 0.1 * i) for i in range(7)]
