@@ -953,7 +953,9 @@ def gbc(features: np.ndarray, labels: np.ndarray, gaussian: str = "spherical") -
     sum over all d dimensions). We reproduce this; see ``docs/metrics.md``.
 
     Conventions: natural log; GBC <= 0, higher (closer to 0) = classes more separable = more
-    transferable; float64 (the released code runs in TensorFlow float32). Invariant to the order
+    transferable; float64 (the released code runs in TensorFlow float32). The authors'
+    experiments first reduce the features to 64 dimensions with PCA; do that before calling if
+    wanted. Invariant to the order
     of samples and to a permutation of the feature channels. Not scale-invariant (the floor).
 
     Args:
