@@ -525,12 +525,9 @@ def class_consistency(
 
         n_valid = len(sets)
         if distance == "w2":
-            pair_sum = float(_w2_matrix(sets, backend, device).sum())
-            total += pair_sum / (n_valid * (n_valid - 1))
-            any_valid = True
-            continue
-        fits = [_fit_gaussian(x) for x in sets]
-        if distance == "kl":
+            pair_sum = float(_w2_matrix(sets, backend, device).sum())  # ordered pairs
+        elif distance == "kl":
+            fits = [_fit_gaussian(x) for x in sets]
             pair_sum = sum(
                 _kl_from_moments(fits[i], fits[j], RIDGE_EPS)
                 for i in range(n_valid)
@@ -538,6 +535,7 @@ def class_consistency(
                 if i != j
             )
         else:
+            fits = [_fit_gaussian(x) for x in sets]
             pair_sum = 2.0 * sum(
                 _bhattacharyya_from_moments(fits[i], fits[j], RIDGE_EPS)
                 for i in range(n_valid)
@@ -853,7 +851,8 @@ def _as_labels(labels: Any, n: int, name: str = "labels") -> tuple[np.ndarray, n
 
 
 def leep(probs: np.ndarray, labels: np.ndarray) -> float:
-    """LEEP, the Log Expected Empirical Prediction (Nguyen et al., ICML 2020, eqs. 1-2).
+    """LEEP, the Log Expected Empirical Prediction (Nguyen et al., "LEEP: A New Measure to Evaluate
+    Transferability of Learned Representations", ICML 2020, section 3).
 
     With theta(x_i) = ``probs[i]`` the source model's softmax over its Z source classes:
 
@@ -902,7 +901,8 @@ def leep(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
-    """NCE, Negative Conditional Entropy -H(Y | Z) (Tran et al., ICCV 2019, eq. 2 / Def. 1).
+    """NCE, Negative Conditional Entropy -H(Y | Z) (Tran et al., "Transferability and Hardness
+    of Supervised Classification Tasks", ICCV 2019).
 
     With hard source labels z_i (e.g. the argmax of the source model's prediction) and target
     labels y_i, using the empirical joint distribution P(y, z) = #{i: y_i = y, z_i = z} / n:
@@ -934,7 +934,8 @@ def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
 
 
 def gbc(features: np.ndarray, labels: np.ndarray, gaussian: str = "spherical") -> float:
-    """GBC, Gaussian Bhattacharyya Coefficient (Pándy et al., CVPR 2022, eqs. 2-4), computed as
+    """GBC, Gaussian Bhattacharyya Coefficient (Pándy et al., "Transferability Estimation using
+    Bhattacharyya Class Separability", CVPR 2022), computed as
     the authors' released code does (google-research ``stable_transfer/transferability/gbc.py``).
 
     Per target class c: mean mu_c and *population* variance (ddof=0) per dimension, each
@@ -1012,7 +1013,8 @@ def transrate(
     rank_normalise: bool = True,
     row_normalise: bool = False,
 ) -> float:
-    """TransRate (Huang et al., ICML 2022) as the authors' released code computes it
+    """TransRate (Huang et al., "Frustratingly Easy Transferability Estimation", ICML 2022) as the
+    authors' released code computes it
     (github.com/Long-Kai/TransRate: ``generate_transrate/transrate.py`` + ``extract_result_utils.
     process_transrate_logs`` with its defaults reg=1, all eigenvalues, normalize_opt="rank").
 
@@ -1083,7 +1085,8 @@ def transrate(
 
 
 def hscore(features: np.ndarray, labels: np.ndarray) -> float:
-    """H-score (Bao et al., ICIP 2019, Def. 2): H(f) = tr( cov(f)^+ cov(E[f | y]) ).
+    """H-score (Bao et al., "An Information-Theoretic Approach to Transferability in Task
+    Transfer Learning", ICIP 2019): H(f) = tr( cov(f)^+ cov(E[f | y]) ).
 
     Covariance conventions (those of the authors' code, YaojieBao/An-Information-theoretic-
     Metric-of-Transferability ``getCov``/``getHscore``): both covariances are sample covariances
