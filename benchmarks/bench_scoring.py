@@ -110,7 +110,6 @@ def main() -> int:
 
     cases = make_cases(args.cases, args.classes, args.dim, args.samples, args.seed)
     n, classes = args.cases, list(range(1, args.classes + 1))
-    pairs_per_class = n * (n - 1) // 2
     all_pairs = [(k, i, j) for k in classes for i in range(n) for j in range(i + 1, n)]
     print(
         f"bench_scoring: class consistency (eq. 2), {n} cases x {args.classes} classes, "

@@ -3,7 +3,7 @@
     ccfv synthesize --out DIR [--n-cases N] [--seed S] [--task NAME ...]   demo tasks in MSD layout
     ccfv msd download TASK [TASK ...] --dest DIR [--base-url URL | --local DIR]   fetch MSD tasks
     ccfv msd validate DIR [DIR ...]                                        check tasks in MSD layout
-    ccfv score FEATURES.h5 [--metric ccfv --metric logme]                  scores of one features file
+    ccfv score FEATURES.h5 [--metric ccfv --metric logme ...]              scores of one features file
 """
 from __future__ import annotations
 
@@ -40,9 +40,14 @@ def _msd_validate(args) -> int:
 
 
 def _score(args) -> int:
-    from .scoring import METRICS, compute_scores
+    from .scoring import DEFAULT_METRICS, METHODS, compute_scores
 
-    scores = compute_scores(args.features, args.metric or list(METRICS), hse_s=args.hse_s)
+    known = {**{m: {"method": m} for m in METHODS}, **DEFAULT_METRICS}
+    names = args.metric or list(DEFAULT_METRICS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(known)}")
+    scores = compute_scores(args.features, {n: known[n] for n in names})
     print(json.dumps(scores, indent=2))
     return 0
 
@@ -76,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="transferability scores of one features file")
     p.add_argument("features", type=Path)
-    p.add_argument("--metric", action="append")
-    p.add_argument("--hse-s", type=float, default=1.0)
+    p.add_argument("--metric", action="append",
+                   help="a method (ccfv, logme, leep, nce, gbc, transrate, hscore, ccfv_released) or an "
+                        "ablation (ccfv_wo_ccons, ccfv_wo_fv, ccfv_single_scale, ccfv_kl, ccfv_bhattacharyya); "
+                        "repeatable; default: the paper's Tables 1 and 2")
     p.set_defaults(run=_score)
     return parser
 

@@ -18,7 +18,13 @@ from scipy import stats
 
 from .atomic import write_text
 
-METRIC_LABELS = {"ccfv": "CC-FV", "logme": "LogME"}
+#: How the tables name the default metrics (the paper's names); a metric's ``label`` in the config wins.
+METRIC_LABELS = {
+    "ccfv": "CC-FV", "logme": "LogME", "leep": "LEEP", "gbc": "GBC", "transrate": "TransRate",
+    "nce": "NCE", "hscore": "H-score", "ccfv_released": "CC-FV (released code)",
+    "ccfv_wo_ccons": "CC-FV w/o C_cons", "ccfv_wo_fv": "CC-FV w/o F_v", "ccfv_single_scale": "Single-scale",
+    "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance",
+}
 
 
 def correlations(scores: list[float], dice: list[float]) -> dict[str, float]:
@@ -32,8 +38,10 @@ def correlations(scores: list[float], dice: list[float]) -> dict[str, float]:
     return {"tau": float(stats.weightedtau(x, y).statistic), "pearson": float(stats.pearsonr(x, y).statistic)}
 
 
-def table1(records: list[Mapping], metrics: list[str], targets: list[str]) -> list[dict]:
-    """Rows of Table 1 from records {target, model, dice, scores: {metric: value}}."""
+def table1(records: list[Mapping], metrics: list[str], targets: list[str],
+           labels: Mapping[str, str] | None = None) -> list[dict]:
+    """Rows of a Table-1-shaped table from records {target, model, dice, scores: {metric: value}}."""
+    labels = {**METRIC_LABELS, **(labels or {})}
     rows = []
     for metric in metrics:
         per_stat: dict[str, dict[str, float]] = {"tau": {}, "pearson": {}}
@@ -45,7 +53,7 @@ def table1(records: list[Mapping], metrics: list[str], targets: list[str]) -> li
         for stat, values in per_stat.items():
             finite = [v for v in values.values() if math.isfinite(v)]
             rows.append({
-                "method": METRIC_LABELS.get(metric, metric), "statistic": stat, **values,
+                "method": labels.get(metric, metric), "metric": metric, "statistic": stat, **values,
                 "Avg": float(np.mean(finite)) if finite else math.nan,
             })
     return rows
@@ -86,9 +94,15 @@ def records_to_csv(records: list[Mapping], metrics: list[str]) -> str:
     return out.getvalue()
 
 
-def build_table1(score_files: Mapping[tuple[str, str], Path], dice_files: Mapping[tuple[str, str], list[Path]],
-                 metrics: list[str], targets: list[str], out_csv: Path, out_md: Path, out_records: Path) -> list[dict]:
-    """Read every (target, model) score and Dice file and write Table 1 as CSV and Markdown."""
+def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mapping[tuple[str, str], list[Path]],
+                 tables: Mapping[str, list[str]], targets: list[str], out_dir: Path,
+                 labels: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
+    """Read every (target, model) score and Dice file; write each table as ``<out_dir>/<name>.{csv,md}``
+    and the numbers behind them as ``<out_dir>/scores_and_dice.csv``.
+
+    ``tables`` maps a table name to its metrics, e.g. {"table1": ["logme", ..., "ccfv"], "table2": [...]}.
+    Everything is read and checked before anything is written.
+    """
     from .evaluation import read_mean_dice
     from .scoring import read_scores
 
@@ -100,8 +114,15 @@ def build_table1(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
             raise ValueError(f"no defined Dice for {model} on {target}: {dice_files[(target, model)]}")
         records.append({"target": target, "model": model, "dice": float(np.mean(finite)),
                         "n_seeds": len(finite), "scores": read_scores(score_file)})
-    rows = table1(records, metrics, targets)
-    write_text(out_records, records_to_csv(records, metrics))
-    write_text(out_csv, to_csv(rows, targets))
-    write_text(out_md, to_markdown(rows, targets))
-    return rows
+    used = list(dict.fromkeys(m for metrics in tables.values() for m in metrics))
+    for record in records:
+        missing = [m for m in used if m not in record["scores"]]
+        if missing:
+            raise ValueError(f"{score_files[(record['target'], record['model'])]}: no score for {missing}")
+    out = {name: table1(records, list(metrics), targets, labels) for name, metrics in tables.items()}
+    out_dir = Path(out_dir)
+    write_text(out_dir / "scores_and_dice.csv", records_to_csv(records, used))
+    for name, rows in out.items():
+        write_text(out_dir / f"{name}.csv", to_csv(rows, targets))
+        write_text(out_dir / f"{name}.md", to_markdown(rows, targets))
+    return out

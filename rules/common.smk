@@ -21,6 +21,33 @@ if len(config["sampling"]["layer_ratios"]) != n_decoder_stages:
         f"network has {n_decoder_stages} decoder stages (features_per_stage minus one); give one ratio per stage"
     )
 
+METRICS = config["scoring"]["metrics"]
+for table, names in config["scoring"]["tables"].items():
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"config: scoring.tables.{table} names {unknown}, which scoring.metrics does not define")
+try:
+    # A misspelt metric option must fail now, not after hours of pretraining. The check needs the ccfv
+    # package in the Python that runs Snakemake (true for make demo); jobs check again in any case.
+    from ccfv.scoring import check_metric
+except ImportError:
+    check_metric = None
+if check_metric is not None:
+    for name, definition in METRICS.items():
+        try:
+            check_metric(name, definition)
+        except ValueError as err:
+            raise ValueError(f"config: scoring.metrics: {err}") from None
+
+
+def metric_definitions():
+    """Every metric's method and options, without the table labels (a new label must not rerun scoring)."""
+    return canonical({name: {k: v for k, v in d.items() if k != "label"} for name, d in METRICS.items()})
+
+
+def metric_labels():
+    return {name: d["label"] for name, d in METRICS.items() if "label" in d}
+
 
 wildcard_constraints:
     task="Task[0-9]+_[A-Za-z0-9]+",
@@ -71,5 +98,8 @@ def resources_for(kind):
     return config["resources"][kind]
 
 
+TABLES = list(config["scoring"]["tables"])
+
+
 def final_outputs():
-    return [f"{R}/tables/table1.csv", f"{R}/tables/table1.md"]
+    return [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")]

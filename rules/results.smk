@@ -1,24 +1,25 @@
-# Stage 7: correlation between scores and fine-tuned Dice per target (the paper's Table 1).
+# Stage 7: correlation between scores and fine-tuned Dice per target: the paper's Table 1 (baselines and
+# CC-FV) and Table 2 (ablations), or whatever tables scoring.tables names.
 
 
-rule table1:
+rule tables:
     input:
         scores=[f"{R}/scores/{t}/{m}.json" for t in TASKS for m in bank(t)],
         dice=[f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS],
     output:
-        csv=f"{R}/tables/table1.csv",
-        md=f"{R}/tables/table1.md",
+        tables=[f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")],
         records=f"{R}/tables/scores_and_dice.csv",
     log:
-        "logs/results/table1.log",
+        "logs/results/tables.log",
     benchmark:
-        f"{R}/benchmarks/results/table1.tsv"
+        f"{R}/benchmarks/results/tables.tsv"
     params:
         targets=TASKS,
         # (target, model) in the order of input.scores; input.dice holds len(seeds) files per pair.
         pairs=[[t, m] for t in TASKS for m in bank(t)],
         n_seeds=len(FT_SEEDS),
-        metrics=config["scoring"]["metrics"],
+        tables=config["scoring"]["tables"],
+        labels=metric_labels(),
     resources:
         **resources_for("default"),
     threads: 1
@@ -27,4 +28,4 @@ rule table1:
     container:
         CONTAINER
     script:
-        "../scripts/table1.py"
+        "../scripts/tables.py"

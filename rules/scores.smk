@@ -1,4 +1,5 @@
-# Stage 5: transferability scores (CC-FV, LogME) of each (bank model, target) from its features file.
+# Stage 5: transferability scores of each (bank model, target) from its features file: every metric of
+# scoring.metrics (the paper's baselines, CC-FV and its ablations), whose options are this rule's params.
 
 
 rule score:
@@ -11,8 +12,7 @@ rule score:
     benchmark:
         f"{R}/benchmarks/scores/{{target}}/{{model}}.tsv"
     params:
-        metrics=config["scoring"]["metrics"],
-        hse_s=config["scoring"]["hse_s"],
+        metrics=metric_definitions(),
     resources:
         **resources_for("default"),
     threads: 1

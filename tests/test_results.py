@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from ccfv.results import build_table1, correlations, table1, to_csv, to_markdown
+from ccfv.results import build_tables, correlations, table1, to_csv, to_markdown
 
 TARGETS = ["Task03_Liver", "Task09_Spleen", "Task10_Colon"]
 NUMBER = re.compile(r"^-?\d+\.\d{4}$")
@@ -113,7 +113,7 @@ def test_table1_shape_and_values():
         ("CC-FV", "tau"), ("CC-FV", "pearson"), ("LogME", "tau"), ("LogME", "pearson"),
     ]
     for row in rows:
-        assert set(row) == {"method", "statistic", *TARGETS, "Avg"}
+        assert set(row) == {"method", "metric", "statistic", *TARGETS, "Avg"}
         assert row["Avg"] == pytest.approx(np.mean([row[t] for t in TARGETS]))
     for target in TARGETS:
         mine = [r for r in records if r["target"] == target]
@@ -124,10 +124,10 @@ def test_table1_shape_and_values():
 
 
 def test_table1_unknown_metric_keeps_its_name():
-    records = [{"target": "T", "model": m, "dice": d, "scores": {"leep": s}}
+    records = [{"target": "T", "model": m, "dice": d, "scores": {"my_metric": s}}
                for m, d, s in [("a", 0.1, 1.0), ("b", 0.2, 3.0), ("c", 0.3, 2.0)]]
-    rows = table1(records, ["leep"], ["T"])
-    assert [r["method"] for r in rows] == ["leep", "leep"]
+    rows = table1(records, ["my_metric"], ["T"])
+    assert [r["method"] for r in rows] == ["my_metric", "my_metric"]
 
 
 def test_table1_avg_skips_undefined_targets():
@@ -205,8 +205,12 @@ def test_build_table1_end_to_end(tmp_path):
             ]
             expected[(target, model)] = (scores, float(np.mean(seeds)))
 
-    out_csv, out_md, out_records = tmp_path / "t" / "table1.csv", tmp_path / "t" / "table1.md", tmp_path / "t" / "rec.csv"
-    rows = build_table1(score_files, dice_files, ["ccfv", "logme"], targets, out_csv, out_md, out_records)
+    out_csv, out_md, out_records = tmp_path / "t" / "table1.csv", tmp_path / "t" / "table1.md", tmp_path / "t" / "scores_and_dice.csv"
+    tables = build_tables(score_files, dice_files, {"table1": ["ccfv", "logme"], "table2": ["logme"]}, targets,
+                          tmp_path / "t", labels={"logme": "LogME (ours)"})
+    rows = tables["table1"]
+    assert tables["table2"] == rows[2:]
+    assert rows[2]["method"] == "LogME (ours)"
 
     assert len(rows) == 4
     for row, (metric, stat) in zip(rows, [("ccfv", "tau"), ("ccfv", "pearson"), ("logme", "tau"), ("logme", "pearson")]):
@@ -225,7 +229,9 @@ def test_build_table1_end_to_end(tmp_path):
         assert float(r["dice_mean_over_seeds"]) == pytest.approx(dice_mean, abs=1e-6)
         assert r["n_seeds"] == "3"
         assert float(r["ccfv"]) == pytest.approx(scores["ccfv"], rel=1e-5)
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["rec.csv", "table1.csv", "table1.md"]
+    assert (tmp_path / "t" / "table2.md").read_text() == to_markdown(rows[2:], targets)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "scores_and_dice.csv", "table1.csv", "table1.md", "table2.csv", "table2.md"]
 
 
 def test_build_table1_pair_without_defined_dice(tmp_path):
@@ -235,5 +241,15 @@ def test_build_table1_pair_without_defined_dice(tmp_path):
         dice_files[("T", model)] = [_write_json(tmp_path / f"{model}.dice.json", {"mean_dice": dice})]
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"no defined Dice for m2 on T.*m2\.dice\.json"):
-        build_table1(score_files, dice_files, ["ccfv"], ["T"], out / "a.csv", out / "a.md", out / "r.csv")
+        build_tables(score_files, dice_files, {"table1": ["ccfv"]}, ["T"], out)
     assert not out.exists()  # nothing half-written
+
+
+def test_build_tables_metric_missing_from_a_score_file(tmp_path):
+    score_files, dice_files = {}, {}
+    for model, scores in [("m1", {"ccfv": 1.0, "leep": 2.0}), ("m2", {"ccfv": 2.0})]:
+        score_files[("T", model)] = _write_json(tmp_path / f"{model}.scores.json", {"scores": scores})
+        dice_files[("T", model)] = [_write_json(tmp_path / f"{model}.dice.json", {"mean_dice": 0.5})]
+    with pytest.raises(ValueError, match=r"m2\.scores\.json: no score for \['leep'\]"):
+        build_tables(score_files, dice_files, {"table1": ["ccfv", "leep"]}, ["T"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 STAGES = {
     "synthesize_task", "validate_task", "convert_to_nnunet", "plan_and_preprocess", "make_split", "pretrain", "random_init",
-    "sample_features", "score", "finetune", "table1",
+    "sample_features", "score", "finetune", "tables",
 }
 
 
@@ -91,6 +91,24 @@ def test_layer_ratios_must_match_decoder_stages(tmp_path):
     assert "layer_ratios" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["metrics"]["ccfv"].update(distanse="kl"), r"metric 'ccfv': method 'ccfv' has no option\(s\) \['distanse'\]"),
+        (lambda s: s["metrics"].update(x={"method": "nonsense"}), "nonsense"),
+        (lambda s: s["tables"]["table1"].append("leeep"), r"scoring.tables.table1 names \['leeep'\]"),
+    ],
+)
+def test_bad_scoring_config_fails_before_any_job(tmp_path, change, message):
+    bad = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    change(bad["scoring"])
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = snakemake("-n", "--configfile", str(path))
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), (result.stdout + result.stderr)[-2000:]
+
+
 def test_lint_is_clean():
     result = snakemake("--lint", "--configfile", "config/config.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -105,9 +123,12 @@ def test_whole_dag_on_tiny_config(tmp_path):
     rows = list(csv.reader((tmp_path / "results/tables/table1.csv").open()))
     tasks = ["Task91_SynthLiver", "Task93_SynthPancreas", "Task94_SynthSpleen"]
     assert rows[0] == ["method", "statistic", *tasks, "Avg"]
-    assert [(r[0], r[1]) for r in rows[1:]] == [("CC-FV", "tau"), ("CC-FV", "pearson"),
-                                                ("LogME", "tau"), ("LogME", "pearson")]
-    for row in rows[1:]:
+    assert [(r[0], r[1]) for r in rows[1:]] == [("LogME", "tau"), ("LogME", "pearson"), ("LEEP", "tau"),
+                                                ("LEEP", "pearson"), ("CC-FV", "tau"), ("CC-FV", "pearson")]
+    table2 = list(csv.reader((tmp_path / "results/tables/table2.csv").open()))
+    assert [(r[0], r[1]) for r in table2[1:]] == [("CC-FV", "tau"), ("CC-FV", "pearson"),
+                                                  ("KL-divergence", "tau"), ("KL-divergence", "pearson")]
+    for row in rows[1:] + table2[1:]:
         assert all(math.isfinite(float(v)) for v in row[2:]), row
     assert (tmp_path / "results/tables/table1.md").read_text().startswith("| Method |")
     records = list(csv.DictReader((tmp_path / "results/tables/scores_and_dice.csv").open()))
@@ -125,5 +146,15 @@ def test_whole_dag_on_tiny_config(tmp_path):
     more = snakemake("-n", "--configfile", str(tmp_path / "two_seeds.yaml"), cwd=tmp_path)
     out = more.stdout + more.stderr
     assert more.returncode == 0, out
-    assert job_counts(out) == {"finetune": 9, "table1": 1, "all": 1, "total": 11}, out[-3000:]
+    assert job_counts(out) == {"finetune": 9, "tables": 1, "all": 1, "total": 11}, out[-3000:]
     assert "seed0.json" not in re.sub(r"input:.*", "", out)
+    # changing a metric's option reruns scoring and the tables, nothing upstream; a label only the tables
+    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg["scoring"]["metrics"]["ccfv_kl"]["label"] = "KL"
+    (tmp_path / "label.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake("-n", "--configfile", str(tmp_path / "label.yaml"), cwd=tmp_path)
+    assert job_counts(result.stdout + result.stderr) == {"tables": 1, "all": 1, "total": 2}
+    cfg["scoring"]["metrics"]["ccfv_kl"]["s"] = 0
+    (tmp_path / "option.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake("-n", "--configfile", str(tmp_path / "option.yaml"), cwd=tmp_path)
+    assert job_counts(result.stdout + result.stderr) == {"score": 9, "tables": 1, "all": 1, "total": 11}

@@ -1,0 +1,17 @@
+"""Snakemake script: the correlation tables (weighted tau and Pearson per metric and target)."""
+from pathlib import Path
+
+from ccfv.results import build_tables
+from ccfv.workflow import log_to
+
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        p = snakemake.params
+        pairs = [tuple(pair) for pair in p.pairs]
+        dice = list(snakemake.input.dice)
+        build_tables(
+            score_files=dict(zip(pairs, snakemake.input.scores)),
+            dice_files={pair: dice[i * p.n_seeds:(i + 1) * p.n_seeds] for i, pair in enumerate(pairs)},
+            tables={name: list(metrics) for name, metrics in dict(p.tables).items()},
+            targets=list(p.targets), out_dir=Path(snakemake.output.records).parent, labels=dict(p.labels),
+        )

@@ -1,0 +1,165 @@
+"""Tests for ccfv.scoring: every method read from a features file equals the metrics function applied to
+the right samples; metric definitions are checked; the workflow's score file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ccfv import metrics
+from ccfv.features_file import CaseRecord, ccfv_layers, head_samples, read_features, write_features
+from ccfv.scoring import (
+    DEFAULT_METRICS, METHODS, check_metric, compute_scores, method_options, read_scores, released_layers,
+    score_pair,
+)
+
+CHANNELS = [5, 4]
+K = 3  # the source model's output classes
+
+
+def _record(case_id, rng, present=(1, 2), probs=True):
+    """A case whose class-k features sit around k (so that the scores are informative, not noise)."""
+    sizes = {f"class_{k}": int(rng.integers(8, 15)) for k in present}
+    sizes.update({"global": 20, "background": 16})
+    labels = {key: np.full(n, int(key.split("_")[1]) if key.startswith("class_") else 0) for key, n in sizes.items()}
+    features = []
+    for c in CHANNELS:
+        features.append({key: (rng.normal(size=(n, c)) + labels[key][:, None]).astype(np.float32)
+                         for key, n in sizes.items()})
+    out_probs = {}
+    if probs:
+        for key, n in sizes.items():
+            if key != "global":
+                p = rng.random((n, K)) + np.eye(K)[np.minimum(labels[key], K - 1)] * 2
+                out_probs[key] = (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    return CaseRecord(case_id, [1, 2], [k for k in (1, 2) if k not in present],
+                      {key: rng.integers(0, 30, (n, 3)) for key, n in sizes.items()}, labels, features, out_probs)
+
+
+def _meta():
+    return {"model_id": "m", "architecture": "PlainConvUNet", "target": "T", "seed": 0,
+            "layers": ["decoder.stages.0", "decoder.stages.1"], "channels": CHANNELS, "layer_ratios": [1.0, 1.0],
+            "budgets": {"total": 30, "minimum": 8, "n_global": 20, "n_background": 16},
+            "patch_size": [8, 8, 8], "step_size": 0.5, "source_num_classes": K}
+
+
+@pytest.fixture
+def features_path(tmp_path):
+    rng = np.random.default_rng(0)
+    records = [_record("c0", rng), _record("c1", rng, present=(1,)), _record("c2", rng), _record("c3", rng)]
+    return write_features(tmp_path / "f.h5", _meta(), records)
+
+
+def test_every_default_metric_equals_the_metrics_function(features_path):
+    scores = compute_scores(features_path, DEFAULT_METRICS)
+    assert list(scores) == list(DEFAULT_METRICS)
+    ff = read_features(features_path)
+    layers = ccfv_layers(ff)
+    features, labels, probs = head_samples(ff)
+    assert scores["ccfv"] == metrics.ccfv_score(layers)
+    assert scores["ccfv_kl"] == metrics.ccfv_score(layers, distance="kl")
+    assert scores["ccfv_wo_ccons"] == metrics.ccfv_score(layers, use_consistency=False)
+    assert scores["ccfv_single_scale"] == metrics.ccfv_score(layers[-1:])
+    assert scores["logme"] == metrics.logme(features, labels)
+    assert scores["gbc"] == metrics.gbc(features, labels)
+    assert scores["transrate"] == metrics.transrate(features, labels)
+    assert scores["leep"] == metrics.leep(probs, labels)
+    # the baselines read the last layer at the class and background voxels of every case
+    assert features.shape == (sum(n for r in ff.cases.values() for k, n in
+                                  ((k, len(v)) for k, v in r.features[-1].items()) if k != "global"), CHANNELS[-1])
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_extra_methods(features_path):
+    scores = compute_scores(features_path, {"nce": {"method": "nce"}, "hscore": {"method": "hscore"},
+                                            "released": {"method": "ccfv_released"}})
+    ff = read_features(features_path)
+    features, labels, probs = head_samples(ff)
+    assert scores["nce"] == metrics.nce(np.argmax(probs, axis=1), labels)
+    assert scores["hscore"] == metrics.hscore(features, labels)
+    assert scores["released"] == metrics.ccfv_score_released(released_layers(ff))
+
+
+def test_released_layers_add_background_and_skip_incomplete_cases(features_path):
+    ff = read_features(features_path)
+    complete = [r for r in ff.cases.values() if not r.absent_classes]
+    assert len(complete) == 3  # c1 has no class 2
+    for index, released in enumerate(released_layers(ff)):
+        assert len(released["cases"]) == 3
+        for case_released, record in zip(released["cases"], complete):
+            assert set(case_released) == {0, 1, 2}
+            np.testing.assert_array_equal(case_released[0], record.features[index]["background"])
+            np.testing.assert_array_equal(case_released[2], record.features[index]["class_2"])
+
+
+def test_released_needs_two_complete_cases(tmp_path):
+    rng = np.random.default_rng(2)
+    path = write_features(tmp_path / "few.h5", _meta(), [_record("a", rng), _record("b", rng, present=(1,))])
+    with pytest.raises(ValueError, match=r"few\.h5: ccfv_released needs at least 2 cases holding every class"):
+        compute_scores(path, {"r": {"method": "ccfv_released"}})
+
+
+def test_options_reach_the_function(features_path):
+    a = compute_scores(features_path, {"x": {"method": "gbc", "gaussian": "diagonal"}})["x"]
+    ff = read_features(features_path)
+    features, labels, _ = head_samples(ff)
+    assert a == metrics.gbc(features, labels, gaussian="diagonal")
+    assert a != metrics.gbc(features, labels, gaussian="spherical")
+
+
+@pytest.mark.parametrize(
+    ("definition", "message"),
+    [
+        ({"method": "ccfv", "distanse": "kl"}, r"metric 'bad': method 'ccfv' has no option\(s\) \['distanse'\]"),
+        ({"method": "leep2"}, r"unknown scoring method 'leep2'"),
+        ({"distance": "kl"}, r"metric 'bad': no 'method'"),
+    ],
+)
+def test_bad_definitions_are_refused_before_reading(tmp_path, definition, message):
+    with pytest.raises(ValueError, match=message):
+        compute_scores(tmp_path / "does-not-exist.h5", {"bad": definition})
+
+
+def test_method_options_are_the_keyword_arguments():
+    assert {"use_consistency", "use_variety", "single_scale", "distance", "s"} <= set(method_options("ccfv"))
+    assert method_options("logme") == []
+    assert check_metric("x", {"method": "transrate", "eps": 1e-3, "label": "TR"}) == ("transrate", {"eps": 1e-3})
+    assert set(METHODS) == {"ccfv", "ccfv_released", "logme", "leep", "nce", "gbc", "transrate", "hscore"}
+
+
+def test_leep_without_probabilities_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(1)
+    path = write_features(tmp_path / "np.h5", _meta(), [_record(f"c{i}", rng, probs=False) for i in range(3)])
+    with pytest.raises(ValueError, match=r"np\.h5: leep needs the source model's probabilities"):
+        compute_scores(path, {"leep": {"method": "leep"}})
+
+
+def test_score_pair_writes_scores_and_definitions(features_path, tmp_path):
+    out = tmp_path / "scores" / "T" / "m.json"
+    definitions = {"ccfv": {"method": "ccfv"}, "logme": {"method": "logme"}}
+    scores = score_pair(features_path, definitions, out, target="T", model="m")
+    data = json.loads(out.read_text())
+    assert data["target"] == "T" and data["metrics"] == definitions
+    assert read_scores(out) == scores
+
+
+def test_ccfv_ranks_a_consistent_model_above_a_noisy_one(tmp_path):
+    """Class-consistent features (each class a tight cluster in every case) score higher than features in
+    which the classes drift from case to case: the property the whole method rests on."""
+    rng = np.random.default_rng(3)
+
+    def model(path, drift):
+        records = []
+        for i in range(4):
+            r = _record(f"c{i}", rng)
+            for layer in r.features:
+                for key, f in layer.items():
+                    if key.startswith("class_"):
+                        layer[key] = (f + drift * rng.normal(size=(1, f.shape[1])) * 3).astype(np.float32)
+            records.append(r)
+        return write_features(path, _meta(), records)
+
+    good = compute_scores(model(tmp_path / "good.h5", 0.0), {"ccfv": {"method": "ccfv"}})["ccfv"]
+    bad = compute_scores(model(tmp_path / "bad.h5", 1.0), {"ccfv": {"method": "ccfv"}})["ccfv"]
+    assert good > bad
