@@ -3,7 +3,7 @@
 One HDF5 file per (model, target), written by ``ccfv.sampling.sample_dataset`` and read by every
 transferability score. The schema (docs/sampling.md, "Features file") is:
 
-    /                                  root attributes: see ``REQUIRED_ATTRS``
+    /                                  root attributes: see ``REQUIRED_ATTRS``, ``OPTIONAL_ATTRS``
     /cases/<case_id>                   attrs: class_ids, absent_classes (JSON lists of ints)
         coords/<key>                   int32   [n, 3]     (d, h, w) in the preprocessed case
         labels/<key>                   int16   [n]        label at each coordinate (-1 -> 0)
@@ -34,6 +34,7 @@ __all__ = [
     "FILE_MARKER",
     "FILE_VERSION",
     "REQUIRED_ATTRS",
+    "OPTIONAL_ATTRS",
     "GLOBAL_KEY",
     "BACKGROUND_KEY",
     "class_key",
@@ -67,6 +68,13 @@ REQUIRED_ATTRS: dict[str, str] = {
     "step_size": "float",
     "source_num_classes": "int",  # K, channels of the network's output (the probs)
     "ccfv_version": "str",
+}
+# Provenance that does not change what a score reads; written by ``sample_dataset``, read into
+# ``FeaturesFile.meta`` when present (files without them stay valid).
+OPTIONAL_ATTRS: dict[str, str] = {
+    "batch_size": "int",  # windows per forward pass
+    "device": "str",  # where the network ran ("cpu", "cuda:0", ...)
+    "software": "json",  # {package: version} of ccfv, torch, numpy, h5py and the network's libraries
 }
 _BUDGET_KEYS = ("total", "minimum", "n_global", "n_background")
 
@@ -144,6 +152,17 @@ def _check_meta(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: 'patch_size' must have 3 entries, got {m['patch_size']}")
     if not 0.0 < m["step_size"] <= 1.0:
         raise ValueError(f"{where}: 'step_size' must be in (0, 1], got {m['step_size']}")
+    try:
+        if "batch_size" in m:
+            m["batch_size"] = int(m["batch_size"])
+        if "device" in m:
+            m["device"] = str(m["device"])
+        if "software" in m:
+            if not isinstance(m["software"], Mapping):
+                raise TypeError(f"'software' must be a mapping, got {type(m['software']).__name__}")
+            m["software"] = {str(k): str(v) for k, v in m["software"].items()}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: malformed attribute ({type(error).__name__}: {error})") from None
     return m
 
 
@@ -255,8 +274,9 @@ class FeaturesWriter:
         attrs = self._h5.attrs
         attrs["ccfv_file"] = FILE_MARKER
         attrs["ccfv_file_version"] = FILE_VERSION
-        for name, kind in REQUIRED_ATTRS.items():
-            attrs[name] = json.dumps(m[name]) if kind == "json" else m[name]
+        for name, kind in {**REQUIRED_ATTRS, **OPTIONAL_ATTRS}.items():
+            if name in m:
+                attrs[name] = json.dumps(m[name]) if kind == "json" else m[name]
         attrs["case_ids"] = json.dumps([r[0] for r in self._records])
         self._h5.close()
         self._h5 = None
@@ -282,8 +302,9 @@ def write_features(path: str | Path, meta: Mapping[str, Any], cases: Iterable[Ca
 
     Args:
         path: the .h5 file.
-        meta: the root attributes of ``REQUIRED_ATTRS`` as Python values (lists and dicts for the JSON
-            ones); ``ccfv_version`` defaults to ``ccfv.__version__``.
+        meta: the root attributes of ``REQUIRED_ATTRS`` (and any of ``OPTIONAL_ATTRS``) as Python
+            values (lists and dicts for the JSON ones); ``ccfv_version`` defaults to
+            ``ccfv.__version__``. Other keys are not written.
         cases: ``CaseRecord`` per case, in the order to keep.
     """
     _check_meta({"ccfv_version": "", **meta}, str(path))  # fail before writing any case
@@ -373,6 +394,15 @@ def read_features(path: str | Path) -> FeaturesFile:
                 except (TypeError, ValueError):
                     raise ValueError(f"{path}: root attribute '{name}' is not valid JSON: {value!r}") from None
             raw[name] = value
+        for name, kind in OPTIONAL_ATTRS.items():
+            if name in attrs:
+                value = attrs[name]
+                if kind == "json":
+                    try:
+                        value = json.loads(value)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{path}: root attribute '{name}' is not valid JSON: {value!r}") from None
+                raw[name] = value
         meta = _check_meta(raw, str(path))
         if "cases" not in h5 or not isinstance(h5["cases"], h5py.Group):
             raise ValueError(f"{path}: group '/cases' is missing")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ __all__ = [
     "window_starts",
     "pad_to_patch",
     "assign_windows",
+    "trilinear_corners",
+    "gather_corners",
     "interpolate_at",
     "CaseSamples",
     "sample_case",
@@ -145,16 +148,37 @@ def choose_voxels(
     def to_coords(flat_index: np.ndarray) -> np.ndarray:
         return np.stack(np.unravel_index(flat_index, shape), axis=1).astype(np.int64).reshape(-1, 3)
 
-    members = {k: np.flatnonzero(flat == k) for k in ids}
-    counts = class_sample_counts({k: m.size for k, m in members.items()}, total=total, minimum=minimum)
+    # A pool is a boolean mask (1 byte per voxel, one at a time: a class mask is built once to count
+    # and again to draw); its i-th member in flat order is found by ``_nth_true`` without listing every
+    # member (8 bytes per member voxel). Same voxels and random stream as ``flatnonzero(mask)[draw]``.
+    sizes = {k: int(np.count_nonzero(flat == k)) for k in ids}
+    counts = class_sample_counts(sizes, total=total, minimum=minimum)
     chosen: dict[str, np.ndarray] = {}
     for k, n_k in counts.items():
-        pool = members[k]
-        chosen[class_key(k)] = to_coords(pool[_draw(pool.size, n_k, rng)])
+        chosen[class_key(k)] = to_coords(_nth_true(flat == k, _draw(sizes[k], n_k, rng)))
     chosen[GLOBAL_KEY] = to_coords(_draw(flat.size, n_global, rng))
-    background = np.flatnonzero(flat <= 0)
-    chosen[BACKGROUND_KEY] = to_coords(background[_draw(background.size, n_background, rng)])
+    background = flat <= 0
+    chosen[BACKGROUND_KEY] = to_coords(_nth_true(background, _draw(int(np.count_nonzero(background)),
+                                                                   n_background, rng)))
     return chosen
+
+
+def _nth_true(mask: np.ndarray, ranks: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Flat index of the ``ranks[i]``-th True element of the 1-D ``mask``, for every i, in the order of
+    ``ranks`` (equal to ``np.flatnonzero(mask)[ranks]``, in memory of one chunk instead of the mask's
+    whole member list)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    result = np.empty(ranks.shape, dtype=np.int64)
+    if ranks.size == 0:
+        return result
+    per_chunk = [np.count_nonzero(mask[i:i + chunk]) for i in range(0, mask.size, chunk)]
+    before = np.concatenate([[0], np.cumsum(per_chunk)])  # members before each chunk
+    chunk_of = np.searchsorted(before, ranks, side="right") - 1
+    for c in np.unique(chunk_of):
+        which = chunk_of == c
+        members = np.flatnonzero(mask[c * chunk:(c + 1) * chunk])
+        result[which] = c * chunk + members[ranks[which] - before[c]]
+    return result
 
 
 def absent_classes(coords: Mapping[str, np.ndarray], class_ids: Iterable[int]) -> list[int]:
@@ -300,15 +324,62 @@ def assign_windows(coords: np.ndarray, starts: Sequence[np.ndarray], patch_size:
 # --------------------------------------------------------------------------------------------------
 
 
-def interpolate_at(
-    feature_map: torch.Tensor, batch_index: torch.Tensor, local: torch.Tensor, patch_size: Sequence[int]
-) -> torch.Tensor:
-    """Values of ``F.interpolate(feature_map, size=patch_size, mode="trilinear", align_corners=False)``
-    at the given voxels, computed from their 8 neighbours without building the upsampled map.
+def trilinear_corners(
+    local: torch.Tensor, map_size: Sequence[int], patch_size: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8 neighbours and weights that trilinear upsampling of a ``map_size`` map to ``patch_size``
+    (``F.interpolate(..., mode="trilinear", align_corners=False)``) uses at each voxel.
 
     Per axis with map size ``n`` and patch size ``P`` (PyTorch's own rule):
     ``src = max((x + 0.5) * n / P - 0.5, 0)``, ``i0 = min(floor(src), n - 1)``,
     ``i1 = min(i0 + 1, n - 1)``, ``w1 = src - i0``, ``w0 = 1 - w1``.
+
+    Args:
+        local: long [m, 3], voxel coordinates inside the window (0 <= x < P).
+        map_size: (d, h, w) of the low-resolution map.
+        patch_size: (P_d, P_h, P_w).
+
+    Returns:
+        (flat index long [m, 8] into the map flattened over (d, h, w), weight float32 [m, 8]); corner
+        ``c`` takes the high neighbour on axis ``a`` when bit ``2 - a`` of ``c`` is set.
+    """
+    low, high, w_low, w_high = [], [], [], []
+    for axis in range(3):
+        n, p = int(map_size[axis]), int(patch_size[axis])
+        src = ((local[:, axis].to(torch.float32) + 0.5) * (n / p) - 0.5).clamp(min=0.0)
+        i0 = src.floor().long().clamp(max=n - 1)
+        i1 = (i0 + 1).clamp(max=n - 1)
+        w1 = src - i0.to(torch.float32)
+        low.append(i0)
+        high.append(i1)
+        w_low.append(1.0 - w1)
+        w_high.append(w1)
+    h, w = int(map_size[1]), int(map_size[2])
+    index, weight = [], []
+    for corner in range(8):
+        bits = [(corner >> (2 - axis)) & 1 for axis in range(3)]
+        i = [high[a] if bits[a] else low[a] for a in range(3)]
+        index.append((i[0] * h + i[1]) * w + i[2])
+        weight.append((w_high[0] if bits[0] else w_low[0]) * (w_high[1] if bits[1] else w_low[1])
+                      * (w_high[2] if bits[2] else w_low[2]))
+    return torch.stack(index, dim=1), torch.stack(weight, dim=1)
+
+
+def gather_corners(
+    feature_map: torch.Tensor, batch_index: torch.Tensor, index: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """sum_c weight[:, c] * feature_map[batch_index, :, corner c] as float32 [m, C] (one gather)."""
+    b, c = feature_map.shape[:2]
+    values = feature_map.reshape(b, c, -1)[batch_index[:, None], :, index].float()  # [m, 8, C]
+    return (values * weight[:, :, None].float()).sum(dim=1)
+
+
+def interpolate_at(
+    feature_map: torch.Tensor, batch_index: torch.Tensor, local: torch.Tensor, patch_size: Sequence[int]
+) -> torch.Tensor:
+    """Values of ``F.interpolate(feature_map, size=patch_size, mode="trilinear", align_corners=False)``
+    at the given voxels, computed from their 8 neighbours without building the upsampled map
+    (``trilinear_corners`` has the rule). A map at patch resolution is a plain gather.
 
     Args:
         feature_map: [B, C, d, h, w].
@@ -319,30 +390,11 @@ def interpolate_at(
     Returns:
         float32 [m, C].
     """
-    sizes = feature_map.shape[2:]
-    if tuple(sizes) == tuple(int(p) for p in patch_size):  # full resolution: a plain gather
+    sizes = tuple(feature_map.shape[2:])
+    if sizes == tuple(int(p) for p in patch_size):  # full resolution: a plain gather
         return feature_map[batch_index, :, local[:, 0], local[:, 1], local[:, 2]].float()
-    low, high, w_low, w_high = [], [], [], []
-    for axis in range(3):
-        n, p = int(sizes[axis]), int(patch_size[axis])
-        src = ((local[:, axis].to(torch.float32) + 0.5) * (n / p) - 0.5).clamp(min=0.0)
-        i0 = src.floor().long().clamp(max=n - 1)
-        i1 = (i0 + 1).clamp(max=n - 1)
-        w1 = src - i0.to(torch.float32)
-        low.append(i0)
-        high.append(i1)
-        w_low.append(1.0 - w1)
-        w_high.append(w1)
-    result = None
-    for corner in range(8):
-        bits = [(corner >> (2 - axis)) & 1 for axis in range(3)]
-        index = [high[a] if bits[a] else low[a] for a in range(3)]
-        weight = torch.ones_like(w_low[0])
-        for a in range(3):
-            weight = weight * (w_high[a] if bits[a] else w_low[a])
-        term = feature_map[batch_index, :, index[0], index[1], index[2]].float() * weight[:, None]
-        result = term if result is None else result + term
-    return result
+    index, weight = trilinear_corners(local, sizes, patch_size)
+    return gather_corners(feature_map, batch_index, index, weight)
 
 
 @dataclass
@@ -387,6 +439,54 @@ def _final_logits(output: Any, batch: int, patch_size: tuple[int, ...]) -> torch
     return output
 
 
+class _Consumer:
+    """Collects one hooked output (a layer's features, or the output probabilities) at its rows.
+
+    ``rows`` index the table of all chosen voxels; they are sorted once by window batch, so batch
+    ``b`` owns the contiguous slice ``[bounds[b], bounds[b + 1])`` of the sorted rows, and its values
+    land in that slice of one [n, C] buffer on ``device`` (no per-batch host copy or sync). The
+    corner indices and weights of trilinear upsampling are computed once per case, for all rows,
+    on the first batch (when the map size is known).
+    """
+
+    def __init__(self, rows, batch_of, slot_of, local, n_batches, device):
+        self.order = np.argsort(batch_of[rows], kind="stable")
+        self.bounds = np.searchsorted(batch_of[rows][self.order], np.arange(n_batches + 1)).tolist()
+        sorted_rows = rows[self.order]
+        self.slot = torch.from_numpy(slot_of[sorted_rows]).to(device)
+        self.local = torch.from_numpy(local[sorted_rows]).to(device)
+        self.device = device
+        self.out: torch.Tensor | None = None
+        self.size: tuple[int, ...] | None = None
+        self.corners: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def take(self, b: int, fmap: torch.Tensor, patch: tuple[int, ...], name: str, softmax: bool = False) -> None:
+        size = tuple(int(n) for n in fmap.shape[2:])
+        if self.out is None:
+            self.out = torch.zeros((len(self.order), int(fmap.shape[1])), dtype=torch.float32, device=self.device)
+            self.size = size
+            if size != patch:
+                self.corners = trilinear_corners(self.local, size, patch)
+        elif self.out.shape[1] != fmap.shape[1] or self.size != size:
+            raise ValueError(f"{name!r} changed its output shape between batches")
+        lo, hi = self.bounds[b], self.bounds[b + 1]
+        if hi == lo:
+            return
+        slot = self.slot[lo:hi]
+        if self.corners is None:  # patch resolution: a plain gather
+            at = self.local[lo:hi]
+            values = fmap[slot, :, at[:, 0], at[:, 1], at[:, 2]].float()
+        else:
+            values = gather_corners(fmap, slot, self.corners[0][lo:hi], self.corners[1][lo:hi])
+        self.out[lo:hi] = torch.softmax(values, dim=1) if softmax else values
+
+    def result(self) -> np.ndarray:
+        """[n, C] float32 in the order of ``rows``."""
+        result = np.empty(tuple(self.out.shape), dtype=np.float32)
+        result[self.order] = self.out.cpu().numpy()
+        return result
+
+
 def sample_case(
     network: torch.nn.Module,
     layer_names: Sequence[str],
@@ -405,9 +505,11 @@ def sample_case(
 
     The case is padded like nnU-Net (``pad_to_patch``), tiled with ``window_starts``, and each voxel
     is read from the one window ``assign_windows`` gives it. Windows owning no voxel are skipped; the
-    others run in batches of ``batch_size`` (nnU-Net's window order) under ``torch.no_grad`` in eval
-    mode. Forward hooks, registered once and removed at the end (also on error), gather each hooked
-    layer's trilinearly upsampled value (``interpolate_at``) at the batch's voxels only.
+    others run in batches of ``batch_size`` (nnU-Net's window order; a short last batch is filled up
+    with copies of its last window when there are several batches) under ``torch.inference_mode`` in
+    eval mode. Forward hooks, registered once and removed at the end (also on error), gather each
+    hooked layer's trilinearly upsampled value (``interpolate_at``) at the batch's voxels only; no
+    hooked output outlives its batch.
 
     Args:
         network: any module; must already live on ``device``. Its training flag is restored after.
@@ -474,47 +576,24 @@ def sample_case(
     local = all_coords - window_start
     n_batches = int(math.ceil(len(used) / batch_size))
 
-    # Rows of the table each consumer needs, grouped by batch.
+    # Rows of the table each consumer needs. Each consumer's rows are put in batch order once, so that
+    # a batch's rows are a contiguous slice [bounds[b], bounds[b + 1]) of them (``_Consumer``).
     def rows_for(counts: Mapping[str, int]) -> np.ndarray:
         parts = [block[k][0] + np.arange(counts[k], dtype=np.int64) for k in keys if k in counts]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def by_batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(batch_of[rows], kind="stable")
-        bounds = np.searchsorted(batch_of[rows][order], np.arange(n_batches + 1))
-        return order, bounds
-
-    layer_counts = [{k: layer_sample_count(block[k][1], r) for k in keys} for r in ratios]
-    layer_rows = [rows_for(c) for c in layer_counts]
-    layer_groups = [by_batch(r) for r in layer_rows]
-    probs_rows = rows_for({k: block[k][1] for k in probs_keys})
-    probs_group = by_batch(probs_rows)
-
     device = torch.device(device)
-    local_t = torch.from_numpy(local).to(device)
-    slot_t = torch.from_numpy(slot_of).to(device)
-
-    layer_out: list[np.ndarray | None] = [None] * len(layer_names)
-    probs_out: np.ndarray | None = None
+    layer_counts = [{k: layer_sample_count(block[k][1], r) for k in keys} for r in ratios]
+    layers = [_Consumer(rows_for(c), batch_of, slot_of, local, n_batches, device) for c in layer_counts]
+    probs_sink = _Consumer(rows_for({k: block[k][1] for k in probs_keys}), batch_of, slot_of, local, n_batches,
+                           device)
     state = {"batch": -1, "size": 0, "calls": [0] * len(layer_names)}
-
-    def batch_rows(rows: np.ndarray, group: tuple[np.ndarray, np.ndarray], b: int) -> np.ndarray:
-        order, bounds = group
-        return order[bounds[b]:bounds[b + 1]]  # positions within ``rows``
 
     def make_hook(index: int):
         def hook(module, inputs, output):
             state["calls"][index] += 1
             fmap = _as_feature_map(output, layer_names[index], state["size"])
-            if layer_out[index] is None:
-                layer_out[index] = np.zeros((len(layer_rows[index]), fmap.shape[1]), dtype=np.float32)
-            elif layer_out[index].shape[1] != fmap.shape[1]:
-                raise ValueError(f"layer {layer_names[index]!r} changed its channel count between batches")
-            positions = batch_rows(layer_rows[index], layer_groups[index], state["batch"])
-            if positions.size:
-                rows = torch.from_numpy(layer_rows[index][positions]).to(device)
-                values = interpolate_at(fmap, slot_t[rows], local_t[rows], patch)
-                layer_out[index][positions] = values.cpu().numpy()
+            layers[index].take(state["batch"], fmap, patch, layer_names[index])
         return hook
 
     was_training = network.training
@@ -523,27 +602,27 @@ def sample_case(
         for index, name in enumerate(layer_names):
             handles.append(modules[name].register_forward_hook(make_hook(index)))
         network.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             for b in range(n_batches):
                 windows = used[b * batch_size:(b + 1) * batch_size]
                 tiles = []
                 for w in windows:
                     sd, sh, sw = (int(starts[a][i]) for a, i in enumerate(np.unravel_index(w, n_steps)))
                     tiles.append(padded[:, sd:sd + patch[0], sh:sh + patch[1], sw:sw + patch[2]])
+                if n_batches > 1:
+                    # A short last batch is filled up with copies of its last window (their outputs are
+                    # not read): every forward pass then has the same shape, and the CPU backends do not
+                    # set up a second, differently-shaped set of buffers for it.
+                    tiles += [tiles[-1]] * (batch_size - len(tiles))
                 x = torch.from_numpy(np.ascontiguousarray(np.stack(tiles))).to(device)
-                state.update(batch=b, size=len(windows), calls=[0] * len(layer_names))
-                logits = _final_logits(network(x), len(windows), patch)
+                state.update(batch=b, size=len(tiles), calls=[0] * len(layer_names))
+                logits = _final_logits(network(x), len(tiles), patch)
+                del x
                 silent = [layer_names[i] for i, c in enumerate(state["calls"]) if c != 1]
                 if silent:
                     raise RuntimeError(f"hooked layers {silent} did not run exactly once per forward pass")
-                if probs_out is None:
-                    probs_out = np.zeros((len(probs_rows), logits.shape[1]), dtype=np.float32)
-                positions = batch_rows(probs_rows, probs_group, b)
-                if positions.size:
-                    rows = torch.from_numpy(probs_rows[positions]).to(device)
-                    at = local_t[rows]
-                    picked = logits[slot_t[rows], :, at[:, 0], at[:, 1], at[:, 2]].float()
-                    probs_out[positions] = torch.softmax(picked, dim=1).cpu().numpy()
+                probs_sink.take(b, logits, patch, "output", softmax=True)
+                del logits
                 if progress is not None:
                     progress(b + 1, n_batches)
     finally:
@@ -551,6 +630,8 @@ def sample_case(
             handle.remove()
         network.train(was_training)
 
+    layer_out = [c.result() for c in layers]
+    probs_out = probs_sink.result()
     features = []
     for index in range(len(layer_names)):
         per_key, start = {}, 0
@@ -578,6 +659,27 @@ def sample_case(
 # --------------------------------------------------------------------------------------------------
 # 6. A whole dataset into one features file
 # --------------------------------------------------------------------------------------------------
+
+
+def _software_versions(network: torch.nn.Module) -> dict[str, str]:
+    """{package: version} of what produced the numbers: ccfv, numpy, torch, h5py, nnunetv2 (the
+    tiling) and the package that defines the network's class (e.g. dynamic_network_architectures)."""
+    from importlib import metadata
+
+    import h5py
+
+    versions = {"ccfv": __version__, "numpy": np.__version__, "torch": torch.__version__,
+                "h5py": h5py.__version__}
+    for package in ("nnunetv2", type(network).__module__.split(".")[0]):
+        if package in versions:
+            continue
+        try:
+            versions[package] = metadata.version(package)
+        except (metadata.PackageNotFoundError, ValueError):
+            version = getattr(sys.modules.get(package), "__version__", None)
+            if isinstance(version, str):
+                versions[package] = version
+    return versions
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -693,5 +795,8 @@ def sample_dataset(
             "step_size": float(step_size),
             "source_num_classes": int(out_channels),
             "ccfv_version": __version__,
+            "batch_size": int(batch_size),
+            "device": str(torch.device(device)),
+            "software": _software_versions(network),
         })
     return Path(out_path)

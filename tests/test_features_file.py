@@ -11,6 +11,7 @@ import pytest
 import ccfv
 from ccfv.features_file import (
     FILE_MARKER,
+    OPTIONAL_ATTRS,
     REQUIRED_ATTRS,
     CaseRecord,
     ccfv_layers,
@@ -101,6 +102,25 @@ def test_on_disk_schema(written):
         assert g["features/2/global"].shape == (30, 3)
         assert g["probs/background"].dtype == np.float32 and g["probs/background"].shape == (20, K)
     assert [p.name for p in path.parent.iterdir()] == ["t.h5"]  # the temporary file is gone
+
+
+def test_optional_provenance_attributes(tmp_path):
+    rng = np.random.default_rng(3)
+    extra = {"batch_size": 2, "device": "cpu", "software": {"ccfv": ccfv.__version__, "torch": "2.x"}}
+    path = write_features(tmp_path / "p.h5", {**make_meta(), **extra, "not_an_attribute": 1},
+                          [make_record("a", rng)])
+    ff = read_features(path)
+    assert {k: ff.meta[k] for k in OPTIONAL_ATTRS} == extra and "not_an_attribute" not in ff.meta
+    with h5py.File(path, "r") as h5:
+        assert json.loads(h5.attrs["software"]) == extra["software"] and "not_an_attribute" not in h5.attrs
+    with h5py.File(path, "a") as h5:
+        h5.attrs["software"] = "{torch"
+    with pytest.raises(ValueError, match="'software' is not valid JSON"):
+        read_features(path)
+    with h5py.File(path, "a") as h5:
+        h5.attrs["software"] = "[1, 2]"
+    with pytest.raises(ValueError, match="software"):
+        read_features(path)
 
 
 def test_ccfv_layers_shapes(written):

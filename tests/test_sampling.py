@@ -14,8 +14,10 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from torch import nn
 
-from ccfv.features_file import read_features
+from ccfv.features_file import ccfv_layers, head_samples, read_features
 from ccfv.sampling import (
+    _draw,
+    _nth_true,
     assign_windows,
     case_rng,
     choose_voxels,
@@ -169,6 +171,47 @@ def test_sample_case_matches_dense_reference_on_many_batches(net):
     assert hooks_left(net) == 0
 
 
+def test_every_window_runs_with_its_hooks_and_a_full_last_batch(net):
+    """All 32 windows own a voxel, so all run, in 11 batches of 3; every window's hooked outputs are
+    compared with the dense reference (a sampler whose hooks fell off after the first batch, or that
+    read a stale batch, fails here). The short last batch is filled up to 3 windows."""
+    shape = (37, 50, 21)
+    image, seg = make_case(shape, seed=8)
+    starts = window_starts(shape, PATCH, 0.5)
+    # One voxel near the centre of every window (the rule gives it to that window), plus random ones.
+    centres = np.array([[s + p // 2 for s, p in zip(w, PATCH)] for w in itertools.product(*starts)])
+    rng = np.random.default_rng(3)
+    coords = {"global": np.concatenate([centres, np.stack([rng.integers(0, n, 40) for n in shape], axis=1)])}
+    owner = assign_windows(coords["global"], starts, PATCH)
+    assert len({tuple(o) for o in owner}) == 32
+
+    seen = {name: [] for name in LAYERS}
+    modules = dict(net.named_modules())
+    counters = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen[n].append(o.shape[0])) for n in LAYERS]
+    try:
+        samples = sample_case(net, LAYERS, image, coords, patch_size=PATCH, batch_size=3, probs_keys=["global"])
+    finally:
+        for h in counters:
+            h.remove()
+    assert samples.windows_run == samples.windows_total == 32
+    assert all(sizes == [3] * 11 for sizes in seen.values())  # 11 forward passes, all full
+    reference = dense_reference(net, LAYERS, image, coords, PATCH)
+    for index, name in enumerate(LAYERS):
+        np.testing.assert_allclose(samples.features[index]["global"], reference[name]["global"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(samples.probs["global"], reference["probs"]["global"], atol=1e-5, rtol=0)
+    assert hooks_left(net) == 0
+
+    # A single batch is not filled up: a one-window case runs one window.
+    small = {"global": np.array([[1, 2, 3]])}
+    seen = []
+    h = modules[LAYERS[-1]].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    try:
+        sample_case(net, LAYERS, image[:, :16, :24, :16], small, patch_size=PATCH, batch_size=4, probs_keys=[])
+    finally:
+        h.remove()
+    assert seen == [1]
+
+
 def test_small_case_is_padded_like_nnunet(net):
     shape = (10, 30, 12)  # smaller than the patch in d and w
     image, seg = make_case(shape, seed=2)
@@ -312,6 +355,32 @@ def test_choose_voxels_labels_counts_and_order():
     assert len({tuple(p) for p in capped["global"]}) == 8
 
 
+def test_choose_voxels_draws_the_same_voxels_as_listing_the_pools():
+    """Members are found from a boolean mask (``_nth_true``) instead of a list of every member voxel;
+    the voxels are the ones ``np.flatnonzero(mask)[draw]`` gives, with the same random stream."""
+    rng = np.random.default_rng(0)
+    for n, p, chunk in [(1, 0.5, 4), (10, 0.0, 4), (1000, 0.3, 7), (70000, 0.01, 1 << 10), (5, 1.0, 2)]:
+        mask = rng.random(n) < p
+        members = np.flatnonzero(mask)
+        ranks = rng.permutation(members.size)
+        np.testing.assert_array_equal(_nth_true(mask, ranks, chunk), members[ranks])
+    _, seg = make_case((20, 30, 18), seed=5)
+    got = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(9), **BUDGETS)
+    flat, draw = seg.reshape(-1), np.random.default_rng(9)
+    want = {}
+    counts = class_sample_counts({k: int((flat == k).sum()) for k in CLASS_IDS}, total=BUDGETS["total"],
+                                 minimum=BUDGETS["minimum"])
+    for k, n_k in counts.items():
+        pool = np.flatnonzero(flat == k)
+        want[f"class_{k}"] = pool[_draw(pool.size, n_k, draw)]
+    want["global"] = _draw(flat.size, BUDGETS["n_global"], draw)
+    pool = np.flatnonzero(flat <= 0)
+    want["background"] = pool[_draw(pool.size, BUDGETS["n_background"], draw)]
+    assert list(got) == list(want)
+    for key, flat_index in want.items():
+        np.testing.assert_array_equal(got[key], np.stack(np.unravel_index(flat_index, seg.shape), axis=1))
+
+
 def test_choose_voxels_is_seeded():
     _, seg = make_case((20, 30, 18), seed=0)
     a = choose_voxels(seg, CLASS_IDS, rng=np.random.default_rng(3), **BUDGETS)
@@ -406,6 +475,68 @@ def test_sample_dataset_writes_a_reproducible_file(net, tmp_path):
             np.testing.assert_array_equal(fa.cases[case_id].features[0][key], fd.cases[case_id].features[0][key])
     assert not np.array_equal(case_rng(1, "case_0").integers(1 << 30, size=4),
                               case_rng(1, "case_1").integers(1 << 30, size=4))
+
+
+class CopyNet(nn.Module):
+    """Hooked layers that copy their input: channel 0 is the label map, channel 1 the flat voxel index,
+    so a stored feature says which voxel it was read from and what its label is."""
+
+    def __init__(self):
+        super().__init__()
+        self.copy_half = nn.Identity()
+        self.copy = nn.Identity()
+        self.head = nn.Conv3d(2, 3, kernel_size=1)
+
+    def forward(self, x):
+        return self.head(self.copy(self.copy_half(x)))
+
+
+def test_features_line_up_with_labels_and_coords_through_the_file(tmp_path):
+    """Non-cubic cases (one smaller than the patch, so padded; one without class 2) written by
+    ``sample_dataset`` and read back: every stored feature comes from the voxel at its coordinate and
+    carries that voxel's label; the views the scores read keep them aligned."""
+    cases = []
+    for case_id, shape, with_class_2 in [("a", (13, 40, 22), True), ("b", (30, 26, 35), False)]:
+        _, seg = make_case(shape, seed=len(case_id) + len(shape))
+        if not with_class_2:
+            seg[seg == 2] = 1
+        index = np.arange(seg.size, dtype=np.float32).reshape(shape)
+        cases.append((case_id, np.stack([seg.astype(np.float32), index]), seg))
+    path = sample_dataset(
+        CopyNet(), ["copy_half", "copy"], cases, tmp_path / "copy.h5", class_ids=[1, 2], budgets=BUDGETS,
+        patch_size=PATCH, model_id="copy", architecture="CopyNet", target="t", seed=4, layer_ratios=[0.5, 1.0],
+        progress=False,
+    )
+    ff = read_features(path)
+    assert ff.meta["layers"] == ["copy_half", "copy"] and ff.meta["channels"] == [2, 2]
+    assert ff.meta["source_num_classes"] == 3 and ff.meta["seed"] == 4 and ff.meta["budgets"] == BUDGETS
+    assert ff.meta["batch_size"] == 2 and ff.meta["device"] == "cpu"
+    assert ff.meta["software"]["ccfv"] == ff.meta["ccfv_version"] and "torch" in ff.meta["software"]
+    assert [ff.cases[c].absent_classes for c in "ab"] == [[], [2]]
+    assert "class_2" not in ff.cases["b"].coords and "class_2" not in ff.cases["b"].probs
+    for case_id, _, seg in cases:
+        record = ff.cases[case_id]
+        for key, c in record.coords.items():
+            raw = seg[c[:, 0], c[:, 1], c[:, 2]]
+            np.testing.assert_array_equal(record.labels[key], np.maximum(raw, 0))
+            if key.startswith("class_"):
+                assert np.all(raw == int(key.split("_")[1]))
+            for layer, ratio in enumerate([0.5, 1.0]):
+                f = record.features[layer][key]
+                n_l = layer_sample_count(len(c), ratio)
+                assert f.shape == (n_l, 2)
+                np.testing.assert_array_equal(f[:, 0], raw[:n_l])
+                np.testing.assert_array_equal(f[:, 1], np.ravel_multi_index(tuple(c[:n_l].T), seg.shape))
+    layers = ccfv_layers(ff)
+    assert [sorted(case) for case in layers[1]["cases"]] == [[1, 2], [1]]
+    for layer in layers:
+        for case in layer["cases"]:
+            for k, f in case.items():
+                assert np.all(f[:, 0] == k)
+    features, labels, probs = head_samples(ff)
+    np.testing.assert_array_equal(features[:, 0].clip(min=0), labels)
+    assert probs.shape == (len(labels), 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
 
 
 def test_sample_dataset_failure_leaves_no_file(net, tmp_path):
