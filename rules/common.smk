@@ -11,7 +11,10 @@ TASKS = list(config["tasks"])
 ARCH = "unet"
 RANDOM_MODEL = f"{ARCH}-random"
 CONTAINER = "containers/ccfv.sif"
-CONDA_ENV = "../envs/ccfv.yaml"
+# One pinned conda env per family of rules (envs/*.yaml, pins checked against requirements.lock).
+DATA_ENV = "../envs/data.yaml"
+NNUNET_ENV = "../envs/nnunet.yaml"
+SCORES_ENV = "../envs/scores.yaml"
 FT_SEEDS = list(config["finetune"]["seeds"])
 
 n_decoder_stages = len(config["network"]["features_per_stage"]) - 1

@@ -18,7 +18,7 @@ if config["data"]["source"] == "synthetic":
             **resources_for("default"),
         threads: 1
         conda:
-            CONDA_ENV
+            DATA_ENV
         container:
             CONTAINER
         script:
@@ -41,7 +41,7 @@ else:
             **resources_for("default"),
         threads: 1
         conda:
-            CONDA_ENV
+            DATA_ENV
         container:
             CONTAINER
         script:
@@ -61,7 +61,7 @@ rule validate_task:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        DATA_ENV
     container:
         CONTAINER
     script:

@@ -20,7 +20,7 @@ rule sample_features:
         **resources_for("inference"),
     threads: config["resources"]["threads"]
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:

@@ -22,7 +22,7 @@ rule finetune:
         **resources_for("train"),
     threads: config["resources"]["threads"]
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:

@@ -17,7 +17,7 @@ rule convert_to_nnunet:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:
@@ -40,7 +40,7 @@ rule plan_and_preprocess:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:
@@ -67,7 +67,7 @@ rule make_split:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:

@@ -19,7 +19,7 @@ rule pretrain:
         **resources_for("train"),
     threads: config["resources"]["threads"]
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:
@@ -43,7 +43,7 @@ rule random_init:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        NNUNET_ENV
     container:
         CONTAINER
     script:

@@ -24,7 +24,7 @@ rule tables:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        SCORES_ENV
     container:
         CONTAINER
     script:

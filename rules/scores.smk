@@ -17,7 +17,7 @@ rule score:
         **resources_for("default"),
     threads: 1
     conda:
-        CONDA_ENV
+        SCORES_ENV
     container:
         CONTAINER
     script:
