@@ -97,6 +97,16 @@ def canonical(value):
     return value
 
 
+def budget_for(stage, task):
+    """The training budget of one job: config[stage] with the task's per_task entry applied, without the
+    keys that are not the job's (per_task itself, the list of fine-tuning seeds), so that a change to one
+    task's budget or a new seed reruns no other job."""
+    section = config[stage]
+    budget = {k: v for k, v in section.items() if k not in ("per_task", "seeds")}
+    budget.update(section.get("per_task", {}).get(task, {}))
+    return canonical(budget)
+
+
 def resources_for(kind):
     return config["resources"][kind]
 

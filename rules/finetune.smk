@@ -15,8 +15,7 @@ rule finetune:
     benchmark:
         f"{R}/benchmarks/finetune/{{target}}/{{model}}/seed{{seed}}.tsv"
     params:
-        # without the list of seeds: adding a seed must not rerun the fine-tunings already done
-        budget=canonical({k: v for k, v in config["finetune"].items() if k != "seeds"}),
+        budget=lambda wc: budget_for("finetune", wc.target),
     resources:
         gpu=1,
         **resources_for("train"),

@@ -12,7 +12,7 @@ rule pretrain:
     benchmark:
         f"{R}/benchmarks/pretrain/{{task}}.tsv"
     params:
-        budget=canonical(config["pretrain"]),
+        budget=lambda wc: budget_for("pretrain", wc.task),
         model_id=lambda wc: pretrained_model(wc.task),
     resources:
         gpu=1,

@@ -158,3 +158,13 @@ def test_whole_dag_on_tiny_config(tmp_path):
     (tmp_path / "option.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "option.yaml"), cwd=tmp_path)
     assert job_counts(result.stdout + result.stderr) == {"score": 9, "tables": 1, "all": 1, "total": 11}
+    # one source task's pretraining budget: that source's model, and the targets whose bank holds it
+    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg["pretrain"]["per_task"] = {"Task91_SynthLiver": {"iterations": 6}}
+    (tmp_path / "budget.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake("-n", "--configfile", str(tmp_path / "budget.yaml"), cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert job_counts(out) == {"pretrain": 1, "sample_features": 2, "score": 2, "finetune": 2, "tables": 1,
+                               "all": 1, "total": 9}, out[-3000:]
+    assert set(re.findall(r"wildcards: task=(\w+)", out)) == {"Task91_SynthLiver"}
+    assert set(re.findall(r"model=(unet-[\w]+)", out)) == {"unet-Task91_SynthLiver"}
