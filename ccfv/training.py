@@ -6,15 +6,25 @@ channels and classes, the source task). Pretraining and fine-tuning both run ``n
 only to take the iteration budget, the seed and our recorded split); fine-tuning starts from a bank model
 with every weight but the segmentation heads (``.seg_layers.``, the final 1x1x1 convolutions) transferred
 and nothing frozen, as in the paper.
+
+Resuming (docs/models.md): ``train`` keeps nnU-Net's work folder in a stable place outside the Snakemake
+output, writes a checkpoint after every epoch (network, optimizer, logging, the epoch, and the torch, numpy
+and Python random states, in a form ``torch.load(weights_only=True)`` reads) and, when started again with
+the same identity (budget, seed, dataset, plans, split, initial model), continues from it. On the CPU with
+the in-process data loader a killed-and-resumed run ends with the same weights, bit for bit, as one that
+was never interrupted. Every checkpoint is read with ``weights_only=True``: a pickle payload is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import pickle
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +36,8 @@ WEIGHTS = "weights.safetensors"
 MODEL_CARD = "model.json"
 #: State-dict keys that are not transferred from a source model: nnU-Net's segmentation heads.
 HEAD_KEY = ".seg_layers."
+#: The ``format`` entry of our resume checkpoints (nnU-Net's ``checkpoint_latest.pth``/``checkpoint_final.pth``).
+CHECKPOINT_FORMAT = "ccfv-resume-1"
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ def _trainer_class():
         """
 
         split_file: Path | None = None
+        #: What a checkpoint must have been written by to be resumed from (see ``train``).
+        resume_identity: dict | None = None
+        _rng_to_restore: dict | None = None
 
         def do_split(self):
             split = read_split(self.split_file)
@@ -82,7 +97,117 @@ def _trainer_class():
         def plot_network_architecture(self):  # needs hiddenlayer/graphviz binaries; irrelevant here
             pass
 
+        def save_checkpoint(self, filename: str) -> None:
+            """nnU-Net's checkpoint contents, made loadable with ``weights_only=True``, plus the RNG states.
+
+            Called by nnU-Net at the end of an epoch (``checkpoint_latest.pth``, after the epoch's last
+            use of any random number generator) and after training (``checkpoint_final.pth``). The "best"
+            checkpoint is skipped: we use the final model. Written atomically, so a kill mid-write leaves
+            the previous checkpoint.
+            """
+            import torch
+
+            if Path(filename).name == "checkpoint_best.pth":
+                return
+            network = getattr(self.network, "module", self.network)
+            network = getattr(network, "_orig_mod", network)
+            checkpoint = {
+                "format": CHECKPOINT_FORMAT,
+                "identity": json.dumps(self.resume_identity, sort_keys=True),
+                "network_weights": network.state_dict(),
+                "optimizer_state": self.optimizer.state_dict(),
+                "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+                "logging": _plain(self.logger.get_checkpoint()),
+                "_best_ema": _plain(self._best_ema),
+                "current_epoch": self.current_epoch + 1,
+                "trainer_name": type(self).__name__,
+                "rng": _rng_state(self.device),
+            }
+            scratch = Path(f"{filename}.partial")
+            torch.save(checkpoint, scratch)
+            os.replace(scratch, filename)
+
+        def load_resume_checkpoint(self, checkpoint: dict) -> None:
+            """Restore what ``save_checkpoint`` wrote; the RNG states are restored when training starts
+            (after nnU-Net has built its data loaders, which draw a first batch)."""
+            network = getattr(self.network, "module", self.network)
+            network = getattr(network, "_orig_mod", network)
+            network.load_state_dict(checkpoint["network_weights"])
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+                self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+            self.logger.load_checkpoint(checkpoint["logging"])
+            self._best_ema = checkpoint["_best_ema"]
+            self.current_epoch = int(checkpoint["current_epoch"])
+            self._rng_to_restore = checkpoint["rng"]
+
+        def on_train_start(self):
+            super().on_train_start()
+            if self._rng_to_restore is not None:
+                _set_rng_state(self._rng_to_restore)
+                self._rng_to_restore = None
+
     return CCFVTrainer
+
+
+def _plain(value):
+    """numpy scalars/arrays inside nnU-Net's logging as Python numbers/lists (loadable without pickle globals)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _rng_state(device) -> dict:
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if getattr(device, "type", str(device)) == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A ``.pth``/``.pt`` checkpoint read with ``torch.load(weights_only=True)``: tensors, numbers, strings,
+    lists and dicts only. Anything else (a pickled object, which could run code when loaded) is refused
+    with an error naming the file, and nothing of it is executed."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused: the checkpoint holds more than tensors and plain data "
+                         f"(a pickle payload that could run code); it was not loaded ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
 
 
 def _load_plans_and_dataset(preprocessed_dataset: Path) -> tuple[dict, dict]:
@@ -219,12 +344,61 @@ def random_model(preprocessed_dataset: Path, model_id: str, out_dir: Path, seed:
     return save_bank_model(network, card, out_dir)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _resume_identity(preprocessed_dataset: Path, plans: dict, split_file: Path, budget: TrainingBudget,
+                     seed: int, init_model: Path | None) -> dict:
+    """Everything a checkpoint's training depends on: a checkpoint of another identity is not resumed."""
+    conf = plans["configurations"][CONFIGURATION]
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "dataset": Path(preprocessed_dataset).name,
+        "configuration": hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest(),
+        "split": _sha256(split_file),
+        "budget": asdict(budget),
+        "seed": seed,
+        "init_model": None if init_model is None else _sha256(Path(init_model) / WEIGHTS),
+    }
+
+
+def _resumable_checkpoint(output_folder: Path, identity: dict) -> tuple[Path | None, dict | None]:
+    """(path, checkpoint) of the newest checkpoint in nnU-Net's output folder when it was written by a run
+    of the same identity; otherwise (None, None), after saying why in the log and removing the stale files."""
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        path = output_folder / name
+        if not path.is_file():
+            continue
+        try:
+            checkpoint = read_checkpoint(path)
+        except ValueError as err:
+            print(f"ccfv: not resuming: {err}; starting from scratch", flush=True)
+            break
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            print(f"ccfv: not resuming: {path} is not a ccfv resume checkpoint; starting from scratch", flush=True)
+            break
+        if checkpoint.get("identity") != json.dumps(identity, sort_keys=True):
+            print(f"ccfv: not resuming: {path} was written by a run with other settings "
+                  f"(was {checkpoint.get('identity')}, now {json.dumps(identity, sort_keys=True)}); "
+                  "starting from scratch", flush=True)
+            break
+        return path, checkpoint
+    for stale in output_folder.glob("checkpoint_*.pth*") if output_folder.is_dir() else ():
+        stale.unlink()
+    return None, None
+
+
 def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: TrainingBudget, seed: int,
           init_model: Path | None = None, device: str = "auto", threads: int = 1):
     """Run nnU-Net's trainer on the training split of one preprocessed dataset; return the trainer.
 
-    nnU-Net's own outputs (log, progress plot, checkpoints) go to ``work_dir``. With ``init_model`` the
-    network starts from that bank model's weights, heads excepted (see ``transfer_weights``).
+    nnU-Net's own outputs (log, progress plot, checkpoints) go to ``work_dir``, which should outlive a
+    killed job (not inside a Snakemake output, which Snakemake deletes before a rerun). A checkpoint is
+    written after every epoch; if ``work_dir`` holds one of a run with the same identity (budget, seed,
+    dataset, plans configuration, split, initial model weights), training continues from it. With
+    ``init_model`` the network starts from that bank model's weights, heads excepted (see
+    ``transfer_weights``). ``trainer.resumed_from_epoch`` is the epoch training restarted at (0: fresh).
     """
     import torch
 
@@ -232,22 +406,32 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
     torch.set_num_threads(threads)
     seed_everything(seed)
     plans, dataset_json = _load_plans_and_dataset(preprocessed_dataset)
+    identity = _resume_identity(preprocessed_dataset, plans, split_file, budget, seed, init_model)
     plans["continue_training"] = False  # nnU-Net's run_training sets this key; its trainer pops it
     with nnunet_environment(preprocessed=preprocessed_dataset.parent, results=work_dir, n_proc=1, n_proc_da=0):
         trainer_cls = _trainer_class()
         trainer_cls.split_file = Path(split_file)
         trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json,
                               device=pick_device(device))
+        trainer.resume_identity = identity
         trainer.num_iterations_per_epoch = min(budget.iterations, budget.iterations_per_epoch)
         trainer.num_epochs = budget.epochs
         trainer.num_val_iterations_per_epoch = budget.val_iterations_per_epoch
         trainer.initial_lr = budget.learning_rate
-        trainer.save_every = 10**9  # checkpoint only at the end (resuming is its own issue)
+        trainer.save_every = 1  # epochs are minutes at most; a kill loses at most one
         trainer.initialize()
         if init_model is not None:
             source, _ = load_bank_model(init_model)
             transfer_weights(trainer.network, source.state_dict(), str(Path(init_model) / WEIGHTS))
             # The optimizer was built on the same parameter objects, so it sees the loaded values.
+        path, checkpoint = _resumable_checkpoint(Path(trainer.output_folder), identity)
+        trainer.resumed_from_epoch = 0
+        if checkpoint is not None:
+            trainer.load_resume_checkpoint(checkpoint)
+            trainer.resumed_from_epoch = trainer.current_epoch
+            message = (f"ccfv: resuming from {path} at epoch {trainer.current_epoch} of {trainer.num_epochs}")
+            print(message, flush=True)
+            trainer.print_to_log_file(message)
         trainer.run_training()
     return trainer
 
@@ -256,7 +440,7 @@ def pretrain(preprocessed_dataset: Path, split_file: Path, source_task: str, mod
              budget: TrainingBudget, seed: int, device: str = "auto", threads: int = 1) -> Path:
     """Pretrain on a source task and write the result into the model bank."""
     out_dir = Path(out_dir)
-    work = out_dir.parent / f".{out_dir.name}-nnunet"
+    work = out_dir.parent / f".{out_dir.name}-nnunet"  # outside the output: kept for resuming
     trainer = train(preprocessed_dataset, split_file, work, budget, seed, device=device, threads=threads)
     plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
     card = _card(model_id, plans, dataset_json, source_task, seed=seed, iterations=budget.iterations)
@@ -273,8 +457,7 @@ def finetune(preprocessed_dataset: Path, raw_dataset: Path, split_file: Path, in
     from .evaluation import predict_and_score, write_dice
 
     out_file = Path(out_file)
-    work = out_file.parent / f".{out_file.stem}-nnunet"
-    shutil.rmtree(work, ignore_errors=True)
+    work = out_file.parent / f".{out_file.stem}-nnunet"  # outside the output: kept for resuming
     trainer = train(preprocessed_dataset, split_file, work, budget, seed, init_model=init_model,
                     device=device, threads=threads)
     network = getattr(trainer.network, "_orig_mod", trainer.network)

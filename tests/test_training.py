@@ -21,6 +21,7 @@ from ccfv.training import (
     load_bank_model,
     pretrain,
     random_model,
+    read_checkpoint,
     read_model_card,
     save_bank_model,
     train,
@@ -445,3 +446,125 @@ def test_non_finite_weights_are_never_written_to_the_bank(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         save_bank_model(network, {"model_id": "broken"}, out)
     assert not (tmp_path / "bank").exists()  # refused before anything, scratch folders included, was made
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming a killed training job, and checkpoints that are refused
+# --------------------------------------------------------------------------------------------------
+
+RESUME_BUDGET = TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1)
+
+#: A child process that pretrains and SIGKILLs itself right after nnU-Net writes the first
+#: ``checkpoint_latest.pth`` (end of epoch 0): a job killed mid-training, at a known point.
+KILLED_PRETRAINING = """
+import os, signal, sys
+from pathlib import Path
+import ccfv.training as training
+
+make_trainer = training._trainer_class
+
+def killing_trainer():
+    cls = make_trainer()
+
+    class Killed(cls):
+        def save_checkpoint(self, filename):
+            super().save_checkpoint(filename)
+            if Path(filename).name == "checkpoint_latest.pth":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    Killed.__name__ = Killed.__qualname__ = cls.__name__  # nnU-Net names its output folder after the class
+    return Killed
+
+training._trainer_class = killing_trainer
+preprocessed, split, out, seed = sys.argv[1:]
+training.pretrain(preprocessed, split, "Task94_SynthSpleen", "m", out,
+                  training.TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1),
+                  seed=int(seed), device="cpu", threads=1)
+print("NOT KILLED")
+"""
+
+
+def _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, seed=0):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_PRETRAINING, str(tiny_dataset.preprocessed),
+                           str(split_file), str(out), str(seed)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "NOT KILLED" not in proc.stdout
+
+
+def _safetensors_state(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / WEIGHTS))
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(
+        tiny_dataset, split_file, tmp_path, capfd):
+    uninterrupted = pretrain(tiny_dataset.preprocessed, split_file, "Task94_SynthSpleen", "m", tmp_path / "a" / "m",
+                             RESUME_BUDGET, seed=0, device="cpu")
+
+    out = tmp_path / "b" / "m"
+    _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out)
+    assert not out.exists()  # killed before the bank model was written
+    work = tmp_path / "b" / ".m-nnunet"
+    latest = list(work.rglob("checkpoint_latest.pth"))
+    assert len(latest) == 1 and not list(work.rglob("checkpoint_final.pth"))
+    saved = read_checkpoint(latest[0])
+    assert saved["current_epoch"] == 1 and len(saved["logging"]["train_losses"]) == 1
+
+    capfd.readouterr()
+    resumed = pretrain(tiny_dataset.preprocessed, split_file, "Task94_SynthSpleen", "m", out,
+                       RESUME_BUDGET, seed=0, device="cpu")
+    printed = capfd.readouterr().out
+    assert "resuming from" in printed and "at epoch 1 of 3" in printed
+    assert not work.exists()  # cleaned up once the bank model is written
+
+    a, b = _safetensors_state(uninterrupted), _safetensors_state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # bit for bit
+    # ... and the equality is not that of two untrained networks: training moved the weights
+    fresh = _safetensors_state(random_model(tiny_dataset.preprocessed, "r", tmp_path / "r", seed=0))
+    moved = [k for k in a if HEAD_KEY not in k and not torch.equal(a[k], fresh[k])]
+    assert len(moved) >= 10
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_dataset, split_file, tmp_path, capfd):
+    out = tmp_path / "m"
+    _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, seed=0)
+    capfd.readouterr()
+    trainer = train(tiny_dataset.preprocessed, split_file, tmp_path / ".m-nnunet", RESUME_BUDGET, seed=1,
+                    device="cpu")
+    printed = capfd.readouterr().out
+    assert "not resuming" in printed and "other settings" in printed and "starting from scratch" in printed
+    assert trainer.resumed_from_epoch == 0
+    assert len(trainer.logger.get_checkpoint()["train_losses"]) == 3
+
+
+def test_read_checkpoint_refuses_a_pickle_payload(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint_latest.pth"
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "payload": _Payload(marker)}, path)
+    with pytest.raises(ValueError, match=rf"{path}: refused.*pickle payload"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    # a resume never runs it either: the stale checkpoint is reported and removed
+    from ccfv.training import _resumable_checkpoint
+
+    assert _resumable_checkpoint(tmp_path, {"any": "identity"}) == (None, None)
+    assert not marker.exists() and not path.exists()
+
+
+def test_read_checkpoint_of_plain_data(tmp_path):
+    path = tmp_path / "c.pth"
+    torch.save({"w": torch.ones(3), "epoch": 4, "log": {"losses": [0.5, 0.25]}, "name": "x"}, path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint["epoch"] == 4 and torch.equal(checkpoint["w"], torch.ones(3))
+    (tmp_path / "broken.pth").write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"broken\.pth: not a readable torch checkpoint"):
+        read_checkpoint(tmp_path / "broken.pth")
