@@ -1,30 +1,27 @@
 """Sample a bank model's decoder features over a target dataset's training split (one features file).
 
-Which layers are hooked (every decoder stage; the last one is the layer before the final convolution):
+Which layers are hooked (every decoder stage; the last one is the layer before the final convolution) is
+documented, with channels and scales, in ``ccfv/networks.py`` and docs/models.md:
 
 - U-Net (nnU-Net's PlainConvUNet): ``decoder.stages.0`` (lowest resolution, next to the bottleneck) to
   ``decoder.stages.<n-2>`` (full resolution, feeds the final 1x1x1 convolution ``decoder.seg_layers.<n-2>``).
+- UNETR (MONAI): ``decoder5`` (1/8), ``decoder4`` (1/4), ``decoder3`` (1/2), ``decoder2`` (full resolution,
+  feeds the final convolution ``out``).
+
+``sampling.layer_ratios`` is either one list (every architecture, one ratio per stage) or a mapping
+architecture -> list, since the two architectures hook different numbers of stages.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .networks import decoder_layers, layer_ratios_for
 from .preprocessing import load_case
 from .splits import read_split
 from .training import load_bank_model, pick_device
 
-
-def decoder_layers(network) -> list[str]:
-    """Names of the hooked decoder stages, bottleneck -> output, for the networks the bank holds."""
-    names = dict(network.named_modules())
-    stages = sorted(
-        (n for n in names if n.startswith("decoder.stages.") and n.count(".") == 2),
-        key=lambda n: int(n.rsplit(".", 1)[1]),
-    )
-    if not stages:
-        raise ValueError(f"{type(network).__name__}: no decoder.stages.* modules to hook")
-    return stages
+__all__ = ["decoder_layers", "sample_target"]
 
 
 def sample_target(model_dir: Path, preprocessed_dataset: Path, split_file: Path, out_file: Path, *,
@@ -37,10 +34,10 @@ def sample_target(model_dir: Path, preprocessed_dataset: Path, split_file: Path,
 
     network, card = load_bank_model(Path(model_dir), device=str(pick_device(device)))
     layers = decoder_layers(network)
-    ratios = list(sampling["layer_ratios"])
-    if len(ratios) != len(layers):
-        raise ValueError(f"sampling.layer_ratios has {len(ratios)} entries; {card['model_id']} has "
-                         f"{len(layers)} decoder stages {layers}")
+    try:
+        ratios = layer_ratios_for(sampling["layer_ratios"], card.get("network", "unet"), len(layers))
+    except ValueError as err:
+        raise ValueError(f"{card['model_id']}: {err} {layers}") from None
     dataset_json = json.loads((Path(preprocessed_dataset) / "dataset.json").read_text())
     class_ids = sorted(int(v) for v in dataset_json["labels"].values() if int(v) > 0)
     train_cases = read_split(split_file)["train"]
@@ -53,7 +50,7 @@ def sample_target(model_dir: Path, preprocessed_dataset: Path, split_file: Path,
     return sample_dataset(
         network, layers, cases(), out_file, class_ids=class_ids,
         budgets={k: sampling[k] for k in ("total", "minimum", "n_global", "n_background")},
-        patch_size=card["patch_size"], model_id=card["model_id"], architecture=card["network"],
+        patch_size=card["patch_size"], model_id=card["model_id"], architecture=card.get("network", "unet"),
         target=target, seed=sampling["seed"], step_size=sampling["step_size"],
         batch_size=sampling["batch_size"], layer_ratios=ratios, device=pick_device(device),
         num_cases=len(train_cases), progress=True,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import networks
 from .nnunet_paths import CONFIGURATION, PLANS_NAME, nnunet_environment
 from .splits import read_split
 
@@ -85,6 +86,9 @@ def _trainer_class():
         """
 
         split_file: Path | None = None
+        #: The network to train: ``("unet", None)`` builds the plans' U-Net; ``("unetr", architecture entry)``
+        #: a UNETR on the plans' patch size (no deep supervision; see ccfv/networks.py).
+        network_spec: tuple[str, dict | None] = (networks.UNET, None)
         #: What a checkpoint must have been written by to be resumed from (see ``train``).
         resume_identity: dict | None = None
         _rng_to_restore: dict | None = None
@@ -96,6 +100,21 @@ def _trainer_class():
 
         def plot_network_architecture(self):  # needs hiddenlayer/graphviz binaries; irrelevant here
             pass
+
+        def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels,
+                                       num_output_channels, enable_deep_supervision=True):
+            name, architecture = self.network_spec
+            if name == networks.UNET:
+                return nnUNetTrainer.build_network_architecture(
+                    plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                    enable_deep_supervision)
+            return networks.build(name, architecture, num_input_channels, num_output_channels)
+
+        def set_deep_supervision_enabled(self, enabled: bool):
+            if self.network_spec[0] == networks.UNET:
+                super().set_deep_supervision_enabled(enabled)
+            elif enabled:
+                raise ValueError(f"{self.network_spec[0]} has no deep supervision")
 
         def save_checkpoint(self, filename: str) -> None:
             """nnU-Net's checkpoint contents, made loadable with ``weights_only=True``, plus the RNG states.
@@ -217,14 +236,9 @@ def _load_plans_and_dataset(preprocessed_dataset: Path) -> tuple[dict, dict]:
 
 
 def build_network(card: dict, deep_supervision: bool = False):
-    """Build the (untrained) network a model card describes, with nnU-Net's own builder."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    arch = card["architecture"]
-    return get_network_from_plans(
-        arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-        card["num_input_channels"], card["num_classes"], allow_init=True, deep_supervision=deep_supervision,
-    )
+    """Build the (untrained) network a model card describes (``network``: unet, the default, or unetr)."""
+    return networks.build(card.get("network", networks.UNET), card["architecture"], card["num_input_channels"],
+                          card["num_classes"], deep_supervision=deep_supervision)
 
 
 def read_model_card(model_dir: Path) -> dict:
@@ -277,19 +291,19 @@ def transfer_weights(network, source_state: dict, source_name: str) -> list[str]
     network = getattr(network, "module", network)
     network = getattr(network, "_orig_mod", network)
     own = network.state_dict()
-    missing = [k for k in own if HEAD_KEY not in k and k not in source_state]
+    missing = [k for k in own if not networks.is_head(k) and k not in source_state]
     mismatched = [
         f"{k}: {tuple(source_state[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()
-        if HEAD_KEY not in k and k in source_state and source_state[k].shape != v.shape
+        if not networks.is_head(k) and k in source_state and source_state[k].shape != v.shape
     ]
     if missing or mismatched:
         raise ValueError(
             f"{source_name}: cannot initialise the target network from it: "
             f"{len(missing)} keys missing {missing[:10]}, {len(mismatched)} shapes differ {mismatched[:10]}"
         )
-    kept = [k for k in own if HEAD_KEY in k]
-    own.update({k: v for k, v in source_state.items() if k in own and HEAD_KEY not in k})
+    kept = [k for k in own if networks.is_head(k)]
+    own.update({k: v for k, v in source_state.items() if k in own and not networks.is_head(k)})
     network.load_state_dict(own)
     return kept
 
@@ -320,12 +334,25 @@ def save_bank_model(network, card: dict, out_dir: Path) -> Path:
     return out_dir
 
 
-def _card(model_id: str, plans: dict, dataset_json: dict, source_task: str | None, **extra) -> dict:
+def network_spec(plans: dict, network: str = networks.UNET, options: dict | None = None) -> tuple[str, dict]:
+    """(network name, architecture entry) of a bank network on the shared plans: the plans' own U-Net, or
+    a UNETR whose img_size is the plans' patch size (``options``: its config section)."""
     conf = plans["configurations"][CONFIGURATION]
+    if network == networks.UNET:
+        return network, conf["architecture"]
+    if network == networks.UNETR:
+        return network, networks.unetr_architecture(conf["patch_size"], options)
+    raise ValueError(f"unknown network {network!r}; known: {list(networks.ARCHITECTURES)}")
+
+
+def _card(model_id: str, plans: dict, dataset_json: dict, source_task: str | None,
+          spec: tuple[str, dict] | None = None, **extra) -> dict:
+    conf = plans["configurations"][CONFIGURATION]
+    name, architecture = spec or network_spec(plans)
     return {
         "model_id": model_id,
-        "architecture": conf["architecture"],
-        "network": "unet",
+        "architecture": architecture,
+        "network": name,
         "patch_size": list(conf["patch_size"]),
         "num_input_channels": len(dataset_json["channel_names"]),
         "num_classes": len(dataset_json["labels"]),
@@ -335,10 +362,12 @@ def _card(model_id: str, plans: dict, dataset_json: dict, source_task: str | Non
     }
 
 
-def random_model(preprocessed_dataset: Path, model_id: str, out_dir: Path, seed: int) -> Path:
-    """The bank's randomly initialised member: nnU-Net's initialisation, seeded, never trained."""
+def random_model(preprocessed_dataset: Path, model_id: str, out_dir: Path, seed: int,
+                 network: str = networks.UNET, network_options: dict | None = None) -> Path:
+    """The bank's randomly initialised member: the network's own initialisation, seeded, never trained."""
     plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
-    card = _card(model_id, plans, dataset_json, source_task=None, seed=seed, iterations=0)
+    spec = network_spec(plans, network, network_options)
+    card = _card(model_id, plans, dataset_json, source_task=None, spec=spec, seed=seed, iterations=0)
     seed_everything(seed)
     network = build_network(card, deep_supervision=False)
     return save_bank_model(network, card, out_dir)
@@ -390,7 +419,8 @@ def _resumable_checkpoint(output_folder: Path, identity: dict) -> tuple[Path | N
 
 
 def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: TrainingBudget, seed: int,
-          init_model: Path | None = None, device: str = "auto", threads: int = 1):
+          init_model: Path | None = None, device: str = "auto", threads: int = 1,
+          spec: tuple[str, dict] | None = None):
     """Run nnU-Net's trainer on the training split of one preprocessed dataset; return the trainer.
 
     nnU-Net's own outputs (log, progress plot, checkpoints) go to ``work_dir``, which should outlive a
@@ -398,7 +428,8 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
     written after every epoch; if ``work_dir`` holds one of a run with the same identity (budget, seed,
     dataset, plans configuration, split, initial model weights), training continues from it. With
     ``init_model`` the network starts from that bank model's weights, heads excepted (see
-    ``transfer_weights``). ``trainer.resumed_from_epoch`` is the epoch training restarted at (0: fresh).
+    ``transfer_weights``) and has that model's architecture; otherwise ``spec`` (see ``network_spec``; the
+    plans' U-Net by default). ``trainer.resumed_from_epoch`` is the epoch training restarted at (0: fresh).
     """
     import torch
 
@@ -406,11 +437,17 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
     torch.set_num_threads(threads)
     seed_everything(seed)
     plans, dataset_json = _load_plans_and_dataset(preprocessed_dataset)
+    if init_model is not None:
+        card = read_model_card(init_model)
+        spec = (card.get("network", networks.UNET), card["architecture"])
+    spec = spec or network_spec(plans)
     identity = _resume_identity(preprocessed_dataset, plans, split_file, budget, seed, init_model)
+    identity["network"] = list(spec)
     plans["continue_training"] = False  # nnU-Net's run_training sets this key; its trainer pops it
     with nnunet_environment(preprocessed=preprocessed_dataset.parent, results=work_dir, n_proc=1, n_proc_da=0):
         trainer_cls = _trainer_class()
         trainer_cls.split_file = Path(split_file)
+        trainer_cls.network_spec = spec
         trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json,
                               device=pick_device(device))
         trainer.resume_identity = identity
@@ -419,6 +456,7 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
         trainer.num_val_iterations_per_epoch = budget.val_iterations_per_epoch
         trainer.initial_lr = budget.learning_rate
         trainer.save_every = 1  # epochs are minutes at most; a kill loses at most one
+        trainer.enable_deep_supervision = spec[0] == networks.UNET
         trainer.initialize()
         if init_model is not None:
             source, _ = load_bank_model(init_model)
@@ -437,13 +475,16 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
 
 
 def pretrain(preprocessed_dataset: Path, split_file: Path, source_task: str, model_id: str, out_dir: Path,
-             budget: TrainingBudget, seed: int, device: str = "auto", threads: int = 1) -> Path:
-    """Pretrain on a source task and write the result into the model bank."""
+             budget: TrainingBudget, seed: int, device: str = "auto", threads: int = 1,
+             network: str = networks.UNET, network_options: dict | None = None) -> Path:
+    """Pretrain a network (``unet`` or ``unetr``) on a source task and write the result into the model bank."""
     out_dir = Path(out_dir)
     work = out_dir.parent / f".{out_dir.name}-nnunet"  # outside the output: kept for resuming
-    trainer = train(preprocessed_dataset, split_file, work, budget, seed, device=device, threads=threads)
     plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
-    card = _card(model_id, plans, dataset_json, source_task, seed=seed, iterations=budget.iterations)
+    spec = network_spec(plans, network, network_options)
+    trainer = train(preprocessed_dataset, split_file, work, budget, seed, device=device, threads=threads,
+                    spec=spec)
+    card = _card(model_id, plans, dataset_json, source_task, spec=spec, seed=seed, iterations=budget.iterations)
     network = getattr(trainer.network, "_orig_mod", trainer.network)  # unwrap torch.compile (CUDA runs)
     network.eval()
     saved = save_bank_model(network, card, out_dir)
@@ -461,7 +502,8 @@ def finetune(preprocessed_dataset: Path, raw_dataset: Path, split_file: Path, in
     trainer = train(preprocessed_dataset, split_file, work, budget, seed, init_model=init_model,
                     device=device, threads=threads)
     network = getattr(trainer.network, "_orig_mod", trainer.network)
-    trainer.set_deep_supervision_enabled(False)
+    if trainer.enable_deep_supervision:
+        trainer.set_deep_supervision_enabled(False)
     network.eval()
     plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
     test_cases = read_split(split_file)["test"]
