@@ -4,6 +4,7 @@
     ccfv msd download TASK [TASK ...] --dest DIR [--base-url URL | --local DIR]   fetch MSD tasks
     ccfv msd validate DIR [DIR ...]                                        check tasks in MSD layout
     ccfv score FEATURES.h5 [--metric ccfv --metric logme ...]              scores of one features file
+    ccfv report RESULTS_DIR                                                the result tables in the terminal
 """
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def _score(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .report import print_report
+
+    print_report(args.results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfv", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"ccfv {__version__}")
@@ -86,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "ablation (ccfv_wo_ccons, ccfv_wo_fv, ccfv_single_scale, ccfv_kl, ccfv_bhattacharyya); "
                         "repeatable; default: the paper's Tables 1 and 2")
     p.set_defaults(run=_score)
+
+    p = sub.add_parser("report", help="print the result tables (Tables 1 and 2, statistics, regret, costs)")
+    p.add_argument("results", type=Path, help="the workflow's results folder (holding tables/)")
+    p.set_defaults(run=_report)
     return parser
 
 

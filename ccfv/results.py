@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .atomic import write_text
+from .atomic import write_json, write_text
 
 #: How the tables name the default metrics (the paper's names); a metric's ``label`` in the config wins.
 METRIC_LABELS = {
@@ -24,6 +25,12 @@ METRIC_LABELS = {
     "nce": "NCE", "hscore": "H-score", "ccfv_released": "CC-FV (released code)",
     "ccfv_wo_ccons": "CC-FV w/o C_cons", "ccfv_wo_fv": "CC-FV w/o F_v", "ccfv_single_scale": "Single-scale",
     "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance",
+}
+
+
+TABLE_CAPTIONS = {
+    "table1": "Weighted Kendall's tau and Pearson coefficient between transferability scores and fine-tuned Dice",
+    "table2": "Ablations of CC-FV: weighted Kendall's tau and Pearson coefficient",
 }
 
 
@@ -98,7 +105,8 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
                  tables: Mapping[str, list[str]], targets: list[str], out_dir: Path,
                  labels: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
     """Read every (target, model) score and Dice file; write each table as ``<out_dir>/<name>.{csv,md}``
-    and the numbers behind them as ``<out_dir>/scores_and_dice.csv``.
+    and ``.tex``, the numbers behind them as ``<out_dir>/scores_and_dice.csv`` and ``records.json``
+    (with the Dice of every seed), and ours beside the paper's values as ``paper_comparison.{csv,md}``.
 
     ``tables`` maps a table name to its metrics, e.g. {"table1": ["logme", ..., "ccfv"], "table2": [...]}.
     Everything is read and checked before anything is written.
@@ -113,7 +121,8 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
         if not finite:
             raise ValueError(f"no defined Dice for {model} on {target}: {dice_files[(target, model)]}")
         records.append({"target": target, "model": model, "dice": float(np.mean(finite)),
-                        "n_seeds": len(finite), "scores": read_scores(score_file)})
+                        "n_seeds": len(finite), "scores": read_scores(score_file),
+                        "dice_per_seed": [d if math.isfinite(d) else None for d in dice_values]})
     used = list(dict.fromkeys(m for metrics in tables.values() for m in metrics))
     for record in records:
         missing = [m for m in used if m not in record["scores"]]
@@ -122,7 +131,521 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
     out = {name: table1(records, list(metrics), targets, labels) for name, metrics in tables.items()}
     out_dir = Path(out_dir)
     write_text(out_dir / "scores_and_dice.csv", records_to_csv(records, used))
+    write_json(out_dir / "records.json", records_to_json(records))
     for name, rows in out.items():
         write_text(out_dir / f"{name}.csv", to_csv(rows, targets))
         write_text(out_dir / f"{name}.md", to_markdown(rows, targets))
+        write_text(out_dir / f"{name}.tex", to_latex(rows, targets, caption=TABLE_CAPTIONS.get(name, name)))
+    comparison = paper_comparison(out, targets)
+    write_text(out_dir / "paper_comparison.csv", paper_comparison_csv(comparison))
+    write_text(out_dir / "paper_comparison.md", paper_comparison_markdown(comparison))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's published values (Yang et al., MICCAI 2023): Table 1 (weighted tau and Pearson) and
+# Table 2 (weighted tau only; its CC-FV row repeats Table 1's tau row), transcribed as printed from
+# "Table 1. Pearson coefficient and weighted Kendall's tau for transferability estimation" and "Table 2.
+# Ablation on the effectiveness of different parts in our methods". The paper has no NCE, H-score or
+# released-code rows. Its Single-scale Avg (0.4341) is not the mean of its row (0.4350); kept as printed.
+# --------------------------------------------------------------------------------------------------
+
+PAPER_TARGETS = ["Task03_Liver", "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon"]
+
+#: {table: {metric: {statistic: [Task03, Task06, Task07, Task09, Task10, Avg]}}}
+PAPER_VALUES: dict[str, dict[str, dict[str, list[float]]]] = {
+    "table1": {
+        "logme": {"tau": [-0.1628, -0.0988, 0.3280, 0.2778, -0.2348, 0.0218],
+                  "pearson": [0.0412, 0.5713, 0.3236, 0.2725, -0.1674, 0.2082]},
+        "transrate": {"tau": [-0.1843, -0.1028, 0.5923, 0.4322, 0.6069, 0.2688],
+                      "pearson": [-0.5178, -0.2804, 0.7170, 0.5573, 0.7629, 0.2478]},
+        "leep": {"tau": [0.6008, 0.1658, 0.2691, 0.3516, 0.5841, 0.3943],
+                 "pearson": [0.6765, -0.0073, 0.7146, 0.1633, 0.4979, 0.4090]},
+        "gbc": {"tau": [0.1233, -0.1569, 0.6637, 0.7611, 0.6643, 0.4111],
+                "pearson": [-0.2634, -0.3733, 0.7948, 0.7604, 0.7404, 0.3317]},
+        "ccfv": {"tau": [0.6374, 0.0735, 0.6569, 0.5700, 0.5550, 0.4986],
+                 "pearson": [0.8608, 0.0903, 0.9609, 0.7491, 0.8406, 0.7003]},
+    },
+    "table2": {
+        "ccfv": {"tau": [0.6374, 0.0735, 0.6569, 0.5700, 0.5550, 0.4986]},
+        "ccfv_wo_ccons": {"tau": [0.1871, -0.2210, -0.2810, -0.0289, -0.2710, -0.1230]},
+        "ccfv_wo_fv": {"tau": [0.6165, 0.3235, 0.6054, 0.2761, 0.5269, 0.4697]},
+        "ccfv_single_scale": {"tau": [0.4394, 0.0252, 0.5336, 0.5759, 0.6007, 0.4341]},
+        "ccfv_kl": {"tau": [-0.5658, -0.0564, 0.2319, 0.4628, -0.0323, 0.0080]},
+        "ccfv_bhattacharyya": {"tau": [0.1808, 0.0723, 0.2295, 0.7866, 0.4650, 0.3468]},
+    },
+}
+
+
+def paper_value(metric: str, statistic: str, column: str) -> float | None:
+    """The published value of ``metric`` (our metric name) for a target task or "Avg"; None if the
+    paper has none. Both tables agree where they overlap (CC-FV tau), so either is looked up."""
+    try:
+        index = [*PAPER_TARGETS, "Avg"].index(column)
+    except ValueError:
+        return None
+    for table in PAPER_VALUES.values():
+        values = table.get(metric, {}).get(statistic)
+        if values is not None:
+            return values[index]
+    return None
+
+
+def paper_comparison(tables: Mapping[str, list[dict]], targets: list[str]) -> list[dict]:
+    """Ours beside the paper's value for every (table row, target or Avg) the paper reports.
+
+    Empty when none of ``targets`` is one of the paper's five MSD tasks (the demo): the Avg of a
+    different set of targets is not comparable, so it is only compared when ``targets`` are exactly
+    the paper's.
+    """
+    columns = [t for t in targets if t in PAPER_TARGETS]
+    if sorted(targets) == sorted(PAPER_TARGETS):
+        columns.append("Avg")
+    out = []
+    for name, rows in tables.items():
+        for row in rows:
+            for column in columns:
+                paper = paper_value(row["metric"], row["statistic"], column)
+                if paper is None:
+                    continue
+                ours = row[column]
+                out.append({"table": name, "method": row["method"], "metric": row["metric"],
+                            "statistic": row["statistic"], "target": column, "ours": ours, "paper": paper,
+                            "difference": ours - paper})
+    return out
+
+
+def paper_comparison_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["table", "method", "statistic", "target", "ours", "paper", "difference"])
+    for r in rows:
+        writer.writerow([r["table"], r["method"], r["statistic"], r["target"], f"{r['ours']:.4f}",
+                         f"{r['paper']:.4f}", f"{r['difference']:.4f}"])
+    return out.getvalue()
+
+
+def paper_comparison_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ("No published values for these targets: the paper (Yang et al., MICCAI 2023, Tables 1 "
+                f"and 2) reports {', '.join(PAPER_TARGETS)} only.\n")
+    lines = ["| Table | Method | Metric | Target | Ours | Paper | Ours − paper |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        stat = "τ" if r["statistic"] == "tau" else "pearson"
+        lines.append(f"| {r['table']} | {r['method']} | {stat} | {_short(r['target'])} | {r['ours']:.4f} | "
+                     f"{r['paper']:.4f} | {r['difference']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    special = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(special.get(c, c) for c in text)
+
+
+def _latex_number(value: float) -> str:
+    return "--" if not math.isfinite(value) else f"{value:.4f}"
+
+
+def to_latex(rows: list[dict], targets: list[str], caption: str = "") -> str:
+    """A booktabs ``table`` environment shaped like the paper's tables; with the MSD targets, the
+    paper's value follows ours in parentheses where the paper reports one."""
+    columns = [*targets, "Avg"]
+    lines = [r"\begin{table}", r"\centering"]
+    if caption:
+        lines.append(r"\caption{" + _latex_escape(caption) + "}")
+    lines += [r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule",
+              "Method & Metric & " + " & ".join(_latex_escape(_short(t)) for t in targets) + r" & Avg \\",
+              r"\midrule"]
+    paper_columns = set(t for t in targets if t in PAPER_TARGETS)
+    if sorted(targets) == sorted(PAPER_TARGETS):
+        paper_columns.add("Avg")
+    for row in rows:
+        name = _latex_escape(row["method"]) if row["statistic"] == "tau" else ""
+        stat = r"$\tau$" if row["statistic"] == "tau" else "pearson"
+        cells = []
+        for column in columns:
+            cell = _latex_number(row[column])
+            paper = paper_value(row["metric"], row["statistic"], column) if column in paper_columns else None
+            if paper is not None:
+                cell += f" ({paper:.4f})"
+            cells.append(cell)
+        lines.append(f"{name} & {stat} & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def records_to_json(records: list[Mapping]) -> list[dict]:
+    """Every (target, model) record with its per-seed Dice, for the statistics and figures rules."""
+    return [{"target": r["target"], "model": r["model"], "dice": r["dice"], "n_seeds": r["n_seeds"],
+             "dice_per_seed": r["dice_per_seed"], "scores": r["scores"]} for r in records]
+
+
+# --------------------------------------------------------------------------------------------------
+# Beyond the paper: uncertainty, significance, the noise ceiling, top-1 regret and static baselines
+# (docs/report.md defines each one).
+# --------------------------------------------------------------------------------------------------
+
+STATISTICS = ("tau", "pearson")
+RANDOM_SOURCE = "random"
+
+
+def model_architecture(model_id: str) -> str:
+    """``unet`` of ``unet-Task91_SynthLiver``: bank model ids are ``<architecture>-<source task or random>``."""
+    arch, sep, _ = model_id.partition("-")
+    if not sep or not arch:
+        raise ValueError(f"model id {model_id!r} is not <architecture>-<source task or random>")
+    return arch
+
+
+def model_source(model_id: str) -> str | None:
+    """The source task a bank model was pretrained on; None for a randomly initialised model."""
+    model_architecture(model_id)
+    source = model_id.partition("-")[2]
+    return None if source == RANDOM_SOURCE else source
+
+
+try:  # the kernel behind scipy.stats.weightedtau, without its ~0.3 ms of argument checks per call
+    from scipy.stats._stats import _weightedrankedtau
+except ImportError:  # pragma: no cover - a scipy that moved it: the public function gives the same value
+    _weightedrankedtau = None
+
+
+def _weighted_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """``scipy.stats.weightedtau(x, y).statistic`` with its defaults (rank=True, hyperbolic additive
+    weigher): the mean of the weighted taus ranked by x and by y (float64 input)."""
+    if _weightedrankedtau is None:
+        return float(stats.weightedtau(x, y).statistic)
+    return float((_weightedrankedtau(x, y, None, None, True) + _weightedrankedtau(y, x, None, None, True)) / 2)
+
+
+def statistic(name: str, scores, dice) -> float:
+    """Weighted tau or Pearson of two sequences, as :func:`correlations` computes them (NaN when
+    either is constant), for the thousands of calls of the bootstrap and the permutation tests."""
+    x = np.ascontiguousarray(scores, dtype=float)
+    y = np.ascontiguousarray(dice, dtype=float)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    if name == "tau":
+        return _weighted_tau(x, y)
+    if name == "pearson":
+        return float(_batched_pearson(x[None], y[None])[0])
+    raise ValueError(f"unknown statistic {name!r}; known: {STATISTICS}")
+
+
+def _batched_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row pair of x, y [B, n]; NaN for rows where either is constant."""
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    degenerate = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    with np.errstate(all="ignore"):
+        r = np.sum(xc * yc, axis=1) / np.sqrt(np.sum(xc * xc, axis=1) * np.sum(yc * yc, axis=1))
+    r = np.clip(r, -1.0, 1.0)
+    r[degenerate] = np.nan
+    return r
+
+
+def _statistic_batch(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The statistic of each row pair of x, y [B, n]."""
+    if name == "pearson":
+        return _batched_pearson(x, y)
+    return np.array([statistic(name, a, b) for a, b in zip(x, y)])
+
+
+def bootstrap_interval(scores, dice, name: str, n_resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95, indices: np.ndarray | None = None) -> dict:
+    """Percentile bootstrap interval of a correlation over the bank's models.
+
+    Each resample draws ``n`` models with replacement (``n`` = bank size) with
+    ``numpy.random.default_rng(seed)``, or uses the given ``indices`` [n_resamples, n]. A resample whose
+    scores or Dice are all equal (e.g. one model drawn n times) has no defined correlation: it is
+    dropped, and ``n_valid`` says how many were left. The interval is NaN when fewer than 2 are left.
+    """
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(dice, dtype=float)
+    if indices is None:
+        indices = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
+    values = _statistic_batch(name, x[indices], y[indices])
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return {"low": math.nan, "high": math.nan, "n_valid": int(values.size)}
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return {"low": float(low), "high": float(high), "n_valid": int(values.size)}
+
+
+def _permutations(n: int, n_permutations: int, seed: int) -> tuple[np.ndarray, bool]:
+    """Every permutation of n items when there are at most ``n_permutations`` (exact test), else
+    ``n_permutations`` seeded random ones."""
+    if math.factorial(n) <= n_permutations:
+        import itertools
+        return np.array(list(itertools.permutations(range(n)))), True
+    rng = np.random.default_rng(seed)
+    return np.array([rng.permutation(n) for _ in range(n_permutations)]), False
+
+
+def permutation_pvalue(scores, dice, name: str, n_permutations: int = 10000, seed: int = 0,
+                       permutations: tuple[np.ndarray, bool] | None = None) -> float:
+    """One-sided p-value of a correlation against "the score carries no information about Dice".
+
+    The Dice values are permuted over the models. Exact when all n! permutations fit in
+    ``n_permutations`` (p = share of permutations, identity included, at least as large as observed);
+    otherwise Monte Carlo with ``(1 + #{at least as large}) / (1 + n_permutations)``. NaN when the
+    observed correlation is undefined.
+    """
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(dice, dtype=float)
+    observed = statistic(name, x, y)
+    if not math.isfinite(observed):
+        return math.nan
+    perms, exact = permutations if permutations is not None else _permutations(x.size, n_permutations, seed)
+    values = _statistic_batch(name, np.broadcast_to(x, perms.shape), y[perms])
+    at_least = int(np.sum(values >= observed - 1e-12))
+    return at_least / len(perms) if exact else (1 + at_least) / (1 + len(perms))
+
+
+def top1_regret(scores, dice) -> dict:
+    """Dice of the best model minus the Dice of the model the score ranks first.
+
+    Ties for the top score are broken uniformly at random: the regret is the expectation over them
+    (best Dice minus the mean Dice of the tied models). ``picked`` lists the tied models' indices.
+    """
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(dice, dtype=float)
+    x = np.where(np.isfinite(x), x, -np.inf)
+    picked = np.flatnonzero(x == x.max())
+    return {"regret": float(y.max() - y[picked].mean()), "picked": picked.tolist()}
+
+
+def noise_ceiling(dice_per_seed: list[list[float | None]], n_simulations: int = 1000, seed: int = 0,
+                  max_splits: int = 100) -> dict:
+    """How well any score could correlate with Dice measured from this many fine-tuning seeds.
+
+    ``dice_per_seed[m]`` holds model m's Dice per seed (None/NaN for undefined ones). Two estimates:
+
+    - ``tau``, ``pearson``: the expected correlation between the mean Dice (taken as the truth) and a
+      re-measurement of it with the same seed noise: each model's mean plus Normal noise of variance
+      sigma^2 / S_m, sigma^2 the seed variance pooled over the bank (mean of per-model variances,
+      ddof=1), S_m the model's number of seeds; ``n_simulations`` seeded draws. A perfect score (one
+      that knew the expected Dice) would reach this value on average.
+    - ``split_half_tau``, ``split_half_pearson``: the correlation between the mean Dice over one half
+      of the seeds and over the other half, averaged over the splits of the seeds (all, or
+      ``max_splits`` random ones). It measures the agreement of two half-size experiments, so it is a
+      lower bound on the ceiling for the full number of seeds.
+
+    With fewer than 2 seeds for some model the seed noise cannot be estimated: every value is NaN and
+    ``available`` is False.
+    """
+    d = np.array([[math.nan if v is None else float(v) for v in row] for row in dice_per_seed], dtype=float)
+    n_seeds = np.sum(np.isfinite(d), axis=1)
+    nan = {"tau": math.nan, "pearson": math.nan, "split_half_tau": math.nan, "split_half_pearson": math.nan,
+           "seed_sd": math.nan, "available": False, "min_seeds": int(n_seeds.min()) if d.size else 0}
+    if d.ndim != 2 or d.shape[0] < 2 or n_seeds.min() < 2:
+        return nan
+    means = np.nanmean(d, axis=1)
+    variance = float(np.mean(np.nanvar(d, axis=1, ddof=1)))
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(n_simulations, d.shape[0])) * np.sqrt(variance / n_seeds)
+    simulated = {s: np.nanmean(_statistic_batch(s, np.broadcast_to(means, noise.shape), means + noise))
+                 if variance > 0 else 1.0 for s in STATISTICS}
+    # split-half: the same seed columns for every model (seeds are shared across the bank)
+    n_cols = d.shape[1]
+    import itertools
+    half = n_cols // 2
+    splits = list(itertools.combinations(range(n_cols), half))
+    if len(splits) > max_splits:
+        splits = [tuple(sorted(rng.choice(n_cols, size=half, replace=False))) for _ in range(max_splits)]
+    halves = {s: [] for s in STATISTICS}
+    for first in splits:
+        second = [c for c in range(n_cols) if c not in first]
+        with np.errstate(all="ignore"):
+            a = np.nanmean(d[:, list(first)], axis=1)
+            b = np.nanmean(d[:, second], axis=1)
+        if np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+            for s in STATISTICS:
+                halves[s].append(statistic(s, a, b))
+    split_half = {s: float(np.nanmean(v)) if np.any(np.isfinite(v)) else math.nan for s, v in halves.items()}
+    return {"tau": float(simulated["tau"]), "pearson": float(simulated["pearson"]),
+            "split_half_tau": split_half["tau"], "split_half_pearson": split_half["pearson"],
+            "seed_sd": math.sqrt(variance), "available": True, "min_seeds": int(n_seeds.min())}
+
+
+#: The static rankers: scores every target could get without looking at its data.
+BASELINE_LABELS = {
+    "random": "Random ranking (expected)",
+    "pretrained_first": "Pretrained first",
+    "same_architecture_first": "Same architecture first",
+    "larger_source_first": "Larger source dataset first",
+}
+
+
+def reference_architecture(models: list[str]) -> str:
+    """The bank's most common architecture (alphabetically first on a tie)."""
+    archs = [model_architecture(m) for m in models]
+    return sorted(set(archs), key=lambda a: (-archs.count(a), a))[0]
+
+
+def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architecture: str | None = None) -> dict:
+    """Scores of the static rankers for one bank (higher ranks first; ties stay ties).
+
+    - ``pretrained_first``: 1 for a pretrained model, 0 for a randomly initialised one.
+    - ``same_architecture_first``: 1 for a model of ``architecture`` (default: the bank's most common
+      one, :func:`reference_architecture`), else 0. Constant on a one-architecture bank.
+    - ``larger_source_first``: the number of training cases of the source task (0 for random models).
+
+    The random ranking has no scores: its expected values are filled in by :func:`analyse`.
+    """
+    architecture = architecture or reference_architecture(models)
+    out = {"pretrained_first": [], "same_architecture_first": [], "larger_source_first": []}
+    for m in models:
+        source = model_source(m)
+        out["pretrained_first"].append(0.0 if source is None else 1.0)
+        out["same_architecture_first"].append(1.0 if model_architecture(m) == architecture else 0.0)
+        if source is not None and source not in source_sizes:
+            raise ValueError(f"no training-case count for source task {source} of {m}")
+        out["larger_source_first"].append(0.0 if source is None else float(source_sizes[source]))
+    return out
+
+
+def analyse(records: list[Mapping], metrics: list[str], targets: list[str], source_sizes: Mapping[str, int],
+            labels: Mapping[str, str] | None = None, n_bootstrap: int = 1000, n_permutations: int = 10000,
+            n_simulations: int = 1000, seed: int = 0) -> dict[str, list[dict]]:
+    """Correlations with bootstrap intervals and permutation p-values, top-1 regret and the noise
+    ceiling, per target, for ``metrics`` and the static baselines.
+
+    Every metric of a target sees the same bootstrap resamples and permutations (seeded by ``seed`` and
+    the target's position), so differences between metrics are paired.
+    """
+    labels = {**METRIC_LABELS, **BASELINE_LABELS, **(labels or {})}
+    stats_rows, regret_rows, ceiling_rows = [], [], []
+    for t_index, target in enumerate(targets):
+        mine = sorted((r for r in records if r["target"] == target), key=lambda r: r["model"])
+        models = [r["model"] for r in mine]
+        dice = np.array([r["dice"] for r in mine], dtype=float)
+        rng = np.random.default_rng([seed, t_index])
+        boot = rng.integers(0, len(models), size=(n_bootstrap, len(models)))
+        perms = _permutations(len(models), n_permutations, int(rng.integers(2**31)))
+        candidates = [(m, "metric", [r["scores"][m] for r in mine]) for m in metrics]
+        candidates += [(name, "baseline", s) for name, s in baseline_scores(models, source_sizes).items()]
+        for name, kind, scores in candidates:
+            for stat in STATISTICS:
+                ci = bootstrap_interval(scores, dice, stat, indices=boot)
+                stats_rows.append({
+                    "method": labels.get(name, name), "metric": name, "kind": kind, "target": target,
+                    "statistic": stat, "value": statistic(stat, scores, dice), "ci_low": ci["low"],
+                    "ci_high": ci["high"], "n_valid": ci["n_valid"],
+                    "p_value": permutation_pvalue(scores, dice, stat, permutations=perms),
+                })
+            regret = top1_regret(scores, dice)
+            regret_rows.append({
+                "method": labels.get(name, name), "metric": name, "kind": kind, "target": target,
+                "picked": ";".join(models[i] for i in regret["picked"]),
+                "picked_dice": float(dice[regret["picked"]].mean()), "best": models[int(np.argmax(dice))],
+                "best_dice": float(dice.max()), "regret": regret["regret"],
+            })
+        for stat in STATISTICS:  # a uniformly random ranking: both correlations are 0 in expectation
+            stats_rows.append({"method": labels["random"], "metric": "random", "kind": "baseline", "target": target,
+                               "statistic": stat, "value": 0.0, "ci_low": math.nan, "ci_high": math.nan,
+                               "n_valid": 0, "p_value": math.nan})
+        regret_rows.append({"method": labels["random"], "metric": "random", "kind": "baseline", "target": target,
+                            "picked": "any", "picked_dice": float(dice.mean()), "best": models[int(np.argmax(dice))],
+                            "best_dice": float(dice.max()), "regret": float(dice.max() - dice.mean())})
+        ceiling = noise_ceiling([r.get("dice_per_seed", [r["dice"]]) for r in mine], n_simulations=n_simulations,
+                                seed=int(rng.integers(2**31)))
+        ceiling_rows.append({"target": target, "n_models": len(models), **ceiling})
+    return {"statistics": stats_rows, "regret": regret_rows, "noise_ceiling": ceiling_rows}
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def rows_to_csv(rows: list[dict], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_fmt(r[c]) if isinstance(r[c], float) else r[c] for c in columns])
+    return out.getvalue()
+
+
+STATISTICS_COLUMNS = ["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid",
+                      "p_value"]
+REGRET_COLUMNS = ["method", "metric", "kind", "target", "picked", "picked_dice", "best", "best_dice", "regret"]
+CEILING_COLUMNS = ["target", "n_models", "min_seeds", "seed_sd", "tau", "pearson", "split_half_tau",
+                   "split_half_pearson", "available"]
+
+
+def statistics_markdown(rows: list[dict], targets: list[str], n_bootstrap: int) -> str:
+    """One table per statistic: value [95% bootstrap interval] and the one-sided p-value per target."""
+    parts = []
+    for stat in STATISTICS:
+        header = ["Method", *(_short(t) for t in targets)]
+        lines = [f"**{'Weighted τ' if stat == 'tau' else 'Pearson'}** — value [95% bootstrap interval, "
+                 f"{n_bootstrap} resamples over models] (one-sided permutation p)", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["statistic"] == stat))
+        for method in methods:
+            cells = [method]
+            for t in targets:
+                r = next(r for r in rows if r["statistic"] == stat and r["method"] == method and r["target"] == t)
+                cell = _fmt(r["value"])
+                if math.isfinite(r["ci_low"]):
+                    cell += f" [{_fmt(r['ci_low'], 2)}, {_fmt(r['ci_high'], 2)}]"
+                if math.isfinite(r["p_value"]):
+                    cell += f" (p={r['p_value']:.3f})"
+                cells.append(cell)
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def regret_markdown(rows: list[dict], targets: list[str]) -> str:
+    header = ["Method", *(_short(t) for t in targets), "Avg"]
+    lines = ["Top-1 regret: Dice of the best model minus Dice of the model ranked first (lower is better; "
+             "ties for first: their mean)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        values = [next(r["regret"] for r in rows if r["method"] == method and r["target"] == t) for t in targets]
+        lines.append("| " + " | ".join([method, *(_fmt(v) for v in values), _fmt(float(np.mean(values)))]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def noise_ceiling_markdown(rows: list[dict]) -> str:
+    lines = ["Noise ceiling: the expected correlation of a perfect score with Dice measured from this many "
+             "fine-tuning seeds (docs/report.md)", "",
+             "| Target | Models | Seeds | Seed SD of Dice | τ ceiling | Pearson ceiling | Split-half τ | "
+             "Split-half Pearson |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r["available"]:
+            lines.append(f"| {_short(r['target'])} | {r['n_models']} | {r['min_seeds']} | not available (one seed) "
+                         "| not available | not available | not available | not available |")
+        else:
+            lines.append(f"| {_short(r['target'])} | {r['n_models']} | {r['min_seeds']} | {_fmt(r['seed_sd'])} | "
+                         f"{_fmt(r['tau'])} | {_fmt(r['pearson'])} | {_fmt(r['split_half_tau'])} | "
+                         f"{_fmt(r['split_half_pearson'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_statistics(records_file: Path, tables: Mapping[str, list[str]], targets: list[str],
+                     source_sizes: Mapping[str, int], out_dir: Path, labels: Mapping[str, str] | None = None,
+                     n_bootstrap: int = 1000, n_permutations: int = 10000, n_simulations: int = 1000,
+                     seed: int = 0) -> dict[str, list[dict]]:
+    """Read ``records.json`` (written by :func:`build_tables`) and write ``statistics``, ``regret`` and
+    ``noise_ceiling`` as ``.csv`` and ``.md`` under ``out_dir``."""
+    records = json.loads(Path(records_file).read_text())
+    metrics = list(dict.fromkeys(m for names in tables.values() for m in names))
+    result = analyse(records, metrics, targets, source_sizes, labels, n_bootstrap=n_bootstrap,
+                     n_permutations=n_permutations, n_simulations=n_simulations, seed=seed)
+    out_dir = Path(out_dir)
+    write_text(out_dir / "statistics.csv", rows_to_csv(result["statistics"], STATISTICS_COLUMNS))
+    write_text(out_dir / "statistics.md", statistics_markdown(result["statistics"], targets, n_bootstrap))
+    write_text(out_dir / "regret.csv", rows_to_csv(result["regret"], REGRET_COLUMNS))
+    write_text(out_dir / "regret.md", regret_markdown(result["regret"], targets))
+    write_text(out_dir / "noise_ceiling.csv", rows_to_csv(result["noise_ceiling"], CEILING_COLUMNS))
+    write_text(out_dir / "noise_ceiling.md", noise_ceiling_markdown(result["noise_ceiling"]))
+    return result
+
+
+def source_sizes_from_splits(split_files: Mapping[str, Path]) -> dict[str, int]:
+    """{task: number of training cases} from ``results/splits/<task>.json``."""
+    return {task: len(json.loads(Path(path).read_text())["train"]) for task, path in split_files.items()}

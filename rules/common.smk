@@ -115,4 +115,13 @@ TABLES = list(config["scoring"]["tables"])
 
 
 def final_outputs():
-    return [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")]
+    """Every table and figure of rules/results.smk, then the provenance record (which needs all of them)."""
+    tables = [*TABLES, "paper_comparison", "statistics", "regret", "noise_ceiling", "costs_per_stage", "costs_per_pair"]
+    return [
+        *(f"{R}/tables/{name}.{ext}" for name in tables for ext in ("csv", "md")),
+        *(f"{R}/tables/{name}.tex" for name in TABLES),
+        f"{R}/tables/scores_and_dice.csv",
+        f"{R}/tables/records.json",
+        *(f"{R}/figures/{name}.{ext}" for name in ("scores_vs_dice", "dice_heatmap", "feature_tsne") for ext in ("png", "svg")),
+        f"{R}/provenance.json",
+    ]

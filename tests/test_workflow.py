@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 STAGES = {
     "synthesize_task", "validate_task", "convert_to_nnunet", "plan_and_preprocess", "make_split", "pretrain", "random_init",
-    "sample_features", "score", "finetune", "tables",
+    "sample_features", "score", "finetune", "tables", "statistics", "figures", "feature_tsne", "costs", "provenance",
 }
+# Every table and figure the report must hold (rules/results.smk marks them with report()).
+REPORT_FILES = [
+    "table1.csv", "table2.csv", "paper_comparison.csv", "statistics.csv", "regret.csv", "noise_ceiling.csv",
+    "costs_per_stage.csv", "costs_per_pair.csv", "scores_vs_dice.png", "dice_heatmap.png", "feature_tsne.png",
+    "provenance.json",
+]
+
+
+# What a change upstream of the tables reruns in the results stage, besides its own jobs (feature_tsne only
+# when the first target's features change).
+RESULTS_RERUN = {"tables": 1, "statistics": 1, "figures": 1, "costs": 1, "provenance": 1}
+
+
+def with_results(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` plus the results jobs a rerun upstream schedules, and the total."""
+    out = {**counts, **RESULTS_RERUN}
+    return {**out, "total": sum(out.values())}
 
 
 def snakemake(*args, cwd=None, timeout=120):
@@ -136,35 +155,60 @@ def test_whole_dag_on_tiny_config(tmp_path):
     for stage in ("preprocess", "pretrain", "features", "scores", "finetune", "results"):
         assert any((tmp_path / "logs" / stage).rglob("*.log")), stage
         assert any((tmp_path / "results/benchmarks" / stage).rglob("*.tsv")), stage
+    # beyond the paper's tables: LaTeX, statistics, figures, costs and provenance
+    for name in ("table1.tex", "table2.tex", "statistics.md", "regret.md", "noise_ceiling.md", "costs_per_pair.md"):
+        assert (tmp_path / "results/tables" / name).stat().st_size > 0, name
+    for stem in ("scores_vs_dice", "dice_heatmap", "feature_tsne"):
+        for ext in ("png", "svg"):
+            assert (tmp_path / f"results/figures/{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    ceiling = list(csv.DictReader((tmp_path / "results/tables/noise_ceiling.csv").open()))
+    assert [r["available"] for r in ceiling] == ["False"] * 3  # one fine-tuning seed: not available
+    pairs = list(csv.DictReader((tmp_path / "results/tables/costs_per_pair.csv").open()))
+    assert len(pairs) == 9 and all(float(p["te_s"]) > 0 and float(p["finetune_s"]) > 0 for p in pairs)
+    provenance = json.loads((tmp_path / "results/provenance.json").read_text())
+    assert provenance["config"]["tasks"] == tasks and len(provenance["config_sha256"]) == 64
+    assert provenance["times"]["start"] < provenance["times"]["end"]
+    assert set(provenance["data_checksums"]) == set(tasks)
+    # the report holds every table and figure, each with its caption
+    report = snakemake("--report", "results/report.zip", "--configfile", str(ROOT / "tests/data/tiny.yaml"),
+                       cwd=tmp_path, timeout=300)
+    assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
+    with zipfile.ZipFile(tmp_path / "results/report.zip") as archive:
+        names = archive.namelist()
+        text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for wanted in REPORT_FILES:
+        assert any(n.endswith("/" + wanted) for n in names), (wanted, names[:50])
+    assert "The paper's Fig. 2" in text and "Top-1 regret" in text
     # a second run has nothing to do
     again = snakemake("-n", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
-    # adding a fine-tuning seed schedules that seed's fine-tunings and the table, nothing upstream
+    # adding a fine-tuning seed schedules that seed's fine-tunings and the results, nothing upstream
     cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
     cfg["finetune"]["seeds"] = [0, 1]
     (tmp_path / "two_seeds.yaml").write_text(yaml.safe_dump(cfg))
     more = snakemake("-n", "--configfile", str(tmp_path / "two_seeds.yaml"), cwd=tmp_path)
     out = more.stdout + more.stderr
     assert more.returncode == 0, out
-    assert job_counts(out) == {"finetune": 9, "tables": 1, "all": 1, "total": 11}, out[-3000:]
+    assert job_counts(out) == with_results({"finetune": 9, "all": 1}), out[-3000:]
     assert "seed0.json" not in re.sub(r"input:.*", "", out)
-    # changing a metric's option reruns scoring and the tables, nothing upstream; a label only the tables
+    # changing a metric's option reruns scoring and the results, nothing upstream; a label only the results
     cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
     cfg["scoring"]["metrics"]["ccfv_kl"]["label"] = "KL"
     (tmp_path / "label.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "label.yaml"), cwd=tmp_path)
-    assert job_counts(result.stdout + result.stderr) == {"tables": 1, "all": 1, "total": 2}
+    assert job_counts(result.stdout + result.stderr) == with_results({"all": 1})
     cfg["scoring"]["metrics"]["ccfv_kl"]["s"] = 0
     (tmp_path / "option.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "option.yaml"), cwd=tmp_path)
-    assert job_counts(result.stdout + result.stderr) == {"score": 9, "tables": 1, "all": 1, "total": 11}
+    assert job_counts(result.stdout + result.stderr) == with_results({"score": 9, "all": 1})
     # one source task's pretraining budget: that source's model, and the targets whose bank holds it
     cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
     cfg["pretrain"]["per_task"] = {"Task91_SynthLiver": {"iterations": 6}}
     (tmp_path / "budget.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "budget.yaml"), cwd=tmp_path)
     out = result.stdout + result.stderr
-    assert job_counts(out) == {"pretrain": 1, "sample_features": 2, "score": 2, "finetune": 2, "tables": 1,
-                               "all": 1, "total": 9}, out[-3000:]
+    assert job_counts(out) == with_results(
+        {"pretrain": 1, "sample_features": 2, "score": 2, "finetune": 2, "all": 1}
+    ), out[-3000:]
     assert set(re.findall(r"wildcards: task=(\w+)", out)) == {"Task91_SynthLiver"}
     assert set(re.findall(r"model=(unet-[\w]+)", out)) == {"unet-Task91_SynthLiver"}

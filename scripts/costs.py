@@ -1,0 +1,12 @@
+"""Snakemake script: runtime and peak memory per stage, and estimation vs fine-tuning cost per pair."""
+from pathlib import Path
+
+from ccfv.report import build_costs
+from ccfv.workflow import log_to
+
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        p = snakemake.params
+        # results/benchmarks/features/<target>/<model>.tsv -> results/benchmarks
+        build_costs(Path(snakemake.input.features[0]).parents[2], Path(snakemake.output.stages).parent, pairs=[tuple(x) for x in p.pairs],
+                    seeds=list(p.seeds))

@@ -1,0 +1,17 @@
+"""Snakemake script: bootstrap intervals, permutation p-values, top-1 regret, static baselines and the
+noise ceiling (ccfv.results.build_statistics; definitions in docs/report.md)."""
+from pathlib import Path
+
+from ccfv.results import build_statistics, source_sizes_from_splits
+from ccfv.workflow import log_to
+
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        p = snakemake.params
+        splits = {Path(f).stem: f for f in snakemake.input.splits}
+        build_statistics(
+            snakemake.input.records, tables={name: list(m) for name, m in dict(p.tables).items()},
+            targets=list(p.targets), source_sizes=source_sizes_from_splits(splits),
+            out_dir=Path(snakemake.output.statistics).parent, labels=dict(p.labels), n_bootstrap=p.n_bootstrap,
+            n_permutations=p.n_permutations, n_simulations=p.n_simulations, seed=p.seed,
+        )
