@@ -384,7 +384,7 @@ def _permutations(n: int, n_permutations: int, seed: int) -> tuple[np.ndarray, b
     return np.array([rng.permutation(n) for _ in range(n_permutations)]), False
 
 
-def permutation_pvalue(scores, dice, name: str, n_permutations: int = 10000, seed: int = 0,
+def permutation_pvalue(scores, dice, name: str, n_permutations: int = 2000, seed: int = 0,
                        permutations: tuple[np.ndarray, bool] | None = None) -> float:
     """One-sided p-value of a correlation against "the score carries no information about Dice".
 
@@ -508,7 +508,7 @@ def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architec
 
 
 def analyse(records: list[Mapping], metrics: list[str], targets: list[str], source_sizes: Mapping[str, int],
-            labels: Mapping[str, str] | None = None, n_bootstrap: int = 1000, n_permutations: int = 10000,
+            labels: Mapping[str, str] | None = None, n_bootstrap: int = 1000, n_permutations: int = 2000,
             n_simulations: int = 1000, seed: int = 0) -> dict[str, list[dict]]:
     """Correlations with bootstrap intervals and permutation p-values, top-1 regret and the noise
     ceiling, per target, for ``metrics`` and the static baselines.
@@ -628,7 +628,7 @@ def noise_ceiling_markdown(rows: list[dict]) -> str:
 
 def build_statistics(records_file: Path, tables: Mapping[str, list[str]], targets: list[str],
                      source_sizes: Mapping[str, int], out_dir: Path, labels: Mapping[str, str] | None = None,
-                     n_bootstrap: int = 1000, n_permutations: int = 10000, n_simulations: int = 1000,
+                     n_bootstrap: int = 1000, n_permutations: int = 2000, n_simulations: int = 1000,
                      seed: int = 0) -> dict[str, list[dict]]:
     """Read ``records.json`` (written by :func:`build_tables`) and write ``statistics``, ``regret`` and
     ``noise_ceiling`` as ``.csv`` and ``.md`` under ``out_dir``."""
