@@ -10,7 +10,8 @@ Recorded (docs/report.md lists every field):
 - per rule, its conda env file (with its SHA-256) and container;
 - the SHA-256 of every data checksum record (``results/checksums/<task>/*.json``: files, preprocessed
   arrays, and for MSD the archive), with their top-level digests;
-- every seed in the config (each key named ``seed`` or ``seeds``, by its dotted path);
+- every seed in the config (each key named ``seed`` or ``seeds``, by its dotted path), and those of the
+  results stage's own settings (``analysis``: bootstrap, permutations, t-SNE);
 - the hardware: CPU model and count, memory, GPU(s) via ``torch.cuda`` when torch is installed, and the
   NVIDIA driver when ``nvidia-smi`` answers;
 - start and end times: the start is the earliest job start recorded by Snakemake's benchmark files
@@ -207,8 +208,11 @@ def run_times(benchmark_dir: str | Path, now: float | None = None) -> dict[str, 
 
 def build_provenance(config: Mapping[str, Any], results_dir: str | Path, source_dir: str | Path,
                      rules: Mapping[str, Mapping[str, str | None]] | None = None,
-                     probe_gpu: bool = True, now: float | None = None) -> dict[str, Any]:
-    """The provenance record of ``results_dir`` (see the module docstring)."""
+                     probe_gpu: bool = True, now: float | None = None,
+                     analysis: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance record of ``results_dir`` (see the module docstring). ``analysis``: settings of
+    the results stage that are not in the config (e.g. the statistics' seeds); recorded as given, their
+    seeds listed under ``seeds`` as ``analysis.<...>``."""
     results, source = Path(results_dir), Path(source_dir)
     from . import __version__
 
@@ -220,7 +224,8 @@ def build_provenance(config: Mapping[str, Any], results_dir: str | Path, source_
         "lock": lock_state(source / "requirements.lock"),
         "rules": rule_environments(rules or {}, source / "envs"),
         "data_checksums": data_checksums(results / "checksums"),
-        "seeds": seeds_in(config),
+        "analysis": json.loads(canonical_json(analysis or {})),
+        "seeds": {**seeds_in(config), **seeds_in(analysis or {}, "analysis")},
         "hardware": hardware(probe_gpu),
         "times": run_times(results / "benchmarks", now),
     }

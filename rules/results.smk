@@ -223,6 +223,8 @@ rule provenance:
         f"{R}/benchmarks/results/provenance.tsv"
     params:
         config=canonical(config),
+        # the results stage's own settings, with their seeds
+        analysis={"statistics": STATISTICS, "tsne": TSNE},
         source=workflow.basedir,
         # conda env file name and container of every rule, for the record
         rules=lambda wc: {r.name: {"conda": r.conda_env and Path(str(r.conda_env)).name, "container": r.container_img}

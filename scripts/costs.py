@@ -8,5 +8,5 @@ if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         p = snakemake.params
         # results/benchmarks/features/<target>/<model>.tsv -> results/benchmarks
-        build_costs(Path(snakemake.input.features[0]).parents[2], Path(snakemake.output.stages).parent, pairs=[tuple(x) for x in p.pairs],
-                    seeds=list(p.seeds))
+        build_costs(Path(snakemake.input.features[0]).parents[2], Path(snakemake.output.stages).parent,
+                    pairs=[tuple(x) for x in p.pairs], seeds=list(p.seeds))

@@ -7,5 +7,5 @@ from ccfv.workflow import log_to
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         p = snakemake.params
-        write_provenance(snakemake.output.record, config=dict(p.config), results_dir=Path(snakemake.output.record).parent, source_dir=p.source,
-                         rules=dict(p.rules))
+        write_provenance(snakemake.output.record, config=dict(p.config), results_dir=Path(snakemake.output.record).parent,
+                         source_dir=p.source, rules=dict(p.rules), analysis=dict(p.analysis))

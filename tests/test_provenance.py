@@ -74,7 +74,8 @@ def test_provenance_record_fields(tmp_path):
     results = _results(tmp_path)
     rules = {"score": {"conda": "scores.yaml", "container": "containers/ccfv.sif"},
              "pretrain": {"conda": "nnunet.yaml", "container": "containers/ccfv.sif"}}
-    record = build_provenance(config, results, ROOT, rules=rules, probe_gpu=False, now=1_700_005_000)
+    record = build_provenance(config, results, ROOT, rules=rules, probe_gpu=False, now=1_700_005_000,
+                              analysis={"statistics": {"n_bootstrap": 10, "seed": 4}, "tsne": {"seed": 5}})
     assert json.loads(json.dumps(record)) == record  # plain JSON
     assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
     assert record["config"] == json.loads(json.dumps(config))
@@ -84,6 +85,8 @@ def test_provenance_record_fields(tmp_path):
     assert record["data_checksums"]["Task91_SynthLiver"]["files.json"]["digests"] == {"digest": "a" * 64}
     assert record["seeds"]["finetune.seeds"] == config["finetune"]["seeds"]
     assert record["seeds"]["pretrain.seed"] == config["pretrain"]["seed"]
+    assert record["seeds"]["analysis.statistics.seed"] == 4 and record["seeds"]["analysis.tsne.seed"] == 5
+    assert record["analysis"]["statistics"]["n_bootstrap"] == 10
     assert record["hardware"]["cpu_count"] >= 1
     # start: the earliest job start, mtime minus its seconds (job0 ended at +0 after 10 s; job1 started at +900)
     assert record["times"]["start"] == "2023-11-14T22:13:10+00:00"
