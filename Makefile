@@ -19,7 +19,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES)
-	@echo "Demo finished: tables in results/tables/ (table1.md: baselines and CC-FV, table2.md: ablations; .csv beside them)"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES) --report results/report.zip
+	@echo "Demo finished: tables in results/tables/ (table1.md: baselines and CC-FV, table2.md: ablations,"
+	@echo "statistics.md: intervals and p-values; .csv and .tex beside them), figures in results/figures/,"
+	@echo "everything with provenance in results/report.zip"
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH python -m pytest -q tests
