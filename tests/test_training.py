@@ -476,23 +476,31 @@ def killing_trainer():
     return Killed
 
 training._trainer_class = killing_trainer
-preprocessed, split, out, seed = sys.argv[1:]
-training.pretrain(preprocessed, split, "Task94_SynthSpleen", "m", out,
-                  training.TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1),
-                  seed=int(seed), device="cpu", threads=1)
+budget = training.TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1)
+if sys.argv[1] == "pretrain":
+    preprocessed, split, out, seed = sys.argv[2:]
+    training.pretrain(preprocessed, split, "Task94_SynthSpleen", "m", out, budget, seed=int(seed), device="cpu",
+                      threads=1)
+else:
+    preprocessed, raw, split, init, out, seed = sys.argv[2:]
+    training.finetune(preprocessed, raw, split, init, out, budget, seed=int(seed), device="cpu", threads=1)
 print("NOT KILLED")
 """
 
 
-def _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, seed=0):
+def _kill_after_first_checkpoint(*args):
     import signal
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", KILLED_PRETRAINING, str(tiny_dataset.preprocessed),
-                           str(split_file), str(out), str(seed)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", KILLED_PRETRAINING, *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "NOT KILLED" not in proc.stdout
+
+
+def _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, seed=0):
+    _kill_after_first_checkpoint("pretrain", tiny_dataset.preprocessed, split_file, out, seed)
 
 
 def _safetensors_state(model_dir):
@@ -568,3 +576,24 @@ def test_read_checkpoint_of_plain_data(tmp_path):
     (tmp_path / "broken.pth").write_bytes(path.read_bytes()[:50])
     with pytest.raises(ValueError, match=r"broken\.pth: not a readable torch checkpoint"):
         read_checkpoint(tmp_path / "broken.pth")
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tuning_resumes_and_scores_like_an_uninterrupted_one(tiny_dataset, split_file, pretrained,
+                                                                          tmp_path, capfd):
+    from ccfv.training import finetune
+
+    a = tmp_path / "a" / "seed0.json"
+    finetune(tiny_dataset.preprocessed, tiny_dataset.raw, split_file, pretrained, a, RESUME_BUDGET, seed=0,
+             device="cpu")
+    b = tmp_path / "b" / "seed0.json"
+    _kill_after_first_checkpoint("finetune", tiny_dataset.preprocessed, tiny_dataset.raw, split_file, pretrained,
+                                 b, 0)
+    assert not b.exists() and list((tmp_path / "b" / ".seed0-nnunet").rglob("checkpoint_latest.pth"))
+    capfd.readouterr()
+    finetune(tiny_dataset.preprocessed, tiny_dataset.raw, split_file, pretrained, b, RESUME_BUDGET, seed=0,
+             device="cpu")
+    assert "at epoch 1 of 3" in capfd.readouterr().out
+    assert not (tmp_path / "b" / ".seed0-nnunet").exists()
+    first, second = json.loads(a.read_text()), json.loads(b.read_text())
+    assert first["per_case"] == second["per_case"] and first["mean_dice"] == second["mean_dice"]
