@@ -8,8 +8,10 @@ validate(config, schema="../config/schemas/config.schema.yaml")
 
 R = config["results"]
 TASKS = list(config["tasks"])
-ARCH = "unet"
-RANDOM_MODEL = f"{ARCH}-random"
+# The bank's architectures (docs/models.md); a bank model is named <architecture>-<source task> or
+# <architecture>-random.
+ARCHITECTURES = list(config["architectures"])
+UNETR = config.get("unetr", {})
 CONTAINER = "containers/ccfv.sif"
 # One pinned conda env per family of rules (envs/*.yaml, pins checked against requirements.lock).
 DATA_ENV = "../envs/data.yaml"
@@ -17,12 +19,25 @@ NNUNET_ENV = "../envs/nnunet.yaml"
 SCORES_ENV = "../envs/scores.yaml"
 FT_SEEDS = list(config["finetune"]["seeds"])
 
-n_decoder_stages = len(config["network"]["features_per_stage"]) - 1
-if len(config["sampling"]["layer_ratios"]) != n_decoder_stages:
-    raise ValueError(
-        f"config: sampling.layer_ratios has {len(config['sampling']['layer_ratios'])} entries but the "
-        f"network has {n_decoder_stages} decoder stages (features_per_stage minus one); give one ratio per stage"
-    )
+# Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.
+DECODER_STAGES = {"unet": len(config["network"]["features_per_stage"]) - 1, "unetr": 4}
+_ratios = config["sampling"]["layer_ratios"]
+for _arch in ARCHITECTURES:
+    _given = _ratios.get(_arch) if isinstance(_ratios, dict) else _ratios
+    if _given is None or len(_given) != DECODER_STAGES[_arch]:
+        raise ValueError(
+            f"config: sampling.layer_ratios gives {'no' if _given is None else len(_given)} entries for {_arch}, "
+            f"whose network has {DECODER_STAGES[_arch]} hooked decoder stages (U-Net: features_per_stage minus "
+            f"one; UNETR: 4); give one ratio per stage, as a mapping architecture -> list (docs/models.md)"
+        )
+if "unetr" in ARCHITECTURES:
+    _bad = [p for p in config["network"]["patch_size"] if p % 16]
+    if _bad:
+        raise ValueError(
+            f"config: network.patch_size {config['network']['patch_size']} is UNETR's img_size and must be a "
+            f"multiple of 16 (its ViT patch) on every axis; {_bad} is not. Change the patch size or drop "
+            f"unetr from architectures"
+        )
 
 METRICS = config["scoring"]["metrics"]
 for table, names in config["scoring"]["tables"].items():
@@ -55,17 +70,39 @@ def metric_labels():
 wildcard_constraints:
     task="Task[0-9]+_[A-Za-z0-9]+",
     target="Task[0-9]+_[A-Za-z0-9]+",
-    model=f"{ARCH}-(random|Task[0-9]+_[A-Za-z0-9]+)",
+    model=f"({'|'.join(ARCHITECTURES)})-(random|Task[0-9]+_[A-Za-z0-9]+)",
+    arch="|".join(ARCHITECTURES),
     seed="[0-9]+",
 
 
-def pretrained_model(task):
-    return f"{ARCH}-{task}"
+def pretrained_model(arch, task):
+    return f"{arch}-{task}"
+
+
+def random_model(arch):
+    return f"{arch}-random"
 
 
 def bank(target):
-    """The target's model bank: a model pretrained on every other task, plus a random one."""
-    return [pretrained_model(t) for t in TASKS if t != target] + [RANDOM_MODEL]
+    """The target's model bank: for every architecture, a model pretrained on every other task, plus a
+    random one."""
+    return [pretrained_model(a, t) for a in ARCHITECTURES for t in TASKS if t != target] + [
+        random_model(a) for a in ARCHITECTURES
+    ]
+
+
+def sampling_for(model):
+    """The sampling settings of one bank model, with layer_ratios resolved for its architecture (so that
+    the ratios of one architecture never rerun the other's sampling)."""
+    arch = model.split("-", 1)[0]
+    ratios = config["sampling"]["layer_ratios"]
+    return canonical({**config["sampling"], "layer_ratios": ratios[arch] if isinstance(ratios, dict) else ratios})
+
+
+def network_params(arch):
+    """What pretraining and the random member need to build the network: its name and options (UNETR's
+    section; the U-Net is entirely described by the shared plans)."""
+    return {"name": arch, "options": canonical(UNETR) if arch == "unetr" else {}}
 
 
 def task_folder(task):

@@ -14,7 +14,7 @@ rule sample_features:
     benchmark:
         f"{R}/benchmarks/features/{{target}}/{{model}}.tsv"
     params:
-        sampling=canonical(config["sampling"]),
+        sampling=lambda wc: sampling_for(wc.model),
     resources:
         gpu=1,
         **resources_for("inference"),

@@ -1,4 +1,5 @@
-# Stage 3: the model bank. One U-Net pretrained per source task, plus one randomly initialised U-Net.
+# Stage 3: the model bank. Per architecture (U-Net, UNETR; docs/models.md) one network pretrained per source
+# task, plus one randomly initialised network.
 
 
 rule pretrain:
@@ -6,14 +7,15 @@ rule pretrain:
         preprocessed=f"{R}/nnunet/{{task}}/preprocessed",
         split=f"{R}/splits/{{task}}.json",
     output:
-        model=directory(f"{R}/bank/{ARCH}-{{task}}"),
+        model=directory(f"{R}/bank/{{arch}}-{{task}}"),
     log:
-        "logs/pretrain/{task}.log",
+        "logs/pretrain/{arch}-{task}.log",
     benchmark:
-        f"{R}/benchmarks/pretrain/{{task}}.tsv"
+        f"{R}/benchmarks/pretrain/{{arch}}-{{task}}.tsv"
     params:
         budget=lambda wc: budget_for("pretrain", wc.task),
-        model_id=lambda wc: pretrained_model(wc.task),
+        model_id=lambda wc: pretrained_model(wc.arch, wc.task),
+        network=lambda wc: network_params(wc.arch),
     resources:
         gpu=1,
         **resources_for("train"),
@@ -31,14 +33,15 @@ rule random_init:
         # The random member only needs the shared architecture; any task's plans carry it.
         preprocessed=f"{R}/nnunet/{TASKS[0]}/preprocessed",
     output:
-        model=directory(f"{R}/bank/{RANDOM_MODEL}"),
+        model=directory(f"{R}/bank/{{arch}}-random"),
     log:
-        "logs/pretrain/random.log",
+        "logs/pretrain/{arch}-random.log",
     benchmark:
-        f"{R}/benchmarks/pretrain/random.tsv"
+        f"{R}/benchmarks/pretrain/{{arch}}-random.tsv"
     params:
         seed=config["random_init"]["seed"],
-        model_id=RANDOM_MODEL,
+        model_id=lambda wc: random_model(wc.arch),
+        network=lambda wc: network_params(wc.arch),
     resources:
         **resources_for("default"),
     threads: 1

@@ -1,4 +1,4 @@
-"""Snakemake script: pretrain a U-Net on a source task through nnU-Net's trainer."""
+"""Snakemake script: pretrain a bank network (U-Net or UNETR) on a source task through nnU-Net's trainer."""
 from ccfv.nnunet_paths import dataset_folder
 from ccfv.training import TrainingBudget, pretrain
 from ccfv.workflow import log_to
@@ -12,4 +12,5 @@ if __name__ == "__main__":
         pretrain(dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.task), snakemake.input.split,
                  source_task=snakemake.wildcards.task, model_id=snakemake.params.model_id,
                  out_dir=snakemake.output.model, budget=TrainingBudget(**budget), seed=seed,
-                 threads=snakemake.threads)
+                 threads=snakemake.threads, network=snakemake.params.network["name"],
+                 network_options=snakemake.params.network["options"])

@@ -9,4 +9,5 @@ from ccfv.workflow import log_to
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         (dataset,) = [p for p in Path(snakemake.input.preprocessed).iterdir() if p.name.startswith("Dataset")]
-        random_model(dataset, snakemake.params.model_id, snakemake.output.model, seed=snakemake.params.seed)
+        random_model(dataset, snakemake.params.model_id, snakemake.output.model, seed=snakemake.params.seed,
+                     network=snakemake.params.network["name"], network_options=snakemake.params.network["options"])

@@ -64,13 +64,12 @@ def dry_run(*args, cwd=None):
 def test_default_config_dry_run_contains_every_stage():
     counts = dry_run("--configfile", "config/config.yaml")
     assert STAGES <= set(counts), STAGES - set(counts)
-    tasks = yaml.safe_load((ROOT / "config/config.yaml").read_text())["tasks"]
-    n = len(tasks)
-    assert counts["pretrain"] == n and counts["random_init"] == 1
-    # every target: the other tasks' models plus the random one
-    assert counts["sample_features"] == counts["score"] == n * n
-    seeds = yaml.safe_load((ROOT / "config/config.yaml").read_text())["finetune"]["seeds"]
-    assert counts["finetune"] == n * n * len(seeds)
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    n, archs = len(cfg["tasks"]), len(cfg["architectures"])
+    assert counts["pretrain"] == n * archs and counts["random_init"] == archs
+    # every target, per architecture: the other tasks' models plus the random one
+    assert counts["sample_features"] == counts["score"] == n * n * archs
+    assert counts["finetune"] == n * n * archs * len(cfg["finetune"]["seeds"])
 
 
 def test_msd_config_lays_out_the_papers_dag():
@@ -82,12 +81,12 @@ def test_msd_config_lays_out_the_papers_dag():
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     counts = job_counts(out)
-    assert counts["fetch_msd_task"] == 5 and counts["pretrain"] == 5 and counts["finetune"] == 25
+    assert counts["fetch_msd_task"] == 5 and counts["pretrain"] == 10 and counts["finetune"] == 50
     assert "synthesize_task" not in counts
-    # the Liver bank: the four other tasks and the random model, nothing pretrained on Liver itself
-    liver = set(re.findall(r"results/features/Task03_Liver/(unet-[\w]+)\.h5", out))
-    assert liver == {"unet-Task06_Lung", "unet-Task07_Pancreas", "unet-Task09_Spleen", "unet-Task10_Colon",
-                     "unet-random"}
+    # the Liver bank: per architecture the four other tasks and the random model, nothing pretrained on Liver
+    liver = set(re.findall(r"results/features/Task03_Liver/(unetr?-[\w]+)\.h5", out))
+    assert liver == {f"{a}-{m}" for a in ("unet", "unetr") for m in (
+        "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon", "random")}
 
 
 def test_bad_config_is_refused_with_a_clear_message(tmp_path):
@@ -151,7 +150,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
         assert all(math.isfinite(float(v)) for v in row[2:]), row
     assert (tmp_path / "results/tables/table1.md").read_text().startswith("| Method |")
     records = list(csv.DictReader((tmp_path / "results/tables/scores_and_dice.csv").open()))
-    assert len(records) == 9
+    assert len(records) == 18  # 3 targets x 2 architectures x (2 sources + random)
     for stage in ("preprocess", "pretrain", "features", "scores", "finetune", "results"):
         assert any((tmp_path / "logs" / stage).rglob("*.log")), stage
         assert any((tmp_path / "results/benchmarks" / stage).rglob("*.tsv")), stage
@@ -164,7 +163,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     ceiling = list(csv.DictReader((tmp_path / "results/tables/noise_ceiling.csv").open()))
     assert [r["available"] for r in ceiling] == ["False"] * 3  # one fine-tuning seed: not available
     pairs = list(csv.DictReader((tmp_path / "results/tables/costs_per_pair.csv").open()))
-    assert len(pairs) == 9 and all(float(p["te_s"]) > 0 and float(p["finetune_s"]) > 0 for p in pairs)
+    assert len(pairs) == 18 and all(float(p["te_s"]) > 0 and float(p["finetune_s"]) > 0 for p in pairs)
     provenance = json.loads((tmp_path / "results/provenance.json").read_text())
     assert provenance["config"]["tasks"] == tasks and len(provenance["config_sha256"]) == 64
     assert provenance["times"]["start"] < provenance["times"]["end"]
@@ -189,7 +188,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     more = snakemake("-n", "--configfile", str(tmp_path / "two_seeds.yaml"), cwd=tmp_path)
     out = more.stdout + more.stderr
     assert more.returncode == 0, out
-    assert job_counts(out) == with_results({"finetune": 9, "all": 1}), out[-3000:]
+    assert job_counts(out) == with_results({"finetune": 18, "all": 1}), out[-3000:]
     assert "seed0.json" not in re.sub(r"input:.*", "", out)
     # changing a metric's option reruns scoring and the results, nothing upstream; a label only the results
     cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
@@ -200,7 +199,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     cfg["scoring"]["metrics"]["ccfv_kl"]["s"] = 0
     (tmp_path / "option.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "option.yaml"), cwd=tmp_path)
-    assert job_counts(result.stdout + result.stderr) == with_results({"score": 9, "all": 1})
+    assert job_counts(result.stdout + result.stderr) == with_results({"score": 18, "all": 1})
     # one source task's pretraining budget: that source's model, and the targets whose bank holds it
     cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
     cfg["pretrain"]["per_task"] = {"Task91_SynthLiver": {"iterations": 6}}
@@ -208,7 +207,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     result = snakemake("-n", "--configfile", str(tmp_path / "budget.yaml"), cwd=tmp_path)
     out = result.stdout + result.stderr
     assert job_counts(out) == with_results(
-        {"pretrain": 1, "sample_features": 2, "score": 2, "finetune": 2, "all": 1}
+        {"pretrain": 2, "sample_features": 4, "score": 4, "finetune": 4, "all": 1}
     ), out[-3000:]
-    assert set(re.findall(r"wildcards: task=(\w+)", out)) == {"Task91_SynthLiver"}
-    assert set(re.findall(r"model=(unet-[\w]+)", out)) == {"unet-Task91_SynthLiver"}
+    assert set(re.findall(r"task=(\w+)", out)) == {"Task91_SynthLiver"}
+    assert set(re.findall(r"model=(unetr?-[\w]+)", out)) == {"unet-Task91_SynthLiver", "unetr-Task91_SynthLiver"}
