@@ -210,21 +210,40 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def read_checkpoint(path: Path) -> dict:
+def _numpy_scalar_globals() -> list:
+    """What unpickling numpy scalars (np.float64 in nnU-Net's logging lists) needs: the scalar constructor and
+    the dtype classes. They build numbers from bytes and call nothing else."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
+    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
+
+def read_checkpoint(path: Path, numpy_scalars: bool = False) -> dict:
     """A ``.pth``/``.pt`` checkpoint read with ``torch.load(weights_only=True)``: tensors, numbers, strings,
-    lists and dicts only. Anything else (a pickled object, which could run code when loaded) is refused
-    with an error naming the file, and nothing of it is executed."""
+    lists, dicts and ``torch.device`` only. Anything else (a pickled object, which could run code when
+    loaded) is refused with an error naming the file, and nothing of it is executed.
+
+    ``numpy_scalars=True`` also admits numpy scalars, which nnU-Net's own checkpoints hold in their logging
+    (``checkpoint_final.pth`` of a user's nnU-Net folder); ccfv's resume checkpoints do not need it.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing")
     try:
+        if numpy_scalars:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        found = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        detail = found[0] if found else (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{path}: refused: the checkpoint holds more than tensors and plain data "
-                         f"(a pickle payload that could run code); it was not loaded ({first})") from None
+                         f"(a pickle payload that could run code); it was not loaded ({detail})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
 

@@ -597,3 +597,33 @@ def test_a_killed_fine_tuning_resumes_and_scores_like_an_uninterrupted_one(tiny_
     assert not (tmp_path / "b" / ".seed0-nnunet").exists()
     first, second = json.loads(a.read_text()), json.loads(b.read_text())
     assert first["per_case"] == second["per_case"] and first["mean_dice"] == second["mean_dice"]
+
+
+def _nnunet_like_checkpoint():
+    """What nnU-Net's own ``save_checkpoint`` writes: numpy scalars in the logging, a torch.device in init_args."""
+    import numpy as np
+
+    return {
+        "network_weights": {"w": torch.ones(2)}, "optimizer_state": {"state": {}, "param_groups": []},
+        "grad_scaler_state": None,
+        "logging": {"train_losses": [np.float64(0.5), np.float64(0.25)], "ema_fg_dice": [np.float32(0.1)]},
+        "_best_ema": np.float64(0.1), "current_epoch": 2,
+        "init_args": {"plans": {}, "configuration": "3d_fullres", "fold": 0, "device": torch.device("cpu")},
+        "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+
+
+def test_read_checkpoint_of_nnunet_itself_needs_numpy_scalars(tmp_path):
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(_nnunet_like_checkpoint(), path)
+    with pytest.raises(ValueError, match=r"checkpoint_final\.pth: refused.*numpy"):
+        read_checkpoint(path)
+    checkpoint = read_checkpoint(path, numpy_scalars=True)
+    assert float(checkpoint["logging"]["train_losses"][1]) == 0.25 and checkpoint["current_epoch"] == 2
+    assert checkpoint["init_args"]["device"] == torch.device("cpu")
+    # admitting numpy scalars admits nothing that runs code
+    marker = tmp_path / "pwned"
+    torch.save({**_nnunet_like_checkpoint(), "payload": _Payload(marker)}, path)
+    with pytest.raises(ValueError, match=r"checkpoint_final\.pth: refused"):
+        read_checkpoint(path, numpy_scalars=True)
+    assert not marker.exists()
