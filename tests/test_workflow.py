@@ -211,3 +211,15 @@ def test_whole_dag_on_tiny_config(tmp_path):
     ), out[-3000:]
     assert set(re.findall(r"task=(\w+)", out)) == {"Task91_SynthLiver"}
     assert set(re.findall(r"model=(unetr?-[\w]+)", out)) == {"unet-Task91_SynthLiver", "unetr-Task91_SynthLiver"}
+    # a touched script reruns its rule and what follows (Snakemake's "code has changed"), nothing upstream;
+    # the script's timestamp is put back afterwards so that the checkout's own results are not affected
+    script = ROOT / "scripts" / "score.py"
+    before = script.stat()
+    try:
+        os.utime(script)
+        result = snakemake("-n", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path)
+        out = result.stdout + result.stderr
+        assert job_counts(out) == with_results({"score": 18, "all": 1}), out[-3000:]
+        assert "Code has changed since last execution" in out
+    finally:
+        os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
