@@ -16,15 +16,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-CHUNK = 1 << 20
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in blocks (MSD archives are tens of GB)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def digest_of(entries: Mapping[str, object]) -> str:

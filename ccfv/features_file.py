@@ -384,9 +384,11 @@ def read_features(path: str | Path) -> FeaturesFile:
         if version != FILE_VERSION:
             raise ValueError(f"{path}: features file version {version}, this ccfv reads version {FILE_VERSION}")
         raw: dict[str, Any] = {}
-        for name, kind in REQUIRED_ATTRS.items():
+        for name, kind in {**REQUIRED_ATTRS, **OPTIONAL_ATTRS}.items():
             if name not in attrs:
-                raise ValueError(f"{path}: missing required root attribute '{name}'")
+                if name in REQUIRED_ATTRS:
+                    raise ValueError(f"{path}: missing required root attribute '{name}'")
+                continue
             value = attrs[name]
             if kind == "json":
                 try:
@@ -394,15 +396,6 @@ def read_features(path: str | Path) -> FeaturesFile:
                 except (TypeError, ValueError):
                     raise ValueError(f"{path}: root attribute '{name}' is not valid JSON: {value!r}") from None
             raw[name] = value
-        for name, kind in OPTIONAL_ATTRS.items():
-            if name in attrs:
-                value = attrs[name]
-                if kind == "json":
-                    try:
-                        value = json.loads(value)
-                    except (TypeError, ValueError):
-                        raise ValueError(f"{path}: root attribute '{name}' is not valid JSON: {value!r}") from None
-                raw[name] = value
         meta = _check_meta(raw, str(path))
         if "cases" not in h5 or not isinstance(h5["cases"], h5py.Group):
             raise ValueError(f"{path}: group '/cases' is missing")

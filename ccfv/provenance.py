@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_json
+from .checksums import sha256_file
 
 __all__ = ["canonical_json", "config_hash", "git_state", "lock_state", "seeds_in", "hardware",
            "data_checksums", "run_times", "rule_environments", "build_provenance", "write_provenance"]
@@ -48,14 +49,6 @@ def canonical_json(value: Any) -> str:
 def config_hash(config: Mapping[str, Any]) -> str:
     """SHA-256 of :func:`canonical_json` of the config."""
     return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_state(source_dir: str | Path) -> dict[str, Any]:

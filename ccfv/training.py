@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import networks
+from .checksums import sha256_file
 from .nnunet_paths import CONFIGURATION, PLANS_NAME, nnunet_environment
 from .splits import read_split
 
@@ -392,10 +393,6 @@ def random_model(preprocessed_dataset: Path, model_id: str, out_dir: Path, seed:
     return save_bank_model(network, card, out_dir)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _resume_identity(preprocessed_dataset: Path, plans: dict, split_file: Path, budget: TrainingBudget,
                      seed: int, init_model: Path | None) -> dict:
     """Everything a checkpoint's training depends on: a checkpoint of another identity is not resumed."""
@@ -404,10 +401,10 @@ def _resume_identity(preprocessed_dataset: Path, plans: dict, split_file: Path, 
         "format": CHECKPOINT_FORMAT,
         "dataset": Path(preprocessed_dataset).name,
         "configuration": hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest(),
-        "split": _sha256(split_file),
+        "split": sha256_file(split_file),
         "budget": asdict(budget),
         "seed": seed,
-        "init_model": None if init_model is None else _sha256(Path(init_model) / WEIGHTS),
+        "init_model": None if init_model is None else sha256_file(Path(init_model) / WEIGHTS),
     }
 
 

@@ -8,7 +8,6 @@ files are dropped.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tarfile
 import tempfile
@@ -17,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from ..atomic import write_json
+from ..checksums import file_digest
 
 DEFAULT_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 
@@ -32,11 +32,7 @@ CHUNK = 1 << 20
 
 
 def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest: Path, expected_md5: str | None, progress: bool = True) -> Path:
