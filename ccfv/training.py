@@ -24,6 +24,7 @@ import pickle
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def _trainer_class():
         network_spec: tuple[str, dict | None] = (networks.UNET, None)
         #: What a checkpoint must have been written by to be resumed from (see ``train``).
         resume_identity: dict | None = None
+        #: Seconds between redraws of nnU-Net's progress.png. Drawing it takes about a second (matplotlib,
+        #: seaborn), which nnU-Net spends after every epoch: most of a demo epoch. A long run still gets a
+        #: fresh plot in its work folder every few minutes to watch.
+        progress_plot_interval: float = 300.0
         _rng_to_restore: dict | None = None
 
         def do_split(self):
@@ -163,9 +168,21 @@ def _trainer_class():
 
         def on_train_start(self):
             super().on_train_start()
+            self._throttle_progress_plot()
             if self._rng_to_restore is not None:
                 _set_rng_state(self._rng_to_restore)
                 self._rng_to_restore = None
+
+        def _throttle_progress_plot(self):
+            draw = self.logger.plot_progress_png
+            last = [time.monotonic()]
+
+            def draw_now_and_then(output_folder):
+                if time.monotonic() - last[0] >= self.progress_plot_interval:
+                    draw(output_folder)
+                    last[0] = time.monotonic()
+
+            self.logger.plot_progress_png = draw_now_and_then
 
     return CCFVTrainer
 
