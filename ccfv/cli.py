@@ -5,6 +5,7 @@
     ccfv msd validate DIR [DIR ...]                                        check tasks in MSD layout
     ccfv score FEATURES.h5 [--metric ccfv --metric logme ...]              scores of one features file
     ccfv report RESULTS_DIR                                                the result tables in the terminal
+    ccfv rank --data DIR --model SPEC [--model SPEC ...] [--metric ...]     rank my own models on my own data
 """
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ def _report(args) -> int:
     return 0
 
 
+def _rank(args) -> int:
+    from .rank import print_ranking, rank_models
+
+    ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
+                          dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
+                          sampling={"seed": args.seed, "total": args.samples})
+    print_ranking(ranking, args.out)
+    return ranking.exit_status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfv", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"ccfv {__version__}")
@@ -98,6 +109,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print the result tables (Tables 1 and 2, statistics, regret, costs)")
     p.add_argument("results", type=Path, help="the workflow's results folder (holding tables/)")
     p.set_defaults(run=_report)
+
+    p = sub.add_parser(
+        "rank", help="rank pre-trained models (nnU-Net v2 model folders or ccfv bank models) on a labelled dataset",
+        description="Rank pre-trained 3D segmentation models by their expected Dice after fine-tuning on a "
+                    "labelled dataset, without fine-tuning them (docs/rank.md). Exit status: 0 every model ranked, "
+                    "1 some could not be (each named, with the reason), 2 none or bad arguments/data.")
+    p.add_argument("--data", type=Path, required=True,
+                   help="an MSD task folder or an nnU-Net raw dataset folder (dataset.json, imagesTr/, labelsTr/)")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                   help="an nnU-Net v2 trained model folder (plans.json, dataset.json, fold_N/checkpoint_final.pth), "
+                        "one of its fold_N folders or checkpoints, or a ccfv bank model folder; repeatable")
+    p.add_argument("--metric", action="append", metavar="METRIC",
+                   help="ccfv, logme, leep, gbc, transrate, nce, hscore, ccfv_released or all; repeatable; the "
+                        "table is ordered by the first; default: ccfv logme leep gbc transrate")
+    p.add_argument("--out", type=Path, default=Path("ccfv-rank"),
+                   help="output folder: ranking.csv, ranking.json, ranking.png, features/ (default: ccfv-rank)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--dice", type=Path, default=None, metavar="CSV",
+                   help="known fine-tuned Dice per model (columns model,dice): adds weighted tau, Pearson, regret")
+    p.add_argument("--max-cases", type=int, default=None, metavar="N",
+                   help="sample N labelled cases (chosen with --seed) instead of all of them")
+    p.add_argument("--samples", type=int, default=1000, metavar="N",
+                   help="foreground voxels sampled per case (default 1000, as the demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the voxel (and --max-cases) choice")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(run=_rank)
     return parser
 
 

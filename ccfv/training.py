@@ -258,7 +258,9 @@ def read_checkpoint(path: Path, numpy_scalars: bool = False) -> dict:
                 return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        # torch names the refused global ("Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose
+        # module x is blocked", by version) after a generic first line.
+        found = [line.strip() for line in str(err).splitlines()[1:] if "global" in line.lower()]
         detail = found[0] if found else (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{path}: refused: the checkpoint holds more than tensors and plain data "
                          f"(a pickle payload that could run code); it was not loaded ({detail})") from None

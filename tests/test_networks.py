@@ -221,3 +221,33 @@ def test_unetr_features_from_its_four_documented_stages(unetr_dataset, unetr_pre
     with pytest.raises(ValueError, match=r"unetr-Task94_SynthSpleen.*for unetr has 2 entries.*decoder5"):
         sample_target(unetr_pretrained, folder, split, tmp_path / "g.h5", target="Task94_SynthSpleen",
                       sampling={**sampling, "layer_ratios": [0.5, 1.0]}, device="cpu")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"network_class_name": "os.system"}, "network class 'os.system' is not one ccfv builds"),
+    ({"network_class_name": "dynamic_network_architectures.architectures.primus.Primus"}, "is not one ccfv builds"),
+    ({"conv_op": "subprocess.Popen"}, "conv_op 'subprocess.Popen' is not a torch.nn class"),
+    ({"nonlin": "torch.nn.modules.activation.LeakyReLU; import os"}, "nonlin .* is not a torch.nn class"),
+])
+def test_plans_naming_other_code_are_refused_before_any_import(change, message, monkeypatch):
+    """nnU-Net resolves the names in a plans file with pydoc.locate (an import); ccfv refuses anything but
+    a known U-Net class and torch.nn ops first."""
+    import pydoc
+
+    located = []
+    monkeypatch.setattr(pydoc, "locate", lambda name, *a, **k: located.append(name))
+    architecture = unet_architecture()
+    if "network_class_name" in change:
+        architecture["network_class_name"] = change["network_class_name"]
+    else:
+        architecture["arch_kwargs"].update(change)
+    with pytest.raises(ValueError, match=message):
+        networks.build("unet", architecture, 1, 2)
+    assert located == []
+
+
+def test_known_unet_classes_and_torch_ops_pass_the_check():
+    architecture = unet_architecture()
+    networks.check_unet_architecture(architecture)
+    architecture["arch_kwargs"]["nonlin"] = "torch.nn.modules.activation.ReLU"
+    networks.check_unet_architecture(architecture)

@@ -1,0 +1,759 @@
+"""``ccfv rank``: which of my own pre-trained 3D segmentation models should I fine-tune on my own dataset?
+
+The paper's question for one user, without Snakemake (docs/rank.md). For every model given:
+
+1. load it without executing anything from its files: an nnU-Net v2 trained model folder
+   (``plans.json``, ``dataset.json``, ``fold_N/checkpoint_final.pth``; the checkpoint is read with
+   ``torch.load(weights_only=True)`` and the network class and ops named in ``plans.json`` must be on an
+   allowlist, because nnU-Net would import whatever they name) or a ccfv bank model (``model.json`` and
+   ``weights.safetensors``);
+2. preprocess the user's labelled cases as the model expects them: with the model's own plans and
+   configuration for an nnU-Net model (spacing, transpose, normalisation with the intensity statistics it
+   was trained with), with the dataset's own nnU-Net plans for a ccfv bank model (as the workflow does);
+3. sample decoder features during sliding-window inference (``ccfv.sampling``) and score them
+   (``ccfv.scoring``, the metrics of the paper's Table 1).
+
+A model that cannot be applied (missing files, an unsafe or unreadable checkpoint, another number of input
+channels, a 2D configuration) is reported with the reason while the others are still ranked. The output
+folder receives ``ranking.csv``, ``ranking.json``, ``ranking.png`` and the features files, each written
+atomically.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .atomic import write_json, write_text
+
+#: What ``--metric`` accepts; ``all`` is every one of them.
+RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
+#: The default: CC-FV first (the table is ordered by the first metric), then the paper's main baselines.
+DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
+#: Sampling as in the demo config (config/config.yaml, docs/sampling.md).
+DEFAULT_SAMPLING = {"total": 1000, "minimum": 20, "n_global": 200, "n_background": 400, "step_size": 0.5,
+                    "batch_size": 2, "seed": 0}
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
+
+
+class ModelError(Exception):
+    """A model that cannot be ranked; the message names the model and says why."""
+
+
+@dataclass
+class Dataset:
+    """A labelled dataset in nnU-Net raw form (an MSD task is converted to it first)."""
+
+    name: str
+    source: Path                      # what the user gave
+    raw: Path                         # the nnU-Net raw folder read
+    dataset_json: dict
+    cases: dict[str, dict]            # case id -> {"images": [paths], "label": path}
+    class_ids: list[int]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.dataset_json["channel_names"])
+
+
+@dataclass
+class Model:
+    """A loaded model, ready to sample: the network in eval mode and what preprocessing it needs."""
+
+    name: str
+    path: Path
+    kind: str                         # "nnunet" or "ccfv"
+    architecture: str
+    network: Any
+    patch_size: list[int]
+    checkpoint: Path
+    sha256: str
+    plans: dict | None = None         # nnU-Net: the model's own plans; ccfv: None (the dataset's own)
+    configuration: str = "3d_fullres"
+    details: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _class_ids(labels: dict, where: Path) -> list[int]:
+    ids = []
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: label {name!r} is a region ({value}); region-based datasets are not "
+                             "supported by ccfv rank")
+        try:
+            ids.append(int(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: label {name!r} has the value {value!r}, not an integer") from None
+    foreground = sorted(i for i in ids if i > 0)
+    if not foreground:
+        raise ValueError(f"{where}: no foreground label (a value > 0) in 'labels'")
+    return foreground
+
+
+def open_dataset(path: Path, work: Path) -> Dataset:
+    """The labelled cases of an MSD task folder (validated, then converted with nnU-Net's converter into
+    ``work``) or of an nnU-Net raw dataset folder (read in place)."""
+    from .nnunet_paths import parse_task
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such dataset folder")
+    dataset_json = _read_json(path / "dataset.json")
+    if "channel_names" in dataset_json or "file_ending" in dataset_json:  # nnU-Net v2 raw
+        missing = [k for k in ("channel_names", "labels", "file_ending") if k not in dataset_json]
+        if missing:
+            raise ValueError(f"{path / 'dataset.json'}: nnU-Net raw dataset without {missing}")
+        raw = path
+    elif "modality" in dataset_json or "training" in dataset_json:  # MSD
+        from .data.validate import validate_or_raise
+        from .preprocessing import convert_msd_task
+
+        try:
+            parse_task(path.name)
+        except ValueError as err:
+            raise ValueError(f"{path}: an MSD task folder must be named TaskNN_Name ({err})") from None
+        validate_or_raise(path, test_images=False)
+        raw = convert_msd_task(path, work / "raw")
+        dataset_json = _read_json(raw / "dataset.json")
+    else:
+        raise ValueError(f"{path / 'dataset.json'}: neither an MSD task ('modality', 'training') nor an nnU-Net "
+                         "raw dataset ('channel_names', 'labels', 'file_ending')")
+    class_ids = _class_ids(dataset_json["labels"], path / "dataset.json")
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    try:
+        cases = get_filenames_of_train_images_and_targets(str(raw), dataset_json)
+    except (OSError, KeyError) as err:
+        raise ValueError(f"{raw}: cannot list the training cases ({err})") from None
+    if not cases:
+        raise ValueError(f"{raw}: no labelled training cases (imagesTr/, labelsTr/)")
+    for case, files in cases.items():
+        absent = [f for f in [*files["images"], files["label"]] if not Path(f).is_file()]
+        if absent:
+            raise FileNotFoundError(f"{raw}: case {case!r}: missing {absent}")
+        if len(files["images"]) != len(dataset_json["channel_names"]):
+            raise ValueError(f"{raw}: case {case!r} has {len(files['images'])} image file(s) for "
+                             f"{len(dataset_json['channel_names'])} channel(s)")
+    return Dataset(name=raw.name, source=path, raw=raw, dataset_json=dataset_json, cases=dict(sorted(cases.items())),
+                   class_ids=class_ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# The models
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_model_spec(spec: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH``."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, Path(path)
+    return None, Path(spec)
+
+
+def _sha256(path: Path) -> str:
+    from .checksums import sha256_file
+
+    return sha256_file(path)
+
+
+def _find_nnunet_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(model folder, checkpoint) of a model folder, a ``fold_N`` folder or a checkpoint file."""
+    if path.is_file():
+        return path.parent.parent, path
+    if path.name.startswith("fold_"):
+        folds = [path]
+        model_dir = path.parent
+    else:
+        model_dir = path
+        folds = sorted((p for p in path.glob("fold_*") if p.is_dir()),
+                       key=lambda p: (not p.name[5:].isdigit(), int(p.name[5:]) if p.name[5:].isdigit() else 0))
+    for name in CHECKPOINT_NAMES:
+        for fold in folds:
+            if (fold / name).is_file():
+                return model_dir, fold / name
+    looked = ", ".join(str(f.relative_to(model_dir)) for f in folds) or "no fold_N folder"
+    raise ModelError(f"{path}: no {' or '.join(CHECKPOINT_NAMES)} (looked in: {looked})")
+
+
+def _strip_prefixes(weights: dict) -> dict:
+    """State-dict keys as the plain network names them (torch.compile adds ``_orig_mod.``, DDP ``module.``)."""
+    out = {}
+    for key, value in weights.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_nnunet_model(name: str, path: Path) -> Model:
+    """An nnU-Net v2 trained model, read without running anything its files name or hold."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from . import networks
+    from .training import read_checkpoint
+
+    model_dir, checkpoint_path = _find_nnunet_checkpoint(path)
+    plans = _read_json(model_dir / "plans.json")
+    model_json = _read_json(model_dir / "dataset.json")
+    try:
+        checkpoint = read_checkpoint(checkpoint_path, numpy_scalars=True)
+    except (ValueError, FileNotFoundError) as err:
+        raise ModelError(str(err)) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ModelError(f"{checkpoint_path}: not an nnU-Net checkpoint (no 'network_weights')")
+    init_args = checkpoint.get("init_args") if isinstance(checkpoint.get("init_args"), dict) else {}
+    configuration = init_args.get("configuration") or model_dir.name.split("__")[-1]
+    if configuration not in plans.get("configurations", {}):
+        raise ModelError(f"{model_dir / 'plans.json'}: no configuration {configuration!r} "
+                         f"(has {sorted(plans.get('configurations', {}))})")
+    manager = PlansManager(plans)
+    conf = manager.get_configuration(configuration)
+    if len(conf.patch_size) != 3:
+        raise ModelError(f"{model_dir}: configuration {configuration!r} is 2D (patch {conf.patch_size}); "
+                         "ccfv ranks 3D models")
+    architecture = {"network_class_name": conf.network_arch_class_name, "arch_kwargs": conf.network_arch_init_kwargs,
+                    "_kw_requires_import": list(conf.network_arch_init_kwargs_req_import)}
+    try:
+        networks.check_unet_architecture(architecture, where=str(model_dir / "plans.json"))
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+    in_channels = determine_num_input_channels(manager, conf, model_json)
+    num_heads = manager.get_label_manager(model_json).num_segmentation_heads
+    network = networks.build(networks.UNET, architecture, in_channels, num_heads, deep_supervision=False)
+    weights = _strip_prefixes(checkpoint["network_weights"])
+    try:
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ModelError(f"{checkpoint_path}: does not fit the network of {model_dir / 'plans.json'} "
+                         f"({configuration}): {str(err).splitlines()[0]}") from None
+    network.eval()
+    return Model(
+        name=name, path=path, kind="nnunet", architecture=architecture["network_class_name"].rsplit(".", 1)[-1],
+        network=network, patch_size=[int(p) for p in conf.patch_size], checkpoint=checkpoint_path,
+        sha256=_sha256(checkpoint_path), plans=plans, configuration=configuration,
+        details={"source_dataset": model_json.get("name", plans.get("dataset_name")),
+                 "trainer": checkpoint.get("trainer_name"), "epoch": checkpoint.get("current_epoch"),
+                 "num_input_channels": in_channels, "channel_names": model_json.get("channel_names")},
+    )
+
+
+def load_ccfv_model(name: str, path: Path) -> Model:
+    """A model of this workflow's bank (``results/bank/<model>/``)."""
+    from .training import WEIGHTS, load_bank_model
+
+    try:
+        network, card = load_bank_model(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise ModelError(str(err)) from None
+    return Model(name=name, path=path, kind="ccfv", architecture=card.get("network", "unet"), network=network,
+                 patch_size=[int(p) for p in card["patch_size"]], checkpoint=path / WEIGHTS,
+                 sha256=_sha256(path / WEIGHTS),
+                 details={"source_dataset": card.get("source_task"), "num_input_channels": card["num_input_channels"],
+                          "model_id": card["model_id"]})
+
+
+def load_model(name: str, path: Path) -> Model:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file or folder")
+    if path.is_dir() and (path / "model.json").is_file():
+        return load_ccfv_model(name, path)
+    try:
+        return load_nnunet_model(name, path)
+    except FileNotFoundError as err:
+        raise ModelError(f"{err} ({path} is neither an nnU-Net v2 trained model folder nor a ccfv bank model)") \
+            from None
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+
+
+def model_names(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    """(name, path) per ``--model``: the given name; else a bank model's folder name
+    (``unet-Task91_SynthLiver``) or an nnU-Net model's dataset and folder
+    (``Dataset003_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres``); a repeated name gets ``#2``, ``#3``."""
+    parsed = [parse_model_spec(s) for s in specs]
+
+    def default(path: Path) -> str:
+        path = path.resolve() if path.exists() else path
+        if path.is_file():
+            path = path.parent
+        if path.name.startswith("fold_"):
+            path = path.parent
+        depth = 1 if (path / "model.json").is_file() or not path.exists() else 2
+        return "/".join(path.parts[-depth:])
+
+    names = [n or default(p) for n, p in parsed]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}#{seen[n]}"
+    return [(n, p) for n, (_, p) in zip(names, parsed)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------
+
+
+def _dataset_plans(dataset: Dataset, work: Path) -> dict:
+    """nnU-Net's own plans for the dataset (fingerprint + default planner), for ccfv bank models: the
+    workflow preprocesses every target with its own spacing and normalisation."""
+    from .nnunet_paths import nnunet_environment
+
+    cached = work / "dataset_plans.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    match = re.fullmatch(r"Dataset(\d{3})_.+", dataset.raw.name)
+    number, name = (int(match.group(1)), dataset.raw.name) if match else (999, f"Dataset999_{dataset.raw.name}")
+    raw_root = work / "plans-raw"
+    raw_root.mkdir(parents=True, exist_ok=True)
+    link = raw_root / name
+    if not link.exists():
+        link.symlink_to(dataset.raw.resolve(), target_is_directory=True)
+    with nnunet_environment(raw=raw_root, preprocessed=work / "plans", results=work / "plans-results", n_proc=1):
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+
+        extract_fingerprints([number], num_processes=1, check_dataset_integrity=True, verbose=False,
+                             show_progress_bar=False)
+        plan_experiments([number])
+    plans = json.loads((work / "plans" / name / "nnUNetPlans.json").read_text())
+    write_json(cached, plans)
+    return plans
+
+
+def _preprocessing_key(plans: dict, configuration: str) -> str:
+    """What of a plans file the preprocessed arrays depend on (not the network): models that agree on it
+    share one preprocessed copy of the dataset."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    conf = PlansManager(plans).get_configuration(configuration).configuration
+    relevant = {k: conf.get(k) for k in ("spacing", "normalization_schemes", "use_mask_for_norm", "preprocessor_name",
+                                         "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
+                                         "resampling_fn_seg_kwargs")}
+    relevant["transpose_forward"] = plans.get("transpose_forward")
+    relevant["intensity"] = plans.get("foreground_intensity_properties_per_channel")
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Preprocessor:
+    """Each case preprocessed once per distinct preprocessing (see ``_preprocessing_key``), kept as .npy in
+    the work folder while the ranking runs."""
+
+    def __init__(self, dataset: Dataset, work: Path):
+        self.dataset, self.work = dataset, work
+
+    def plans_for(self, model: Model) -> tuple[dict, str]:
+        if model.plans is not None:
+            return model.plans, model.configuration
+        return _dataset_plans(self.dataset, self.work), "3d_fullres"
+
+    def cases(self, model: Model, case_ids: Sequence[str]):
+        """Yield (case id, image [C, D, H, W] float32, seg [D, H, W] int16) in the model's preprocessing."""
+        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+        from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        plans, configuration = self.plans_for(model)
+        folder = self.work / "preprocessed" / _preprocessing_key(plans, configuration)
+        folder.mkdir(parents=True, exist_ok=True)
+        manager = PlansManager(plans)
+        conf = manager.get_configuration(configuration)
+        first = next(iter(self.dataset.cases.values()))["images"][0]
+        reader = determine_reader_writer_from_dataset_json(self.dataset.dataset_json, first, verbose=False)()
+        preprocessor = DefaultPreprocessor(verbose=False)
+        for case in case_ids:
+            image_file, seg_file = folder / f"{case}.npy", folder / f"{case}_seg.npy"
+            if not (image_file.is_file() and seg_file.is_file()):
+                files = self.dataset.cases[case]
+                try:
+                    data, properties = reader.read_images(files["images"])
+                    seg, _ = reader.read_seg(files["label"])
+                except Exception as err:  # the readers raise anything from RuntimeError to IndexError
+                    raise ValueError(f"{self.dataset.raw}: case {case!r}: cannot read {files} ({err})") from None
+                data, seg, _ = preprocessor.run_case_npy(data, seg, properties, manager, conf,
+                                                         self.dataset.dataset_json)
+                np.save(image_file, np.asarray(data, dtype=np.float32))
+                np.save(seg_file, np.asarray(seg[0], dtype=np.int16))
+            yield case, np.load(image_file), np.load(seg_file)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranking
+# ----------------------------------------------------------------------------------------------
+
+
+def default_layer_ratios(n_layers: int) -> list[float]:
+    """Half as many samples per stage as the next finer one, all of them at full resolution (the demo's
+    ``[0.25, 0.5, 1.0]`` for three stages): deep stages hold fewer distinct voxels."""
+    return [0.5 ** (n_layers - 1 - i) for i in range(n_layers)]
+
+
+def metric_definitions(names: Sequence[str] | None) -> dict[str, dict]:
+    """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``)."""
+    names = list(names or DEFAULT_RANK_METRICS)
+    if "all" in names:
+        names = [n for n in names if n != "all"] + [m for m in RANK_METRICS if m not in names]
+    unknown = [n for n in names if n not in RANK_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
+    return {n: {"method": n} for n in dict.fromkeys(names)}
+
+
+def read_dice(path: Path, targets: Sequence[str] | None = None) -> dict[str, float]:
+    """``--dice FILE``: known fine-tuned Dice per model, a CSV with a header naming a ``model`` column and a
+    ``dice`` (or ``dice_mean_over_seeds``) column. With a ``target`` column (the workflow's
+    ``results/tables/scores_and_dice.csv``) only the rows whose target is one of ``targets`` are read
+    (``targets=None``: every row is checked, for a file read before the dataset is known)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    reader = csv.DictReader(io.StringIO(path.read_text()))
+    columns = reader.fieldnames or []
+    dice_column = next((c for c in ("dice", "dice_mean_over_seeds") if c in columns), None)
+    if "model" not in columns or dice_column is None:
+        raise ValueError(f"{path}: the first line must name the columns 'model' and 'dice' (found {columns})")
+    out: dict[str, float] = {}
+    keys: set[tuple[str | None, str]] = set()
+    seen_targets = set()
+    for row in reader:
+        line = reader.line_num
+        if "target" in columns and targets is not None:
+            seen_targets.add(row["target"])
+            if row["target"] not in targets:
+                continue
+        model = (row["model"] or "").strip()
+        try:
+            value = float(row[dice_column])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {line}: {dice_column} {row[dice_column]!r} is not a number") from None
+        if not model or not math.isfinite(value):
+            raise ValueError(f"{path}: line {line}: needs a model name and a finite {dice_column}")
+        if (row.get("target"), model) in keys:
+            raise ValueError(f"{path}: line {line}: model {model!r} appears twice"
+                             + (" (add a 'target' column to tell datasets apart)" if "target" not in columns else ""))
+        keys.add((row.get("target"), model))
+        out[model] = value
+    if not out:
+        where = f" for the target {' or '.join(targets)} (targets in the file: {sorted(seen_targets)})" \
+            if seen_targets else ""
+        raise ValueError(f"{path}: no rows{where}")
+    return out
+
+
+def ranks(values: Sequence[float]) -> list[int]:
+    """1 for the highest score; equal scores share the better rank."""
+    from scipy.stats import rankdata
+
+    return [int(r) for r in rankdata(-np.asarray(values, dtype=float), method="min")]
+
+
+def correlations(rows: list[dict], metrics: Sequence[str]) -> dict[str, dict]:
+    """Weighted Kendall's tau and Pearson between each metric and the known Dice, and the top-1 regret (Dice
+    of the best model minus Dice of the one the metric ranks first), over the models with a Dice."""
+    from .results import statistic
+
+    known = [r for r in rows if r.get("dice") is not None]
+    out = {}
+    for metric in metrics:
+        scores = [r["scores"][metric] for r in known]
+        dice = [r["dice"] for r in known]
+        entry: dict[str, Any] = {"n": len(known)}
+        if len(known) >= 3:
+            entry["tau"] = statistic("tau", scores, dice)
+            entry["pearson"] = statistic("pearson", scores, dice)
+        else:
+            entry["tau"] = entry["pearson"] = None
+            entry["note"] = "needs the Dice of at least 3 ranked models"
+        if known:
+            entry["top1_regret"] = max(dice) - dice[int(np.argmax(scores))]
+        out[metric] = entry
+    return out
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+@dataclass
+class Ranking:
+    rows: list[dict]
+    failed: list[dict]
+    metrics: list[str]
+    correlations: dict | None
+    meta: dict
+
+    @property
+    def exit_status(self) -> int:
+        if not self.rows:
+            return 2
+        return 1 if self.failed else 0
+
+
+def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequence[str] | None = None,
+                device: str = "auto", dice_file: Path | None = None, max_cases: int | None = None,
+                sampling: dict | None = None, threads: int | None = None,
+                progress: bool = True, log: Callable[[str], None] | None = None) -> Ranking:
+    """Rank every model of ``specs`` on the labelled cases of ``data`` and write the outputs into ``out``.
+
+    Errors in the arguments, the dataset or ``--dice`` raise before any model is loaded; an error of one
+    model is recorded in ``Ranking.failed`` and the others are ranked.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .networks import decoder_layers
+    from .sampling import sample_dataset
+    from .scoring import compute_scores
+    from .training import pick_device
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    definitions = metric_definitions(metrics)
+    metric_names = list(definitions)
+    if not specs:
+        raise ValueError("no --model given")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (use --device cpu or auto)")
+    torch_device = pick_device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+    if dice_file is not None:
+        read_dice(dice_file)  # a malformed file is an error before any work
+    named = model_names(specs)
+
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Preprocessed arrays can be large: they go beside the outputs (not /tmp) and are removed at the end.
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".work-"))
+    try:
+        dataset = open_dataset(Path(data), work)
+        dice = None
+        if dice_file is not None:
+            dice = read_dice(dice_file, targets=[dataset.source.name, dataset.name])
+            unknown = sorted(set(dice) - {n for n, _ in named})
+            if len(unknown) == len(dice):
+                raise ValueError(f"{dice_file}: none of its models {sorted(dice)} is among the ranked models "
+                                 f"{[n for n, _ in named]}")
+        case_ids = list(dataset.cases)
+        if max_cases is not None and max_cases < len(case_ids):
+            chosen = np.random.default_rng(sampling["seed"]).choice(len(case_ids), size=max_cases, replace=False)
+            case_ids = [case_ids[i] for i in sorted(chosen)]
+        log(f"ccfv rank: {len(named)} model(s) on {len(case_ids)} labelled case(s) of {dataset.source} "
+            f"(classes {dataset.class_ids}), device {torch_device}")
+        preprocessor = Preprocessor(dataset, work)
+        features_dir = out / "features"
+        features_dir.mkdir(exist_ok=True)
+        rows, failed = [], []
+        for name, path in tqdm(named, desc="models", unit="model", disable=not progress):
+            try:
+                model = load_model(name, path)
+                if model.details.get("num_input_channels") != dataset.num_channels:
+                    raise ModelError(
+                        f"{path}: expects {model.details.get('num_input_channels')} input channel(s) "
+                        f"{model.details.get('channel_names') or ''}, the dataset has {dataset.num_channels} "
+                        f"{dataset.dataset_json['channel_names']}")
+                model.network.to(torch_device)
+                layers = decoder_layers(model.network)
+                features = features_dir / f"{_safe_name(name)}.h5"
+                sample_dataset(
+                    model.network, layers, preprocessor.cases(model, case_ids), features,
+                    class_ids=dataset.class_ids, budgets={k: sampling[k] for k in ("total", "minimum", "n_global",
+                                                                                   "n_background")},
+                    patch_size=model.patch_size, model_id=name, architecture=model.architecture,
+                    target=dataset.name, seed=sampling["seed"], step_size=sampling["step_size"],
+                    batch_size=sampling["batch_size"], layer_ratios=default_layer_ratios(len(layers)),
+                    device=torch_device, num_cases=len(case_ids), progress=progress,
+                )
+                scores = compute_scores(features, definitions)
+            except (ModelError, ValueError, FileNotFoundError, RuntimeError) as err:
+                message = str(err)
+                if not message.startswith(str(path)):
+                    message = f"{path}: {message}"
+                failed.append({"model": name, "path": str(path), "error": message})
+                log(f"ccfv rank: model {name!r} not ranked: {message}")
+                continue
+            rows.append({"model": name, "path": str(path), "kind": model.kind, "architecture": model.architecture,
+                         "checkpoint": str(model.checkpoint), "sha256": model.sha256,
+                         "features": str(features.relative_to(out)), "scores": scores,
+                         "dice": None if dice is None else dice.get(name), **{k: v for k, v in model.details.items()
+                                                                              if k == "source_dataset"}})
+            del model
+            if torch_device.type == "cuda":
+                torch.cuda.empty_cache()
+    except BaseException:
+        if created:  # a bad dataset (or Ctrl-C) leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    for metric in metric_names:
+        for row, r in zip(rows, ranks([row["scores"][metric] for row in rows]) if rows else []):
+            row.setdefault("ranks", {})[metric] = r
+    rows.sort(key=lambda row: (row["ranks"][metric_names[0]], row["model"]))
+    ranking = Ranking(
+        rows=rows, failed=failed, metrics=metric_names,
+        correlations=correlations(rows, metric_names) if dice is not None and rows else None,
+        meta={"data": str(dataset.source), "dataset": dataset.name, "cases": case_ids, "classes": dataset.class_ids,
+              "device": str(torch_device), "sampling": sampling, "metrics": definitions,
+              "ranked_by": metric_names[0], "ccfv_version": __version__,
+              "dice_file": None if dice_file is None else str(dice_file)},
+    )
+    write_outputs(ranking, out)
+    return ranking
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def ranking_csv(ranking: Ranking) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["rank", "model", "kind", "architecture"]
+    for metric in ranking.metrics:
+        header += [metric, f"{metric}_rank"]
+    header += ["dice", "path", "checkpoint_sha256"]
+    writer.writerow(header)
+    for row in ranking.rows:
+        line = [row["ranks"][ranking.metrics[0]], row["model"], row["kind"], row["architecture"]]
+        for metric in ranking.metrics:
+            line += [repr(row["scores"][metric]), row["ranks"][metric]]
+        line += ["" if row["dice"] is None else repr(row["dice"]), row["path"], row["sha256"]]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def ranking_json(ranking: Ranking) -> dict:
+    return {**ranking.meta, "models": ranking.rows, "failed": ranking.failed,
+            "correlations": ranking.correlations}
+
+
+def plot_ranking(ranking: Ranking, path: Path) -> Path:
+    """One panel per metric: standardised score per model (bars, best on top), or against the known Dice
+    (scatter) when ``--dice`` gave it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import standardise
+
+    rows = ranking.rows
+    n = len(ranking.metrics)
+    with_dice = ranking.correlations is not None and sum(r["dice"] is not None for r in rows) >= 2
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, max(3.4, 0.45 * len(rows) + 2.2) if not with_dice else 3.4),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], ranking.metrics):
+        z = standardise([r["scores"][metric] for r in rows])
+        if with_dice:
+            known = [(zi, r["dice"], r["model"]) for zi, r in zip(z, rows) if r["dice"] is not None]
+            ax.scatter([k[0] for k in known], [k[1] for k in known], color="tab:blue")
+            for x, y, label in known:
+                ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            c = ranking.correlations[metric]
+            tau = "n/a" if c["tau"] is None else f"{c['tau']:.2f}"
+            ax.set_title(f"{metric} (τw {tau})", fontsize=9)
+            ax.set_xlabel("standardised score")
+            ax.set_ylabel("known Dice")
+        else:
+            order = np.argsort(z)
+            ax.barh([rows[i]["model"] for i in order], z[order], color="tab:blue")
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("standardised score")
+            ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"ccfv rank on {ranking.meta['dataset']} ({len(ranking.meta['cases'])} cases)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    scratch = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(scratch, dpi=150)
+    plt.close(fig)
+    scratch.replace(path)
+    return path
+
+
+def write_outputs(ranking: Ranking, out: Path) -> None:
+    out = Path(out)
+    write_text(out / "ranking.csv", ranking_csv(ranking))
+    write_json(out / "ranking.json", ranking_json(ranking))
+    if ranking.rows:
+        plot_ranking(ranking, out / "ranking.png")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
+    """The ranked table (rich), the models that could not be ranked, and the correlations with ``--dice``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"Models ranked on {ranking.meta['dataset']} by {ranking.metrics[0]} (higher is better)")
+    table.add_column("#", justify="right")
+    table.add_column("model")
+    table.add_column("architecture")
+    for metric in ranking.metrics:
+        table.add_column(metric, justify="right")
+    has_dice = any(r["dice"] is not None for r in ranking.rows)
+    if has_dice:
+        table.add_column("known Dice", justify="right")
+    for row in ranking.rows:
+        cells = [str(row["ranks"][ranking.metrics[0]]), row["model"], row["architecture"]]
+        cells += [f"{row['scores'][m]:.4g} ({row['ranks'][m]})" for m in ranking.metrics]
+        if has_dice:
+            cells.append("" if row["dice"] is None else f"{row['dice']:.4f}")
+        table.add_row(*cells)
+    console.print(table)
+    if ranking.correlations:
+        corr = Table(title="Agreement with the known Dice")
+        for column in ("metric", "weighted tau", "Pearson", "top-1 regret", "models"):
+            corr.add_column(column, justify="right" if column != "metric" else "left")
+        for metric, c in ranking.correlations.items():
+            corr.add_row(metric, _fmt(c["tau"]), _fmt(c["pearson"]), _fmt(c.get("top1_regret")), str(c["n"]))
+        console.print(corr)
+    for failure in ranking.failed:
+        console.print(f"[red]not ranked[/red] {failure['model']}: {failure['error']}", highlight=False)
+    console.print(f"written: {out / 'ranking.csv'}, {out / 'ranking.json'}"
+                  + (f", {out / 'ranking.png'}" if ranking.rows else "") + f", features in {out / 'features'}/")
+
+
+__all__ = ["RANK_METRICS", "DEFAULT_RANK_METRICS", "ModelError", "rank_models", "print_ranking", "read_dice",
+           "open_dataset", "load_model", "model_names", "default_layer_ratios", "metric_definitions", "Ranking"]

@@ -1,0 +1,226 @@
+"""``ccfv rank`` on real nnU-Net v2 model folders: two tiny models trained by nnU-Net's own trainer on two
+synthetic tasks, ranked on a third; unsafe and unusable models refused while the others are ranked."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_NETWORK
+from scipy import stats
+
+from ccfv.cli import main
+from ccfv.rank import default_layer_ratios, metric_definitions, model_names, read_dice
+
+SOURCES = ("Task91_SynthLiver", "Task92_SynthLung")
+TARGET = "Task93_SynthPancreas"
+
+
+def _train_nnunet_model(root: Path, task: str, seed: int) -> Path:
+    """A real nnU-Net v2 trained model folder (nnUNetTrainer, a few iterations on the CPU)."""
+    from ccfv.data.synthetic import write_task
+    from ccfv.nnunet_paths import nnunet_environment
+    from ccfv.preprocessing import convert_msd_task, plan_and_preprocess
+
+    task_dir = write_task(task, root / "msd", n_cases=5, seed=seed, shape=(32, 32, 16))
+    raw = convert_msd_task(task_dir, root / "raw")
+    preprocessed = plan_and_preprocess(raw, root / "preprocessed", TINY_NETWORK)
+    plans = json.loads((preprocessed / "ccfvPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    plans["continue_training"] = False  # what nnUNetv2_train passes; the trainer pops it
+    with nnunet_environment(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results",
+                            n_proc=1, n_proc_da=0):
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        torch.manual_seed(seed)
+        trainer = nnUNetTrainer(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dataset_json,
+                                device=torch.device("cpu"))
+        trainer.num_epochs = 1
+        trainer.num_iterations_per_epoch = 4
+        trainer.num_val_iterations_per_epoch = 1
+        trainer.run_training()
+    return Path(trainer.output_folder_base)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    """Two nnU-Net model folders, a ccfv bank model, and the target task in MSD layout."""
+    from ccfv.data.synthetic import write_task
+    from ccfv.training import random_model
+
+    root = tmp_path_factory.mktemp("rank")
+    models = {task: _train_nnunet_model(root / task, task, seed) for seed, task in enumerate(SOURCES)}
+    target = write_task(TARGET, root / "target", n_cases=4, seed=7, shape=(32, 32, 16))
+    # a ccfv bank model (a randomly initialised member) on the first source's shared plans
+    preprocessed = root / SOURCES[0] / "preprocessed" / "Dataset091_SynthLiver"
+    ccfv_model = random_model(preprocessed, "unet-random", root / "bank" / "unet-random", seed=0)
+    return {"root": root, "models": models, "target": target, "ccfv": ccfv_model}
+
+
+def _rank_in_subprocess(args: list[str]) -> subprocess.CompletedProcess:
+    """``ccfv rank`` in a fresh interpreter where Snakemake cannot be imported (a plain package install)."""
+    code = ("import sys; sys.modules['snakemake'] = None; from ccfv.cli import main; "
+            f"sys.exit(main({args!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+
+def test_nnunet_model_folders_are_real(bank):
+    for folder in bank["models"].values():
+        assert (folder / "plans.json").is_file() and (folder / "dataset.json").is_file()
+        assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+
+
+def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path):
+    out = tmp_path / "ranking"
+    liver, lung = (bank["models"][t] for t in SOURCES)
+    dice = tmp_path / "dice.csv"
+    dice.write_text("model,dice\nliver,0.71\nlung,0.55\nrandom,0.40\n")
+    result = _rank_in_subprocess(["rank", "--data", str(bank["target"]), "--model", f"liver={liver}",
+                                  "--model", f"lung={lung}",
+                                  "--model", f"random={bank['ccfv']}", "--metric", "ccfv", "--metric", "logme",
+                                  "--metric", "leep", "--out", str(out), "--dice", str(dice), "--device", "cpu",
+                                  "--threads", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Models ranked on Dataset093_SynthPancreas by ccfv" in result.stdout
+    assert "Agreement with the known Dice" in result.stdout
+
+    rows = list(csv.DictReader((out / "ranking.csv").open()))
+    assert sorted(r["model"] for r in rows) == ["liver", "lung", "random"]
+    assert {r["kind"] for r in rows} == {"nnunet", "ccfv"}
+    ccfv_scores = [float(r["ccfv"]) for r in rows]
+    assert ccfv_scores == sorted(ccfv_scores, reverse=True)  # ordered by the first metric
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3]
+
+    report = json.loads((out / "ranking.json").read_text())
+    assert report["ranked_by"] == "ccfv" and report["failed"] == []
+    assert len(report["cases"]) == 4 and report["classes"] == [1, 2]
+    for model in report["models"]:
+        assert set(model["scores"]) == {"ccfv", "logme", "leep"}
+        assert all(np.isfinite(v) for v in model["scores"].values())
+        assert (out / model["features"]).is_file()
+    # the correlations, recomputed from the written CSV
+    known = {"liver": 0.71, "lung": 0.55, "random": 0.40}
+    for metric in ("ccfv", "logme", "leep"):
+        scores = [float(r[metric]) for r in rows]
+        truth = [known[r["model"]] for r in rows]
+        expected = stats.weightedtau(scores, truth).statistic
+        assert report["correlations"][metric]["tau"] == pytest.approx(expected)
+        assert report["correlations"][metric]["pearson"] == pytest.approx(stats.pearsonr(scores, truth)[0])
+    assert (out / "ranking.png").stat().st_size > 1000
+    assert not list(out.glob(".work-*"))  # the preprocessed copies are gone
+
+
+def test_pickle_payload_checkpoint_is_refused_and_nothing_runs(bank, tmp_path):
+    """A model folder whose checkpoint would run code when unpickled: refused by name, the marker file
+    the payload would create never appears, and the other model is still ranked (exit status 1)."""
+    evil = tmp_path / "evil"
+    shutil.copytree(bank["models"][SOURCES[0]], evil)
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return os.mkdir, (str(marker),)
+
+    checkpoint = evil / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["logging"] = Payload()
+    torch.save(state, checkpoint)
+
+    out = tmp_path / "out"
+    status = main(["rank", "--data", str(bank["target"]), "--model", f"evil={evil}",
+                   "--model", f"lung={bank['models'][SOURCES[1]]}", "--metric", "logme", "--out", str(out),
+                   "--device", "cpu"])
+    assert status == 1
+    assert not marker.exists()
+    report = json.loads((out / "ranking.json").read_text())
+    assert [m["model"] for m in report["models"]] == ["lung"]
+    [failure] = report["failed"]
+    assert failure["model"] == "evil"
+    assert str(checkpoint) in failure["error"] and "refused" in failure["error"]
+    assert "mkdir" in failure["error"]
+
+
+def test_unusable_models_are_named_and_the_rest_ranked(bank, tmp_path, capsys):
+    """A plans file naming code to import, a folder without checkpoints, a bank model with another number of
+    input channels: each named with its reason; the good model is ranked."""
+    from ccfv import networks
+    from ccfv.training import save_bank_model
+
+    good = bank["models"][SOURCES[0]]
+    importer = tmp_path / "importer"
+    shutil.copytree(good, importer)
+    plans = json.loads((importer / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "os.system"
+    (importer / "plans.json").write_text(json.dumps(plans))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "plans.json").write_text((good / "plans.json").read_text())
+    (empty / "dataset.json").write_text((good / "dataset.json").read_text())
+    card = json.loads((bank["ccfv"] / "model.json").read_text())
+    two = networks.build("unet", card["architecture"], 2, card["num_classes"])
+    two_channels = save_bank_model(two, {**card, "model_id": "two", "num_input_channels": 2}, tmp_path / "two")
+
+    out = tmp_path / "out"
+    models = {"good": good, "importer": importer, "empty": empty, "two": two_channels, "gone": tmp_path / "nope"}
+    model_args = [a for n, p in models.items() for a in ("--model", f"{n}={p}")]
+    status = main(["rank", "--data", str(bank["target"]), *model_args,
+                   "--metric", "logme", "--out", str(out), "--device", "cpu"])
+    assert status == 1
+    report = json.loads((out / "ranking.json").read_text())
+    assert [m["model"] for m in report["models"]] == ["good"]
+    errors = {f["model"]: f["error"] for f in report["failed"]}
+    assert "network class 'os.system' is not one ccfv builds" in errors["importer"]
+    assert str(importer / "plans.json") in errors["importer"]
+    assert "no checkpoint_final.pth or checkpoint_best.pth" in errors["empty"]
+    assert "expects 2 input channel(s)" in errors["two"] and "the dataset has 1" in errors["two"]
+    assert "no such file or folder" in errors["gone"]
+    printed = capsys.readouterr().out
+    assert "not ranked" in printed and "importer" in printed
+
+
+def test_a_broken_dataset_is_an_error_and_leaves_no_output(bank, tmp_path, capsys):
+    broken = tmp_path / "Task95_Broken"
+    shutil.copytree(bank["target"], broken)
+    (broken / "dataset.json").write_text('{"name": "x", "training": [')
+    out = tmp_path / "out"
+    status = main(["rank", "--data", str(broken), "--model", str(bank["models"][SOURCES[0]]), "--out", str(out)])
+    assert status == 2
+    assert f"{broken / 'dataset.json'}: not valid JSON" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_dice_file_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "dice.csv"
+    bad.write_text("model,dice\na,0.5\nb,high\n")
+    with pytest.raises(ValueError, match=r"dice.csv: line 3: dice 'high' is not a number"):
+        read_dice(bad)
+    bad.write_text("name,score\na,0.5\n")
+    with pytest.raises(ValueError, match="must name the columns 'model' and 'dice'"):
+        read_dice(bad)
+    bad.write_text("model,dice\na,0.5\na,0.6\n")
+    with pytest.raises(ValueError, match="line 3: model 'a' appears twice"):
+        read_dice(bad)
+
+
+def test_model_names_metrics_and_layer_ratios(tmp_path):
+    a = tmp_path / "Dataset001_A" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    b = tmp_path / "Dataset002_B" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    names = [n for n, _ in model_names([str(a), str(b), f"mine={a}"])]
+    assert names == ["Dataset001_A/nnUNetTrainer__nnUNetPlans__3d_fullres",
+                     "Dataset002_B/nnUNetTrainer__nnUNetPlans__3d_fullres", "mine"]
+    assert list(metric_definitions(None)) == ["ccfv", "logme", "leep", "gbc", "transrate"]
+    assert list(metric_definitions(["logme", "all"]))[:2] == ["logme", "ccfv"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        metric_definitions(["dice"])
+    assert default_layer_ratios(3) == [0.25, 0.5, 1.0]
+    assert default_layer_ratios(4) == [0.125, 0.25, 0.5, 1.0]
