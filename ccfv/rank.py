@@ -20,6 +20,7 @@ atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -342,12 +343,18 @@ def _dataset_plans(dataset: Dataset, work: Path) -> dict:
     link = raw_root / name
     if not link.exists():
         link.symlink_to(dataset.raw.resolve(), target_is_directory=True)
-    with nnunet_environment(raw=raw_root, preprocessed=work / "plans", results=work / "plans-results", n_proc=1):
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+    chatter = io.StringIO()  # nnU-Net prints every plan it considers; shown only if planning fails
+    try:
+        with nnunet_environment(raw=raw_root, preprocessed=work / "plans", results=work / "plans-results", n_proc=1), \
+                contextlib.redirect_stdout(chatter):
+            from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
 
-        extract_fingerprints([number], num_processes=1, check_dataset_integrity=True, verbose=False,
-                             show_progress_bar=False)
-        plan_experiments([number])
+            extract_fingerprints([number], num_processes=1, check_dataset_integrity=True, verbose=False,
+                                 show_progress_bar=False)
+            plan_experiments([number])
+    except BaseException:
+        sys.stderr.write(chatter.getvalue())
+        raise
     plans = json.loads((work / "plans" / name / "nnUNetPlans.json").read_text())
     write_json(cached, plans)
     return plans
@@ -725,10 +732,13 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: do not cut the table at 80 columns
+            console = Console(width=200)
     table = Table(title=f"Models ranked on {ranking.meta['dataset']} by {ranking.metrics[0]} (higher is better)")
     table.add_column("#", justify="right")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     table.add_column("architecture")
     for metric in ranking.metrics:
         table.add_column(metric, justify="right")
@@ -737,7 +747,7 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
         table.add_column("known Dice", justify="right")
     for row in ranking.rows:
         cells = [str(row["ranks"][ranking.metrics[0]]), row["model"], row["architecture"]]
-        cells += [f"{row['scores'][m]:.4g} ({row['ranks'][m]})" for m in ranking.metrics]
+        cells += [f"{row['scores'][m]:.4g} ({row['ranks'][m]})" for m in ranking.metrics]  # score (its rank)
         if has_dice:
             cells.append("" if row["dice"] is None else f"{row['dice']:.4f}")
         table.add_row(*cells)
