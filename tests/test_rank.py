@@ -18,24 +18,19 @@ from scipy import stats
 from ccfv.cli import main
 from ccfv.rank import default_layer_ratios, metric_definitions, model_names, read_dice
 
-SOURCES = ("Task91_SynthLiver", "Task92_SynthLung")
+#: The two source tasks: Liver is prepared here, Spleen is conftest's session dataset (already preprocessed).
+SOURCES = ("Task91_SynthLiver", "Task94_SynthSpleen")
 TARGET = "Task93_SynthPancreas"
 
 
-def _train_nnunet_model(root: Path, task: str, seed: int) -> Path:
+def _train_nnunet_model(preprocessed: Path, results: Path, seed: int) -> Path:
     """A real nnU-Net v2 trained model folder (nnUNetTrainer, a few iterations on the CPU)."""
-    from ccfv.data.synthetic import write_task
     from ccfv.nnunet_paths import nnunet_environment
-    from ccfv.preprocessing import convert_msd_task, plan_and_preprocess
 
-    task_dir = write_task(task, root / "msd", n_cases=5, seed=seed, shape=(32, 32, 16))
-    raw = convert_msd_task(task_dir, root / "raw")
-    preprocessed = plan_and_preprocess(raw, root / "preprocessed", TINY_NETWORK)
     plans = json.loads((preprocessed / "ccfvPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     plans["continue_training"] = False  # what nnUNetv2_train passes; the trainer pops it
-    with nnunet_environment(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results",
-                            n_proc=1, n_proc_da=0):
+    with nnunet_environment(preprocessed=preprocessed.parent, results=results, n_proc=1, n_proc_da=0):
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
         torch.manual_seed(seed)
@@ -49,17 +44,25 @@ def _train_nnunet_model(root: Path, task: str, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bank(tmp_path_factory):
+def bank(tmp_path_factory, tiny_dataset):
     """Two nnU-Net model folders, a ccfv bank model, and the target task in MSD layout."""
     from ccfv.data.synthetic import write_task
+    from ccfv.preprocessing import convert_msd_task, plan_and_preprocess
     from ccfv.training import random_model
 
     root = tmp_path_factory.mktemp("rank")
-    models = {task: _train_nnunet_model(root / task, task, seed) for seed, task in enumerate(SOURCES)}
+    liver = write_task(SOURCES[0], root / "msd", n_cases=5, seed=0, shape=(32, 32, 16))
+    liver = plan_and_preprocess(convert_msd_task(liver, root / "raw"), root / "preprocessed", TINY_NETWORK)
+    # nnU-Net's trainer writes its 5-fold splits_final.json into the preprocessed folder: train on a copy of
+    # the shared session dataset, not on it.
+    spleen = root / "preprocessed" / tiny_dataset.preprocessed.name
+    shutil.copytree(tiny_dataset.preprocessed, spleen)
+    (spleen / "splits_final.json").unlink(missing_ok=True)
+    models = {task: _train_nnunet_model(folder, root / "results", seed)
+              for seed, (task, folder) in enumerate(zip(SOURCES, (liver, spleen)))}
     target = write_task(TARGET, root / "target", n_cases=4, seed=7, shape=(32, 32, 16))
     # a ccfv bank model (a randomly initialised member) on the first source's shared plans
-    preprocessed = root / SOURCES[0] / "preprocessed" / "Dataset091_SynthLiver"
-    ccfv_model = random_model(preprocessed, "unet-random", root / "bank" / "unet-random", seed=0)
+    ccfv_model = random_model(liver, "unet-random", root / "bank" / "unet-random", seed=0)
     return {"root": root, "models": models, "target": target, "ccfv": ccfv_model}
 
 
@@ -78,11 +81,11 @@ def test_nnunet_model_folders_are_real(bank):
 
 def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path):
     out = tmp_path / "ranking"
-    liver, lung = (bank["models"][t] for t in SOURCES)
+    liver, spleen = (bank["models"][t] for t in SOURCES)
     dice = tmp_path / "dice.csv"
-    dice.write_text("model,dice\nliver,0.71\nlung,0.55\nrandom,0.40\n")
+    dice.write_text("model,dice\nliver,0.71\nspleen,0.55\nrandom,0.40\n")
     result = _rank_in_subprocess(["rank", "--data", str(bank["target"]), "--model", f"liver={liver}",
-                                  "--model", f"lung={lung}",
+                                  "--model", f"spleen={spleen}",
                                   "--model", f"random={bank['ccfv']}", "--metric", "ccfv", "--metric", "logme",
                                   "--metric", "leep", "--out", str(out), "--dice", str(dice), "--device", "cpu",
                                   "--threads", "1"])
@@ -91,7 +94,7 @@ def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path)
     assert "Agreement with the known Dice" in result.stdout
 
     rows = list(csv.DictReader((out / "ranking.csv").open()))
-    assert sorted(r["model"] for r in rows) == ["liver", "lung", "random"]
+    assert sorted(r["model"] for r in rows) == ["liver", "random", "spleen"]
     assert {r["kind"] for r in rows} == {"nnunet", "ccfv"}
     ccfv_scores = [float(r["ccfv"]) for r in rows]
     assert ccfv_scores == sorted(ccfv_scores, reverse=True)  # ordered by the first metric
@@ -105,7 +108,7 @@ def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path)
         assert all(np.isfinite(v) for v in model["scores"].values())
         assert (out / model["features"]).is_file()
     # the correlations, recomputed from the written CSV
-    known = {"liver": 0.71, "lung": 0.55, "random": 0.40}
+    known = {"liver": 0.71, "spleen": 0.55, "random": 0.40}
     for metric in ("ccfv", "logme", "leep"):
         scores = [float(r[metric]) for r in rows]
         truth = [known[r["model"]] for r in rows]
@@ -136,12 +139,12 @@ def test_pickle_payload_checkpoint_is_refused_and_nothing_runs(bank, tmp_path):
 
     out = tmp_path / "out"
     status = main(["rank", "--data", str(bank["target"]), "--model", f"evil={evil}",
-                   "--model", f"lung={bank['models'][SOURCES[1]]}", "--metric", "logme", "--out", str(out),
+                   "--model", f"spleen={bank['models'][SOURCES[1]]}", "--metric", "logme", "--out", str(out),
                    "--device", "cpu"])
     assert status == 1
     assert not marker.exists()
     report = json.loads((out / "ranking.json").read_text())
-    assert [m["model"] for m in report["models"]] == ["lung"]
+    assert [m["model"] for m in report["models"]] == ["spleen"]
     [failure] = report["failed"]
     assert failure["model"] == "evil"
     assert str(checkpoint) in failure["error"] and "refused" in failure["error"]
