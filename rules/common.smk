@@ -18,6 +18,13 @@ DATA_ENV = "../envs/data.yaml"
 NNUNET_ENV = "../envs/nnunet.yaml"
 SCORES_ENV = "../envs/scores.yaml"
 FT_SEEDS = list(config["finetune"]["seeds"])
+# A rank correlation over fewer than three models says nothing.
+_bank_size = len(ARCHITECTURES) * len(TASKS)  # per architecture: the other tasks and a random member
+if _bank_size < 3:
+    raise ValueError(
+        f"config: each target's bank would hold {_bank_size} models ({len(TASKS) - 1} other task(s) + a random "
+        f"member, for each of {ARCHITECTURES}); correlations need at least 3: add a task or an architecture"
+    )
 
 # Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.
 DECODER_STAGES = {"unet": len(config["network"]["features_per_stage"]) - 1, "unetr": 4}
