@@ -38,6 +38,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_json, write_text
+from .checksums import sha256_file
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
 RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
@@ -180,12 +181,6 @@ def parse_model_spec(spec: str) -> tuple[str | None, Path]:
     return None, Path(spec)
 
 
-def _sha256(path: Path) -> str:
-    from .checksums import sha256_file
-
-    return sha256_file(path)
-
-
 def _find_nnunet_checkpoint(path: Path) -> tuple[Path, Path]:
     """(model folder, checkpoint) of a model folder, a ``fold_N`` folder or a checkpoint file."""
     if path.is_file():
@@ -262,7 +257,7 @@ def load_nnunet_model(name: str, path: Path) -> Model:
     return Model(
         name=name, path=path, kind="nnunet", architecture=architecture["network_class_name"].rsplit(".", 1)[-1],
         network=network, patch_size=[int(p) for p in conf.patch_size], checkpoint=checkpoint_path,
-        sha256=_sha256(checkpoint_path), plans=plans, configuration=configuration,
+        sha256=sha256_file(checkpoint_path), plans=plans, configuration=configuration,
         details={"source_dataset": model_json.get("name", plans.get("dataset_name")),
                  "trainer": checkpoint.get("trainer_name"), "epoch": checkpoint.get("current_epoch"),
                  "num_input_channels": in_channels, "channel_names": model_json.get("channel_names")},
@@ -279,7 +274,7 @@ def load_ccfv_model(name: str, path: Path) -> Model:
         raise ModelError(str(err)) from None
     return Model(name=name, path=path, kind="ccfv", architecture=card.get("network", "unet"), network=network,
                  patch_size=[int(p) for p in card["patch_size"]], checkpoint=path / WEIGHTS,
-                 sha256=_sha256(path / WEIGHTS),
+                 sha256=sha256_file(path / WEIGHTS),
                  details={"source_dataset": card.get("source_task"), "num_input_channels": card["num_input_channels"],
                           "model_id": card["model_id"]})
 
@@ -489,7 +484,7 @@ def ranks(values: Sequence[float]) -> list[int]:
 def correlations(rows: list[dict], metrics: Sequence[str]) -> dict[str, dict]:
     """Weighted Kendall's tau and Pearson between each metric and the known Dice, and the top-1 regret (Dice
     of the best model minus Dice of the one the metric ranks first), over the models with a Dice."""
-    from .results import statistic
+    from .results import statistic, top1_regret
 
     known = [r for r in rows if r.get("dice") is not None]
     out = {}
@@ -504,7 +499,7 @@ def correlations(rows: list[dict], metrics: Sequence[str]) -> dict[str, dict]:
             entry["tau"] = entry["pearson"] = None
             entry["note"] = "needs the Dice of at least 3 ranked models"
         if known:
-            entry["top1_regret"] = max(dice) - dice[int(np.argmax(scores))]
+            entry["top1_regret"] = top1_regret(scores, dice)["regret"]
         out[metric] = entry
     return out
 
@@ -617,8 +612,8 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
             rows.append({"model": name, "path": str(path), "kind": model.kind, "architecture": model.architecture,
                          "checkpoint": str(model.checkpoint), "sha256": model.sha256,
                          "features": str(features.relative_to(out)), "scores": scores,
-                         "dice": None if dice is None else dice.get(name), **{k: v for k, v in model.details.items()
-                                                                              if k == "source_dataset"}})
+                         "dice": None if dice is None else dice.get(name),
+                         "source_dataset": model.details.get("source_dataset")})
             del model
             if torch_device.type == "cuda":
                 torch.cuda.empty_cache()
