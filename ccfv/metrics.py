@@ -835,6 +835,14 @@ PROB_SUM_ATOL = 1e-4
 #: Per-dimension variance floor of ``gbc`` (google-research/stable_transfer ``gbc.py``).
 GBC_VARIANCE_FLOOR = 1e-4
 
+#: Principal components ``gbc`` keeps by default: the authors' experiment configurations
+#: (google-research/stable_transfer ``config_transferability_source_selection*.py``,
+#: ``gbc.pca_reduction = 64``).
+GBC_PCA_COMPONENTS = 64
+
+#: ``torch.nn.functional.normalize``'s default eps: a row norm below it is raised to it.
+_TORCH_NORMALIZE_EPS = 1e-12
+
 
 def _as_labels(labels: Any, n: int, name: str = "labels") -> tuple[np.ndarray, np.ndarray]:
     """Validate a label vector of length n; return (sorted unique values, index of each row)."""
@@ -933,7 +941,24 @@ def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(joint[nz] * np.log((joint / marginal)[nz])))
 
 
-def gbc(features: np.ndarray, labels: np.ndarray, gaussian: str = "spherical") -> float:
+def _pca_reduce(f: np.ndarray, n_components: int) -> np.ndarray:
+    """Project [n, d] onto its top ``n_components`` principal axes (centred, exact SVD), as
+    ``sklearn.decomposition.PCA(n_components, svd_solver="full").fit_transform`` does up to the sign of
+    each component; nothing to reduce (returned as given) when d <= n_components."""
+    n, d = f.shape
+    if d <= n_components:
+        return f
+    centred = f - f.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[: min(n_components, vt.shape[0])].T
+
+
+def gbc(
+    features: np.ndarray,
+    labels: np.ndarray,
+    gaussian: str = "spherical",
+    pca_components: int | None = GBC_PCA_COMPONENTS,
+) -> float:
     """GBC, Gaussian Bhattacharyya Coefficient (Pándy et al., "Transferability Estimation using
     Bhattacharyya Class Separability", CVPR 2022), computed as
     the authors' released code does (google-research ``stable_transfer/transferability/gbc.py``).
@@ -947,35 +972,56 @@ def gbc(features: np.ndarray, labels: np.ndarray, gaussian: str = "spherical") -
         GBC = - sum_{c1} sum_{c2 != c1} exp(-D_B(c1, c2))    (ordered pairs: each pair twice).
 
     ``gaussian="diagonal"``: v is the floored variance vector and the log sums run over the d
-    dimensions. ``gaussian="spherical"`` (the authors' default): v is the *mean* of the floored
+    dimensions. ``gaussian="spherical"`` (the default of the authors' source-selection configuration
+    for classification; their segmentation configuration uses "diagonal", see docs/metrics.md): v is the
+    *mean* of the floored
     variance vector, a scalar, and -- exactly as in the released code -- the log sums run over
     that single scalar, i.e. the log-determinant term is counted once, not d times as the exact
     Bhattacharyya distance between isotropic Gaussians would have it (the Mahalanobis term does
     sum over all d dimensions). We reproduce this; see ``docs/metrics.md``.
 
+    **PCA first** (``pca_components=64``, default): the authors' pipeline reduces the features to
+    64 dimensions with PCA before GBC (``pca_reduction = 64`` in ``config_transferability_source_
+    selection*.py``, applied by ``TransferExperiment.model_output_on_target_train_dataset`` through
+    ``features_targets_utils.pca_reduction``: ``sklearn.decomposition.PCA(64, svd_solver="full")``).
+    We project onto the top ``pca_components`` principal axes of the centred features (exact SVD);
+    with d <= ``pca_components`` there is nothing to reduce and the features are used as given (the
+    released code would raise there); with n < ``pca_components`` < d at most n axes are kept.
+    ``pca_components=None`` uses the features as given.
+
     Conventions: natural log; GBC <= 0, higher (closer to 0) = classes more separable = more
-    transferable; float64 (the released code runs in TensorFlow float32). The authors'
-    experiments first reduce the features to 64 dimensions with PCA; do that before calling if
-    wanted. Invariant to the order
-    of samples and to a permutation of the feature channels. Not scale-invariant (the floor).
+    transferable; float64 (the released code casts the PCA output to float32 and runs in
+    TensorFlow float32). Invariant to the order of samples and to a permutation of the feature
+    channels. Not scale-invariant (the floor).
 
     Args:
         features: [n, d] target features from the source model.
         labels: [n] integer target labels; at least 2 distinct classes.
         gaussian: ``"spherical"`` (default) or ``"diagonal"``.
+        pca_components: reduce to this many principal components first (default 64, as the
+            authors' pipeline); None: no reduction.
 
     Returns:
         GBC as a Python float.
 
     Raises:
-        ValueError: fewer than 2 classes, bad shapes, non-finite features, unknown ``gaussian``.
+        ValueError: fewer than 2 classes, bad shapes, non-finite features, unknown ``gaussian``,
+            ``pca_components`` not a positive integer or None.
     """
     if gaussian not in ("spherical", "diagonal"):
         raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
+    if pca_components is not None and (
+        isinstance(pca_components, bool)
+        or not isinstance(pca_components, (int, np.integer))
+        or pca_components < 1
+    ):
+        raise ValueError(f"pca_components must be a positive integer or None, got {pca_components!r}")
     f = _as_matrix(features, "features")
     classes, index = _as_labels(labels, f.shape[0])
     if classes.size < 2:
         raise ValueError("gbc needs at least 2 classes (it measures separability between classes)")
+    if pca_components is not None:
+        f = _pca_reduce(f, int(pca_components))
     counts = np.bincount(index, minlength=classes.size).astype(np.float64)
     means = np.zeros((classes.size, f.shape[1]))
     np.add.at(means, index, f)
@@ -1011,14 +1057,18 @@ def transrate(
     eps: float = 1e-4,
     *,
     rank_normalise: bool = True,
-    row_normalise: bool = False,
+    row_normalise: bool = True,
 ) -> float:
     """TransRate (Huang et al., "Frustratingly Easy Transferability Estimation", ICML 2022) as the
-    authors' released code computes it
-    (github.com/Long-Kai/TransRate: ``generate_transrate/transrate.py`` + ``extract_result_utils.
-    process_transrate_logs`` with its defaults reg=1, all eigenvalues, normalize_opt="rank").
+    authors' released pipeline computes it
+    (github.com/Long-Kai/TransRate at 5b59b64: ``generate_transrate/experiment_builder_get_eigens.py``
+    extracts and normalises the features, ``generate_transrate/transrate.py`` stores the eigenvalues,
+    ``extract_result_utils.process_transrate_logs`` turns them into the score with its defaults reg=1,
+    all eigenvalues, normalize_opt="rank").
 
-        Z      = features - mean(features)                      (centred with the global mean)
+        X      = features with every row L2-normalised            (row_normalise, default)
+        Z      = X - mean(X)                                       (centred with the global mean)
+        Z      = Z with every row L2-normalised again              (row_normalise, default)
         R(A)   = 1/2 log det(I_d + A^T A / (n_A * eps)) = 1/2 sum_i log(1 + lambda_i / eps),
                  lambda_i = eigenvalues of A^T A / n_A           (rate-distortion coding rate)
         TrR    = [ R(Z) - sum_k (n_k / n) R(Z_k) ] / rank(Z^T Z / n)
@@ -1028,6 +1078,13 @@ def transrate(
     largest eigenvalue * d * machine eps).
 
     Conventions and where they come from:
+        * **Row normalisation** (``row_normalise=True``, default): the released feature extraction
+          L2-normalises every feature row (``torch.nn.functional.normalize``: a norm below 1e-12
+          is raised to 1e-12, so a zero row stays zero), centres, and ``pre_transrate(...,
+          normalize=True)`` L2-normalises every centred row again (the released path of the
+          formula; only the projection variant ``use_proj_Z``, not implemented here, skips it).
+          Without it ``eps`` is measured against the model's arbitrary activation scale. ``row_normalise=False`` centres the features as given (the default of
+          ccfv before issue 13).
         * ``eps`` multiplies n directly: the released code's ``eps`` *is* the paper's eps^2 (its
           docstring: "value of eps^2 in transrate"); there is no extra factor d (the factor d/n of
           MCR^2's coding rate does not appear in the TransRate code).
@@ -1037,14 +1094,10 @@ def transrate(
         * **Rank division** (``rank_normalise=True``, default): the released evaluation divides
           both rates by rank(Z^T Z / n) (``normalize_opt='rank'``, used for every reported number);
           ``rank_normalise=False`` returns the undivided ``R(Z) - sum_k (n_k/n) R(Z_k)``.
-        * ``row_normalise=True`` additionally L2-normalises every *centred* row, as
-          ``pre_transrate(..., normalize=True)`` in the released code does (their feature
-          extraction also L2-normalises rows before centring; do that yourself if wanted). The
-          default leaves the features as given, because CC-FV's baselines are evaluated on raw
-          decoder features.
         * Not implemented: the released code's projection variant (``use_proj_Z``) and the
           per-experiment choices of eps and ``normalize_eigz``.
-        * Natural log; higher = more transferable. Depends on the feature scale (through eps).
+        * Natural log; higher = more transferable. With ``row_normalise=True`` invariant to the
+          scale of each feature row; without it, depends on the feature scale (through eps).
           Invariant to the order of samples and to a permutation of the feature channels.
 
     Args:
@@ -1052,25 +1105,31 @@ def transrate(
         labels: [n] integer target labels.
         eps: distortion (the paper's eps^2), > 0. Default 1e-4 as in the released code.
         rank_normalise: divide by rank(Z^T Z / n) (released code's default).
-        row_normalise: L2-normalise the centred rows first.
+        row_normalise: L2-normalise the rows, centre, L2-normalise the centred rows (released
+            pipeline, default); False: centre only.
 
     Returns:
         TransRate as a Python float.
 
     Raises:
-        ValueError: eps <= 0, bad shapes, non-finite features, constant features (rank 0), or a
-            zero centred row with ``row_normalise=True``.
+        ValueError: eps <= 0, bad shapes, non-finite features, constant features (rank 0, or with
+            ``row_normalise=True`` a centred row that is zero and cannot be normalised).
     """
     if not eps > 0.0:
         raise ValueError(f"eps must be > 0, got {eps}")
     f = _as_sample_set(features, "features")
     n, d = f.shape
     classes, index = _as_labels(labels, n)
+    if row_normalise:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _TORCH_NORMALIZE_EPS)
     z = f - f.mean(axis=0, keepdims=True)
     if row_normalise:
         norms = np.linalg.norm(z, axis=1, keepdims=True)
-        if np.any(norms == 0.0):
-            raise ValueError("a centred feature row is zero; it cannot be L2-normalised")
+        # The mean of n unit rows carries round-off of ~n * eps: a centred row below that is zero,
+        # and normalising it would blow the round-off up to a unit vector.
+        if np.any(norms <= n * d * np.finfo(np.float64).eps):
+            raise ValueError("a centred feature row is zero (it equals the mean row; constant features?); "
+                             "it cannot be L2-normalised")
         z = z / norms
     rate, eigval = _transrate_rate(z, eps)
     rank = int(np.count_nonzero(eigval > eigval.max() * d * np.finfo(np.float64).eps))

@@ -8,7 +8,10 @@ Table 2. What each method reads from the features file:
 - ``ccfv`` (eq. 5 and its ablations): the class and global samples of every hooked decoder layer.
 - ``ccfv_released``: the same layers with the background samples, as the authors' released code uses them.
 - ``logme``, ``gbc``, ``transrate``, ``hscore``: the layer before the final convolution at the class and
-  background voxels, with their target labels (the paper's protocol for its baselines).
+  background voxels, with their target labels (the paper's protocol for its baselines). ``transrate`` and
+  ``gbc`` preprocess them as their authors' released pipelines do (TransRate: L2-normalise the rows,
+  centre, normalise again; GBC: PCA to 64 dimensions) unless an option switches it off
+  (:data:`RELEASED_PREPROCESSING_OFF`, docs/metrics.md).
 - ``leep``, ``nce``: the source model's softmax (LEEP) or its argmax (NCE) at the same voxels.
 """
 from __future__ import annotations
@@ -52,6 +55,20 @@ DEFAULT_METRICS = {
     "ccfv_kl": {"method": "ccfv", "distance": "kl"},
     "ccfv_bhattacharyya": {"method": "ccfv", "distance": "bhattacharyya"},
 }
+
+
+#: The baselines whose defaults reproduce a preprocessing step of the authors' released pipeline
+#: (docs/metrics.md), and the options that switch it off: TransRate's row normalisation
+#: (Long-Kai/TransRate), GBC's PCA to 64 dimensions (google-research stable_transfer).
+RELEASED_PREPROCESSING_OFF = {"transrate": {"row_normalise": False}, "gbc": {"pca_components": None}}
+
+
+def features_as_given(definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The metric definitions with the released pipelines' preprocessing switched off
+    (:data:`RELEASED_PREPROCESSING_OFF`): every baseline then scores the decoder features as sampled.
+    ``ccfv score --features-as-given`` and ``ccfv rank --features-as-given``; in the workflow, set the
+    options in ``scoring.metrics``."""
+    return {name: {**d, **RELEASED_PREPROCESSING_OFF.get(d.get("method"), {})} for name, d in definitions.items()}
 
 
 def method_options(method: str) -> list[str]:
@@ -140,5 +157,5 @@ def read_scores(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(Path(path).read_text())["scores"].items()}
 
 
-__all__ = ["METHODS", "DEFAULT_METRICS", "method_options", "check_metric", "compute_scores", "score_pair",
-           "read_scores", "released_layers"]
+__all__ = ["METHODS", "DEFAULT_METRICS", "RELEASED_PREPROCESSING_OFF", "features_as_given", "method_options",
+           "check_metric", "compute_scores", "score_pair", "read_scores", "released_layers"]

@@ -990,6 +990,35 @@ def test_gbc_properties_and_robustness(rng):
     assert GBC_VARIANCE_FLOOR == 1e-4
 
 
+@pytest.mark.parametrize("gaussian", ["spherical", "diagonal"])
+def test_gbc_default_reduces_to_64_principal_components_like_the_released_pipeline(rng, gaussian):
+    from sklearn.decomposition import PCA
+
+    labels = rng.integers(0, 3, size=150)
+    features = rng.normal(size=(150, 80)) @ rng.normal(size=(80, 80)) + 0.5 * labels[:, None]
+    # stable_transfer's features_targets_utils.pca_reduction: PCA(64, svd_solver="full").fit_transform
+    # (its cast to float32 left out: we compute in float64)
+    reduced = PCA(n_components=64, svd_solver="full").fit_transform(features)
+    assert gbc(features, labels, gaussian) == pytest.approx(slow_gbc(reduced, labels, gaussian), rel=1e-9)
+    assert gbc(features, labels, gaussian, pca_components=64) == gbc(features, labels, gaussian)
+    assert gbc(features, labels, gaussian, pca_components=None) == pytest.approx(
+        slow_gbc(features, labels, gaussian), rel=1e-12)
+    assert gbc(features, labels, gaussian, pca_components=None) != pytest.approx(gbc(features, labels, gaussian))
+
+
+def test_gbc_pca_leaves_64_or_fewer_dimensions_as_given(rng):
+    labels = rng.integers(0, 3, size=60)
+    features = rng.normal(size=(60, 16)) + labels[:, None]
+    for gaussian in ("spherical", "diagonal"):
+        assert gbc(features, labels, gaussian) == gbc(features, labels, gaussian, pca_components=None)
+    wide = rng.normal(size=(40, 100)) + labels[:40, None]  # n < 64 < d: at most n components
+    assert np.isfinite(gbc(wide, labels[:40]))
+    assert gbc(wide, labels[:40], pca_components=8) != pytest.approx(gbc(wide, labels[:40]))
+    for bad in (0, -1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="pca_components"):
+            gbc(features, labels, pca_components=bad)
+
+
 # --------------------------------------------------------------------------------------------------
 # TransRate (Huang et al., 2022)
 # --------------------------------------------------------------------------------------------------
@@ -1017,7 +1046,7 @@ def slow_transrate(features, labels, eps=1e-4, rank_normalise=True):
 def test_transrate_matches_explicit_determinant_reference(rng, rank_normalise):
     labels = rng.integers(0, 3, size=50)
     features = rng.normal(size=(50, 4)) + 0.5 * labels[:, None]
-    assert transrate(features, labels, 1e-2, rank_normalise=rank_normalise) == pytest.approx(
+    assert transrate(features, labels, 1e-2, rank_normalise=rank_normalise, row_normalise=False) == pytest.approx(
         slow_transrate(features, labels, 1e-2, rank_normalise), rel=1e-10
     )
 
@@ -1027,19 +1056,23 @@ def test_transrate_hand_computed():
     features = np.array([[-1.0], [1.0], [-3.0], [3.0]])
     labels = np.array([0, 0, 1, 1])
     expected = 0.5 * math.log(6) - 0.5 * (0.5 * math.log(2) + 0.5 * math.log(10))
-    assert transrate(features, labels, eps=1.0) == pytest.approx(expected)
-    assert transrate(features, labels, eps=1.0, rank_normalise=False) == pytest.approx(expected)
-    # row_normalise: centred rows become +-1, every second moment is 1, TransRate is 0
+    assert transrate(features, labels, eps=1.0, row_normalise=False) == pytest.approx(expected)
+    assert transrate(features, labels, eps=1.0, rank_normalise=False, row_normalise=False) == pytest.approx(expected)
+    # row_normalise (the default): rows become +-1, every second moment is 1, TransRate is 0
     assert transrate(features, labels, eps=1.0, row_normalise=True) == pytest.approx(0.0)
+    assert transrate(features, labels, eps=1.0) == pytest.approx(0.0)
 
 
 def test_transrate_rank_division_uses_the_feature_rank(rng):
     base = rng.normal(size=(60, 3))
     features = np.hstack([base, base[:, :1] + base[:, 1:2]])  # rank 3 in 4 dimensions
     labels = rng.integers(0, 2, size=60)
-    undivided = transrate(features, labels, rank_normalise=False)
-    assert transrate(features, labels) == pytest.approx(undivided / 3, rel=1e-12)
-    assert transrate(features, labels) == pytest.approx(slow_transrate(features, labels), rel=1e-6)
+    undivided = transrate(features, labels, rank_normalise=False, row_normalise=False)
+    assert transrate(features, labels, row_normalise=False) == pytest.approx(undivided / 3, rel=1e-12)
+    assert transrate(features, labels, row_normalise=False) == pytest.approx(
+        slow_transrate(features, labels), rel=1e-6)
+    # normalised rows stay in the same 3-dimensional subspace: the released default divides by 3 too
+    assert transrate(features, labels) == pytest.approx(transrate(features, labels, rank_normalise=False) / 3)
 
 
 def test_transrate_properties_and_robustness(rng):
@@ -1053,12 +1086,69 @@ def test_transrate_properties_and_robustness(rng):
     assert np.isfinite(transrate(wide, rng.integers(0, 2, size=8)))
     duplicated = np.hstack([features, features[:, :2], np.ones((30, 1))])
     assert np.isfinite(transrate(duplicated, labels))
-    with pytest.raises(ValueError, match="constant"):
-        transrate(np.ones((10, 3)), rng.integers(0, 2, size=10))
+    for row_normalise in (True, False):
+        with pytest.raises(ValueError, match="constant"):
+            transrate(np.ones((10, 3)), rng.integers(0, 2, size=10), row_normalise=row_normalise)
     with pytest.raises(ValueError, match="eps"):
         transrate(features, labels, eps=0.0)
-    with pytest.raises(ValueError, match="zero"):
-        transrate(np.array([[0.0], [1.0], [2.0]]), np.array([0, 1, 1]), row_normalise=True)
+    with pytest.raises(ValueError, match="zero"):  # rows normalise to 1, 1, 1: every centred row is 0
+        transrate(np.array([[1.0], [2.0], [3.0]]), np.array([0, 1, 1]), row_normalise=True)
+    # the released pipeline's first normalisation keeps a zero row zero (torch's normalize), no error
+    assert np.isfinite(transrate(np.vstack([np.zeros((1, 6)), features]), np.append(0, labels)))
+
+
+def released_transrate_pipeline(features, labels, eps=1e-4):
+    """Long-Kai/TransRate (commit 5b59b64) step by step, with explicit loops, for raw features:
+
+    experiment_builder_get_eigens.py: ``torch.nn.functional.normalize`` of every feature row (norm
+    clamped at 1e-12), then centring with the mean row; transrate.py ``pre_transrate(normalize=True)``:
+    every centred row divided by its L2 norm, then the singular values and ``matrix_rank`` of Z^T Z / n
+    and of each class's Z_k^T Z_k / n_k for k in range(max(y) + 1);
+    extract_result_utils.py ``process_transrate_logs`` with its defaults (reg=1, every eigenvalue,
+    residuals 'weight' (nothing left over when every eigenvalue is used), normalize_opt='rank'):
+    rz = sum log(1 + e / eps) / rank, rzc_k likewise per class, score = rz / 2 - sum_k (n_k / n) rzc_k / 2
+    (extra_result_model_selection.py: transrate = rz - rzc).
+    """
+    n, d = features.shape
+    unit = []
+    for row in features:
+        norm = math.sqrt(sum(float(v) ** 2 for v in row))
+        unit.append([float(v) / max(norm, 1e-12) for v in row])
+    mean = [sum(row[k] for row in unit) / n for k in range(d)]
+    centred = [[row[k] - mean[k] for k in range(d)] for row in unit]
+    z = np.array([[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in centred])
+
+    def eigens_and_rank(m):
+        return np.linalg.svd(m, compute_uv=False), np.linalg.matrix_rank(m)
+
+    eig_z, rank_z = eigens_and_rank(z.T @ z / n)
+    class_eigs, class_counts = [], []
+    for k in range(int(labels.max()) + 1):
+        rows = z[labels == k]
+        class_eigs.append(eigens_and_rank(rows.T @ rows / len(rows))[0])
+        class_counts.append(len(rows))
+    normal_r = min(rank_z, d)
+    rz = sum(math.log(1.0 + e / eps) for e in eig_z) / normal_r
+    rzc = [sum(math.log(1.0 + e / eps) for e in eigs) / normal_r for eigs in class_eigs]
+    return rz / 2.0 - sum(r * c / n for r, c in zip(rzc, class_counts)) / 2.0
+
+
+def test_transrate_default_is_the_released_pipeline_on_raw_features(rng):
+    labels = np.repeat([0, 1, 2], 30)
+    # raw decoder-like features: a small activation scale (eps is then large against it), an offset,
+    # class-dependent means
+    features = 0.3 + 0.01 * (rng.normal(size=(90, 5)) + 0.8 * np.eye(5)[labels])
+    expected = released_transrate_pipeline(features, labels)
+    assert transrate(features, labels) == pytest.approx(expected, rel=1e-10)
+    assert transrate(features, labels, eps=1e-4, rank_normalise=True, row_normalise=True) == pytest.approx(
+        expected, rel=1e-10)
+    # switched off, the score is that of the raw features, which the released code never computes
+    assert transrate(features, labels, row_normalise=False) != pytest.approx(expected, rel=0.1)
+    # the released normalisation makes the score independent of each row's activation scale
+    scales = rng.uniform(0.01, 100.0, size=(90, 1))
+    assert transrate(features * scales, labels) == pytest.approx(
+        released_transrate_pipeline(features * scales, labels), rel=1e-10)
+    assert transrate(1000.0 * features, labels) == pytest.approx(expected, rel=1e-10)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 from ccfv import metrics
 from ccfv.features_file import CaseRecord, ccfv_layers, head_samples, read_features, write_features
 from ccfv.scoring import (
-    DEFAULT_METRICS, METHODS, check_metric, compute_scores, method_options, read_scores, released_layers,
-    score_pair,
+    DEFAULT_METRICS, METHODS, check_metric, compute_scores, features_as_given, method_options, read_scores,
+    released_layers, score_pair,
 )
 
 CHANNELS = [5, 4]
@@ -106,6 +106,24 @@ def test_options_reach_the_function(features_path):
     features, labels, _ = head_samples(ff)
     assert a == metrics.gbc(features, labels, gaussian="diagonal")
     assert a != metrics.gbc(features, labels, gaussian="spherical")
+
+
+def test_baselines_default_to_their_released_pipelines_and_can_take_features_as_given(features_path):
+    ff = read_features(features_path)
+    features, labels, _ = head_samples(ff)
+    released = compute_scores(features_path, DEFAULT_METRICS)
+    # TransRate: rows normalised, centred, normalised again (the released pipeline), unless switched off
+    assert released["transrate"] == metrics.transrate(features, labels, row_normalise=True)
+    raw = compute_scores(features_path, features_as_given(DEFAULT_METRICS))
+    assert raw["transrate"] == metrics.transrate(features, labels, row_normalise=False)
+    assert raw["transrate"] != released["transrate"]
+    assert raw["gbc"] == metrics.gbc(features, labels, pca_components=None)
+    # the other metrics are untouched, and an explicit option wins over nothing else
+    assert {k: v for k, v in raw.items() if k not in ("transrate", "gbc")} == {
+        k: v for k, v in released.items() if k not in ("transrate", "gbc")}
+    assert features_as_given({"t": {"method": "transrate", "eps": 1e-3, "label": "TR"}}) == {
+        "t": {"method": "transrate", "eps": 1e-3, "label": "TR", "row_normalise": False}}
+    assert check_metric("g", features_as_given({"g": {"method": "gbc"}})["g"]) == ("gbc", {"pca_components": None})
 
 
 @pytest.mark.parametrize(
