@@ -4,7 +4,7 @@
     ccfv msd download TASK [TASK ...] --dest DIR [--base-url URL | --local DIR]   fetch MSD tasks
     ccfv msd validate DIR [DIR ...]                                        check tasks in MSD layout
     ccfv score FEATURES.h5 [--metric ccfv --metric logme ...]              scores of one features file
-    ccfv report RESULTS_DIR                                                the result tables in the terminal
+    ccfv report RESULTS_DIR [--ground-truth]                               the result tables in the terminal
     ccfv rank --data DIR --model SPEC [--model SPEC ...] [--metric ...]     rank my own models on my own data
 """
 from __future__ import annotations
@@ -42,22 +42,28 @@ def _msd_validate(args) -> int:
 
 
 def _score(args) -> int:
-    from .scoring import DEFAULT_METRICS, METHODS, compute_scores
+    from .scoring import DEFAULT_METRICS, METHODS, compute_scores, features_as_given
 
     known = {**{m: {"method": m} for m in METHODS}, **DEFAULT_METRICS}
     names = args.metric or list(DEFAULT_METRICS)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(known)}")
-    scores = compute_scores(args.features, {n: known[n] for n in names})
+    definitions = {n: known[n] for n in names}
+    if args.features_as_given:
+        definitions = features_as_given(definitions)
+    scores = compute_scores(args.features, definitions)
     print(json.dumps(scores, indent=2))
     return 0
 
 
 def _report(args) -> int:
-    from .report import print_report
+    from .report import print_ground_truth, print_report
 
-    print_report(args.results)
+    if args.ground_truth:
+        print_ground_truth(args.results)
+    else:
+        print_report(args.results)
     return 0
 
 
@@ -66,9 +72,15 @@ def _rank(args) -> int:
 
     ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
-                          sampling={"seed": args.seed, "total": args.samples})
+                          sampling={"seed": args.seed, "total": args.samples},
+                          features_as_given=args.features_as_given)
     print_ranking(ranking, args.out)
     return ranking.exit_status
+
+
+FEATURES_AS_GIVEN_HELP = ("score the decoder features as sampled: TransRate without its released pipeline's row "
+                          "normalisation, GBC without its PCA to 64 dimensions (default: as the authors' released "
+                          "pipelines, docs/metrics.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,10 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method (ccfv, logme, leep, nce, gbc, transrate, hscore, ccfv_released) or an "
                         "ablation (ccfv_wo_ccons, ccfv_wo_fv, ccfv_single_scale, ccfv_kl, ccfv_bhattacharyya); "
                         "repeatable; default: the paper's Tables 1 and 2")
+    p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
     p.set_defaults(run=_score)
 
     p = sub.add_parser("report", help="print the result tables (Tables 1 and 2, statistics, regret, costs)")
     p.add_argument("results", type=Path, help="the workflow's results folder (holding tables/)")
+    p.add_argument("--ground-truth", action="store_true",
+                   help="print only the ground-truth verdict: which targets' fine-tuned Dice cannot rank their models, "
+                        "and why")
     p.set_defaults(run=_report)
 
     p = sub.add_parser(
@@ -134,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="foreground voxels sampled per case (default 1000, as the demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel (and --max-cases) choice")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
     p.set_defaults(run=_rank)
     return parser
 

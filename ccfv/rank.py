@@ -422,15 +422,20 @@ def default_layer_ratios(n_layers: int) -> list[float]:
     return [0.5 ** (n_layers - 1 - i) for i in range(n_layers)]
 
 
-def metric_definitions(names: Sequence[str] | None) -> dict[str, dict]:
-    """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``)."""
+def metric_definitions(names: Sequence[str] | None, features_as_given: bool = False) -> dict[str, dict]:
+    """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``), each with its
+    function's defaults: TransRate and GBC preprocess the features as their released pipelines do, unless
+    ``features_as_given`` (``--features-as-given``, :func:`ccfv.scoring.features_as_given`)."""
+    from .scoring import features_as_given as as_given
+
     names = list(names or DEFAULT_RANK_METRICS)
     if "all" in names:
         names = [n for n in names if n != "all"] + [m for m in RANK_METRICS if m not in names]
     unknown = [n for n in names if n not in RANK_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
-    return {n: {"method": n} for n in dict.fromkeys(names)}
+    definitions = {n: {"method": n} for n in dict.fromkeys(names)}
+    return as_given(definitions) if features_as_given else definitions
 
 
 def read_dice(path: Path, targets: Sequence[str] | None = None) -> dict[str, float]:
@@ -504,6 +509,21 @@ def correlations(rows: list[dict], metrics: Sequence[str]) -> dict[str, dict]:
     return out
 
 
+def dice_health(rows: list[dict], dataset: str = "") -> dict:
+    """The ground-truth health check (:func:`ccfv.ground_truth.check_target`, default thresholds) on the
+    ``--dice`` values of the ranked models: can this Dice rank them at all? JSON-ready (NaN as None), with
+    the thresholds under ``rule``. One value per model, so the seed-noise criterion does not apply."""
+    from dataclasses import asdict
+
+    from .ground_truth import HealthRule, check_target
+
+    known = [r for r in rows if r.get("dice") is not None]
+    rule = HealthRule()
+    result = check_target([r["model"] for r in known], [[r["dice"]] for r in known], rule, target=dataset)
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+    return {**clean, "rule": asdict(rule)}
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
@@ -515,6 +535,8 @@ class Ranking:
     metrics: list[str]
     correlations: dict | None
     meta: dict
+    #: :func:`dice_health` of the ``--dice`` values (None without ``--dice``).
+    ground_truth: dict | None = None
 
     @property
     def exit_status(self) -> int:
@@ -525,9 +547,13 @@ class Ranking:
 
 def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequence[str] | None = None,
                 device: str = "auto", dice_file: Path | None = None, max_cases: int | None = None,
-                sampling: dict | None = None, threads: int | None = None,
+                sampling: dict | None = None, threads: int | None = None, features_as_given: bool = False,
                 progress: bool = True, log: Callable[[str], None] | None = None) -> Ranking:
     """Rank every model of ``specs`` on the labelled cases of ``data`` and write the outputs into ``out``.
+
+    With ``dice_file`` the known Dice is compared with every metric and checked by the ground-truth health
+    rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
+    GBC without their released pipelines' preprocessing (:func:`ccfv.scoring.features_as_given`).
 
     Errors in the arguments, the dataset or ``--dice`` raise before any model is loaded; an error of one
     model is recorded in ``Ranking.failed`` and the others are ranked.
@@ -541,7 +567,7 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
     from .training import pick_device
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    definitions = metric_definitions(metrics)
+    definitions = metric_definitions(metrics, features_as_given=features_as_given)
     metric_names = list(definitions)
     if not specs:
         raise ValueError("no --model given")
@@ -631,6 +657,7 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
     ranking = Ranking(
         rows=rows, failed=failed, metrics=metric_names,
         correlations=correlations(rows, metric_names) if dice is not None and rows else None,
+        ground_truth=dice_health(rows, dataset.name) if dice is not None and rows else None,
         meta={"data": str(dataset.source), "dataset": dataset.name, "cases": case_ids, "classes": dataset.class_ids,
               "device": str(torch_device), "sampling": sampling, "metrics": definitions,
               "ranked_by": metric_names[0], "ccfv_version": __version__,
@@ -664,7 +691,7 @@ def ranking_csv(ranking: Ranking) -> str:
 
 def ranking_json(ranking: Ranking) -> dict:
     return {**ranking.meta, "models": ranking.rows, "failed": ranking.failed,
-            "correlations": ranking.correlations}
+            "correlations": ranking.correlations, "ground_truth": ranking.ground_truth}
 
 
 def plot_ranking(ranking: Ranking, path: Path) -> Path:
@@ -754,6 +781,14 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
         for metric, c in ranking.correlations.items():
             corr.add_row(metric, _fmt(c["tau"]), _fmt(c["pearson"]), _fmt(c.get("top1_regret")), str(c["n"]))
         console.print(corr)
+    health = ranking.ground_truth
+    if health is not None:
+        if health["can_rank"]:
+            console.print(f"The known Dice can rank the models (Dice {_fmt(health['dice_min'])} to "
+                          f"{_fmt(health['dice_max'])}; docs/report.md, ground truth).", highlight=False)
+        else:
+            console.print("[red]The known Dice cannot rank the models[/red]: " + "; ".join(health["reasons"])
+                          + ". The agreement above measures noise, not the metrics.", highlight=False)
     for failure in ranking.failed:
         console.print(f"[red]not ranked[/red] {failure['model']}: {failure['error']}", highlight=False)
     console.print(f"written: {out / 'ranking.csv'}, {out / 'ranking.json'}"
@@ -761,4 +796,5 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
 
 
 __all__ = ["RANK_METRICS", "DEFAULT_RANK_METRICS", "ModelError", "rank_models", "print_ranking", "read_dice",
-           "open_dataset", "load_model", "model_names", "default_layer_ratios", "metric_definitions", "Ranking"]
+           "dice_health", "open_dataset", "load_model", "model_names", "default_layer_ratios", "metric_definitions",
+           "Ranking"]

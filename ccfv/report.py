@@ -8,7 +8,9 @@ and one line per repetition with ``s`` (wall-clock seconds), ``max_rss`` (peak r
   time, CPU time and the peak memory of any job.
 - :func:`pair_costs`: per (target, model): transferability estimation (``sample_features`` + ``score``)
   against fine-tuning (every seed) and the ratio of the two.
-- :func:`print_report`: ``ccfv report RESULTS_DIR``, the result tables rendered with rich.
+- :func:`print_report`: ``ccfv report RESULTS_DIR``, the ground-truth verdict and the result tables
+  rendered with rich; :func:`print_ground_truth`: ``ccfv report RESULTS_DIR --ground-truth``, the verdict
+  alone (``make demo`` prints it).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from pathlib import Path
 
 from .atomic import write_text
 
-__all__ = ["read_benchmark", "stage_costs", "pair_costs", "build_costs", "print_report", "REPORT_TABLES"]
+__all__ = ["read_benchmark", "stage_costs", "pair_costs", "build_costs", "print_report", "print_ground_truth",
+           "REPORT_TABLES"]
 
 
 def _number(text: str) -> float:
@@ -151,8 +154,30 @@ REPORT_TABLES = [
 ]
 
 
+def print_ground_truth(results_dir: str | Path, console=None) -> list[dict]:
+    """Print the ground-truth verdict of ``<results_dir>/tables/ground_truth.csv`` in words (which targets
+    cannot rank their models, and why); returns its rows."""
+    from rich.console import Console
+
+    from .ground_truth import read_csv, verdict
+
+    console = console or Console()
+    path = Path(results_dir) / "tables" / "ground_truth.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ground-truth table (run the workflow first)")
+    rows = read_csv(path)
+    lines = verdict(rows)
+    style = "bold" if all(r["can_rank"] for r in rows) else "bold red"
+    console.print(lines[0], style=style, highlight=False, soft_wrap=True)
+    for line in lines[1:]:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"Details: {path.with_suffix('.md')}", highlight=False, soft_wrap=True)
+    return rows
+
+
 def print_report(results_dir: str | Path, console=None) -> int:
-    """Print every table of ``<results_dir>/tables`` that exists; returns how many were printed."""
+    """Print the ground-truth verdict (when the workflow wrote one) and every table of
+    ``<results_dir>/tables`` that exists; returns how many tables were printed."""
     from rich.console import Console
     from rich.table import Table
 
@@ -160,6 +185,8 @@ def print_report(results_dir: str | Path, console=None) -> int:
     tables = Path(results_dir) / "tables"
     if not tables.is_dir():
         raise FileNotFoundError(f"{tables}: no tables folder (run the workflow first)")
+    if (tables / "ground_truth.csv").is_file():
+        print_ground_truth(results_dir, console)
     printed = 0
     for name, title in REPORT_TABLES:
         path = tables / name

@@ -4,6 +4,11 @@ Per target and metric: weighted Kendall's tau (``scipy.stats.weightedtau`` with 
 transferability literature) and Pearson's r between the bank models' scores and their fine-tuned Dice
 (mean over fine-tuning seeds). The table has one tau row and one Pearson row per metric, one column per
 target task and an ``Avg`` column, as in the paper.
+
+Every table takes ``flags``, {target: why its ground truth cannot rank its models} from the ground-truth
+health check (:mod:`ccfv.ground_truth`): a flagged target keeps its values but is marked with
+:data:`FLAG_MARK` in Markdown and LaTeX (with a footnote saying why) and in CSV by a ``ground_truth`` row
+(wide tables) or column (long tables).
 """
 from __future__ import annotations
 
@@ -32,6 +37,48 @@ TABLE_CAPTIONS = {
     "table1": "Weighted Kendall's tau and Pearson coefficient between transferability scores and fine-tuned Dice",
     "table2": "Ablations of CC-FV: weighted Kendall's tau and Pearson coefficient",
 }
+
+
+#: The marker of a target whose ground truth cannot rank its models (docs/report.md).
+FLAG_MARK = "†"
+#: The ``ground_truth`` cell of a target in the CSV tables.
+GROUND_TRUTH_OK, GROUND_TRUTH_FLAGGED = "ok", "cannot rank"
+
+
+def _flag_cell(target: str, flags: Mapping[str, str] | None) -> str:
+    return GROUND_TRUTH_FLAGGED if flags and target in flags else GROUND_TRUTH_OK
+
+
+def _flagged_header(target: str, flags: Mapping[str, str] | None) -> str:
+    return _short(target) + (FLAG_MARK if flags and target in flags else "")
+
+
+def flag_footnote(flags: Mapping[str, str] | None, targets: list[str], avg: bool = True) -> str:
+    """Markdown lines below a table: one per flagged target of ``targets``, saying why (empty if none), and
+    that the table's Avg column includes them (``avg``)."""
+    flagged = [t for t in targets if flags and t in flags]
+    if not flagged:
+        return ""
+    lines = [f"{FLAG_MARK} {t}: the fine-tuned Dice cannot rank the bank's models: {flags[t]}. Its values are "
+             "shown but do not measure the metrics (ground_truth.md)." for t in flagged]
+    if avg and len(targets) > 1:
+        lines.append(f"{FLAG_MARK} Avg includes the flagged target(s).")
+    return "\n" + "\n\n".join(lines) + "\n"
+
+
+def seed_dice(paths: list[Path]) -> list[float | None]:
+    """The mean Dice of each fine-tuning seed's result file (``results/finetune/<target>/<model>/seed<N>.json``),
+    None where it is undefined; a file that cannot be read is an error naming it."""
+    from .evaluation import read_mean_dice
+
+    out = []
+    for path in paths:
+        try:
+            value = read_mean_dice(path)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a fine-tuning result with a mean_dice ({err!r})") from None
+        out.append(value if math.isfinite(value) else None)
+    return out
 
 
 def correlations(scores: list[float], dice: list[float]) -> dict[str, float]:
@@ -70,24 +117,28 @@ def _short(task: str) -> str:
     return task.split("_")[0]
 
 
-def to_csv(rows: list[dict], targets: list[str]) -> str:
+def to_csv(rows: list[dict], targets: list[str], flags: Mapping[str, str] | None = None) -> str:
+    """One line per (metric, statistic); with ``flags`` (the health check's verdict, ``{}`` when every
+    target passed) a last ``ground_truth`` line: ``ok`` or ``cannot rank`` per target (empty under Avg)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["method", "statistic", *targets, "Avg"])
     for row in rows:
         writer.writerow([row["method"], row["statistic"], *(f"{row[t]:.4f}" for t in targets), f"{row['Avg']:.4f}"])
+    if flags is not None:
+        writer.writerow(["ground_truth", "verdict", *(_flag_cell(t, flags) for t in targets), ""])
     return out.getvalue()
 
 
-def to_markdown(rows: list[dict], targets: list[str]) -> str:
-    header = ["Method", "Metric", *(_short(t) for t in targets), "Avg"]
+def to_markdown(rows: list[dict], targets: list[str], flags: Mapping[str, str] | None = None) -> str:
+    header = ["Method", "Metric", *(_flagged_header(t, flags) for t in targets), "Avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         name = row["method"] if row["statistic"] == "tau" else ""
         stat = "τ" if row["statistic"] == "tau" else "pearson"
         cells = [name, stat, *(f"{row[t]:.4f}" for t in targets), f"{row['Avg']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + flag_footnote(flags, targets)
 
 
 def records_to_csv(records: list[Mapping], metrics: list[str]) -> str:
@@ -103,26 +154,28 @@ def records_to_csv(records: list[Mapping], metrics: list[str]) -> str:
 
 def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mapping[tuple[str, str], list[Path]],
                  tables: Mapping[str, list[str]], targets: list[str], out_dir: Path,
-                 labels: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
+                 labels: Mapping[str, str] | None = None,
+                 flags: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
     """Read every (target, model) score and Dice file; write each table as ``<out_dir>/<name>.{csv,md}``
     and ``.tex``, the numbers behind them as ``<out_dir>/scores_and_dice.csv`` and ``records.json``
     (with the Dice of every seed), and ours beside the paper's values as ``paper_comparison.{csv,md}``.
 
     ``tables`` maps a table name to its metrics, e.g. {"table1": ["logme", ..., "ccfv"], "table2": [...]}.
-    Everything is read and checked before anything is written.
+    ``flags``: {target: why} of the targets whose ground truth cannot rank its models
+    (:func:`ccfv.ground_truth.flags`), marked in every table. Everything is read and checked before
+    anything is written.
     """
-    from .evaluation import read_mean_dice
     from .scoring import read_scores
 
     records = []
     for (target, model), score_file in sorted(score_files.items()):
-        dice_values = [read_mean_dice(f) for f in dice_files[(target, model)]]
-        finite = [d for d in dice_values if math.isfinite(d)]
+        dice_values = seed_dice(dice_files[(target, model)])
+        finite = [d for d in dice_values if d is not None]
         if not finite:
             raise ValueError(f"no defined Dice for {model} on {target}: {dice_files[(target, model)]}")
         records.append({"target": target, "model": model, "dice": float(np.mean(finite)),
                         "n_seeds": len(finite), "scores": read_scores(score_file),
-                        "dice_per_seed": [d if math.isfinite(d) else None for d in dice_values]})
+                        "dice_per_seed": dice_values})
     used = list(dict.fromkeys(m for metrics in tables.values() for m in metrics))
     for record in records:
         missing = [m for m in used if m not in record["scores"]]
@@ -132,13 +185,17 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
     out_dir = Path(out_dir)
     write_text(out_dir / "scores_and_dice.csv", records_to_csv(records, used))
     write_json(out_dir / "records.json", records_to_json(records))
+    unknown = sorted(set(flags or {}) - set(targets))
+    if unknown:
+        raise ValueError(f"ground-truth flags for {unknown}, which are not among the targets {targets}")
     for name, rows in out.items():
-        write_text(out_dir / f"{name}.csv", to_csv(rows, targets))
-        write_text(out_dir / f"{name}.md", to_markdown(rows, targets))
-        write_text(out_dir / f"{name}.tex", to_latex(rows, targets, caption=TABLE_CAPTIONS.get(name, name)))
+        write_text(out_dir / f"{name}.csv", to_csv(rows, targets, flags))
+        write_text(out_dir / f"{name}.md", to_markdown(rows, targets, flags))
+        write_text(out_dir / f"{name}.tex", to_latex(rows, targets, caption=TABLE_CAPTIONS.get(name, name),
+                                                     flags=flags))
     comparison = paper_comparison(out, targets)
-    write_text(out_dir / "paper_comparison.csv", paper_comparison_csv(comparison))
-    write_text(out_dir / "paper_comparison.md", paper_comparison_markdown(comparison))
+    write_text(out_dir / "paper_comparison.csv", paper_comparison_csv(comparison, flags))
+    write_text(out_dir / "paper_comparison.md", paper_comparison_markdown(comparison, flags))
     return out
 
 
@@ -215,26 +272,34 @@ def paper_comparison(tables: Mapping[str, list[dict]], targets: list[str]) -> li
     return out
 
 
-def paper_comparison_csv(rows: list[dict]) -> str:
+def paper_comparison_csv(rows: list[dict], flags: Mapping[str, str] | None = None) -> str:
+    """One line per compared value; with ``flags`` a ``ground_truth`` column, ``ok`` or ``cannot rank``
+    (empty for Avg)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["table", "method", "statistic", "target", "ours", "paper", "difference"])
+    writer.writerow(["table", "method", "statistic", "target", "ours", "paper", "difference"]
+                    + (["ground_truth"] if flags is not None else []))
     for r in rows:
-        writer.writerow([r["table"], r["method"], r["statistic"], r["target"], f"{r['ours']:.4f}",
-                         f"{r['paper']:.4f}", f"{r['difference']:.4f}"])
+        cells = [r["table"], r["method"], r["statistic"], r["target"], f"{r['ours']:.4f}", f"{r['paper']:.4f}",
+                 f"{r['difference']:.4f}"]
+        if flags is not None:
+            cells.append("" if r["target"] == "Avg" else _flag_cell(r["target"], flags))
+        writer.writerow(cells)
     return out.getvalue()
 
 
-def paper_comparison_markdown(rows: list[dict]) -> str:
+def paper_comparison_markdown(rows: list[dict], flags: Mapping[str, str] | None = None) -> str:
     if not rows:
         return ("No published values for these targets: the paper (Yang et al., MICCAI 2023, Tables 1 "
                 f"and 2) reports {', '.join(PAPER_TARGETS)} only.\n")
     lines = ["| Table | Method | Metric | Target | Ours | Paper | Ours − paper |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         stat = "τ" if r["statistic"] == "tau" else "pearson"
-        lines.append(f"| {r['table']} | {r['method']} | {stat} | {_short(r['target'])} | {r['ours']:.4f} | "
+        target = r["target"] if r["target"] == "Avg" else _flagged_header(r["target"], flags)
+        lines.append(f"| {r['table']} | {r['method']} | {stat} | {target} | {r['ours']:.4f} | "
                      f"{r['paper']:.4f} | {r['difference']:+.4f} |")
-    return "\n".join(lines) + "\n"
+    targets = list(dict.fromkeys(r["target"] for r in rows if r["target"] != "Avg"))
+    return "\n".join(lines) + "\n" + flag_footnote(flags, targets, avg=any(r["target"] == "Avg" for r in rows))
 
 
 def _latex_escape(text: str) -> str:
@@ -247,15 +312,17 @@ def _latex_number(value: float) -> str:
     return "--" if not math.isfinite(value) else f"{value:.4f}"
 
 
-def to_latex(rows: list[dict], targets: list[str], caption: str = "") -> str:
+def to_latex(rows: list[dict], targets: list[str], caption: str = "", flags: Mapping[str, str] | None = None) -> str:
     """A booktabs ``table`` environment shaped like the paper's tables; with the MSD targets, the
-    paper's value follows ours in parentheses where the paper reports one."""
+    paper's value follows ours in parentheses where the paper reports one. A flagged target's header
+    carries a dagger and a footnote below the tabular says why."""
     columns = [*targets, "Avg"]
     lines = [r"\begin{table}", r"\centering"]
     if caption:
         lines.append(r"\caption{" + _latex_escape(caption) + "}")
+    headers = [_latex_escape(_short(t)) + (r"\textsuperscript{\dag}" if flags and t in flags else "") for t in targets]
     lines += [r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule",
-              "Method & Metric & " + " & ".join(_latex_escape(_short(t)) for t in targets) + r" & Avg \\",
+              "Method & Metric & " + " & ".join(headers) + r" & Avg \\",
               r"\midrule"]
     paper_columns = set(t for t in targets if t in PAPER_TARGETS)
     if sorted(targets) == sorted(PAPER_TARGETS):
@@ -271,7 +338,12 @@ def to_latex(rows: list[dict], targets: list[str], caption: str = "") -> str:
                 cell += f" ({paper:.4f})"
             cells.append(cell)
         lines.append(f"{name} & {stat} & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    for t in (t for t in targets if flags and t in flags):
+        lines.append(r"\par\smallskip{\footnotesize\textsuperscript{\dag}" + _latex_escape(
+            f" {t}: the fine-tuned Dice cannot rank the bank's models: {flags[t]}. Its values are shown but do "
+            "not measure the metrics.") + "}")
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
@@ -417,6 +489,24 @@ def top1_regret(scores, dice) -> dict:
     return {"regret": float(y.max() - y[picked].mean()), "picked": picked.tolist()}
 
 
+def dice_matrix(dice_per_seed: list[list[float | None]]) -> np.ndarray:
+    """[models, seeds] float array of per-seed Dice, NaN where undefined (None) or where a model has fewer
+    seeds than the longest row."""
+    width = max((len(row) for row in dice_per_seed), default=0)
+    return np.array([[math.nan if v is None else float(v) for v in row] + [math.nan] * (width - len(row))
+                     for row in dice_per_seed], dtype=float).reshape(len(dice_per_seed), width)
+
+
+def pooled_seed_variance(d: np.ndarray) -> float:
+    """The seed variance of the Dice pooled over the bank: the mean over models of each model's variance
+    over its defined seeds (ddof=1). ``d`` is [models, seeds] with NaN for undefined seeds. NaN when some
+    model has fewer than 2 defined seeds (the noise cannot be estimated)."""
+    n_seeds = np.sum(np.isfinite(d), axis=1)
+    if d.ndim != 2 or d.shape[0] == 0 or n_seeds.min() < 2:
+        return math.nan
+    return float(np.mean(np.nanvar(d, axis=1, ddof=1)))
+
+
 def noise_ceiling(dice_per_seed: list[list[float | None]], n_simulations: int = 1000, seed: int = 0,
                   max_splits: int = 100) -> dict:
     """How well any score could correlate with Dice measured from this many fine-tuning seeds.
@@ -436,14 +526,14 @@ def noise_ceiling(dice_per_seed: list[list[float | None]], n_simulations: int = 
     With fewer than 2 seeds for some model the seed noise cannot be estimated: every value is NaN and
     ``available`` is False.
     """
-    d = np.array([[math.nan if v is None else float(v) for v in row] for row in dice_per_seed], dtype=float)
+    d = dice_matrix(dice_per_seed)
     n_seeds = np.sum(np.isfinite(d), axis=1)
     nan = {"tau": math.nan, "pearson": math.nan, "split_half_tau": math.nan, "split_half_pearson": math.nan,
            "seed_sd": math.nan, "available": False, "min_seeds": int(n_seeds.min()) if d.size else 0}
-    if d.ndim != 2 or d.shape[0] < 2 or n_seeds.min() < 2:
+    variance = pooled_seed_variance(d)
+    if d.shape[0] < 2 or not math.isfinite(variance):
         return nan
     means = np.nanmean(d, axis=1)
-    variance = float(np.mean(np.nanvar(d, axis=1, ddof=1)))
     rng = np.random.default_rng(seed)
     noise = rng.normal(size=(n_simulations, d.shape[0])) * np.sqrt(variance / n_seeds)
     simulated = {s: np.nanmean(_statistic_batch(s, np.broadcast_to(means, noise.shape), means + noise))
@@ -560,12 +650,15 @@ def _fmt(value: float, digits: int = 4) -> str:
     return "nan" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def rows_to_csv(rows: list[dict], columns: list[str]) -> str:
+def rows_to_csv(rows: list[dict], columns: list[str], flags: Mapping[str, str] | None = None) -> str:
+    """The given columns of long-format rows (one per target and method); with ``flags``, a last column
+    ``ground_truth``: ``ok`` or ``cannot rank`` for the row's target."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow([*columns, "ground_truth"] if flags is not None else columns)
     for r in rows:
-        writer.writerow([_fmt(r[c]) if isinstance(r[c], float) else r[c] for c in columns])
+        cells = [_fmt(r[c]) if isinstance(r[c], float) else r[c] for c in columns]
+        writer.writerow([*cells, _flag_cell(r["target"], flags)] if flags is not None else cells)
     return out.getvalue()
 
 
@@ -576,11 +669,12 @@ CEILING_COLUMNS = ["target", "n_models", "min_seeds", "seed_sd", "tau", "pearson
                    "split_half_pearson", "available"]
 
 
-def statistics_markdown(rows: list[dict], targets: list[str], n_bootstrap: int) -> str:
+def statistics_markdown(rows: list[dict], targets: list[str], n_bootstrap: int,
+                        flags: Mapping[str, str] | None = None) -> str:
     """One table per statistic: value [95% bootstrap interval] and the one-sided p-value per target."""
     parts = []
     for stat in STATISTICS:
-        header = ["Method", *(_short(t) for t in targets)]
+        header = ["Method", *(_flagged_header(t, flags) for t in targets)]
         lines = [f"**{'Weighted τ' if stat == 'tau' else 'Pearson'}** — value [95% bootstrap interval, "
                  f"{n_bootstrap} resamples over models] (one-sided permutation p)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -597,17 +691,17 @@ def statistics_markdown(rows: list[dict], targets: list[str], n_bootstrap: int) 
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts) + "\n" + flag_footnote(flags, targets, avg=False)
 
 
-def regret_markdown(rows: list[dict], targets: list[str]) -> str:
-    header = ["Method", *(_short(t) for t in targets), "Avg"]
+def regret_markdown(rows: list[dict], targets: list[str], flags: Mapping[str, str] | None = None) -> str:
+    header = ["Method", *(_flagged_header(t, flags) for t in targets), "Avg"]
     lines = ["Top-1 regret: Dice of the best model minus Dice of the model ranked first (lower is better; "
              "ties for first: their mean)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in dict.fromkeys(r["method"] for r in rows):
         values = [next(r["regret"] for r in rows if r["method"] == method and r["target"] == t) for t in targets]
         lines.append("| " + " | ".join([method, *(_fmt(v) for v in values), _fmt(float(np.mean(values)))]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + flag_footnote(flags, targets)
 
 
 def noise_ceiling_markdown(rows: list[dict]) -> str:
@@ -629,18 +723,20 @@ def noise_ceiling_markdown(rows: list[dict]) -> str:
 def build_statistics(records_file: Path, tables: Mapping[str, list[str]], targets: list[str],
                      source_sizes: Mapping[str, int], out_dir: Path, labels: Mapping[str, str] | None = None,
                      n_bootstrap: int = 1000, n_permutations: int = 2000, n_simulations: int = 1000,
-                     seed: int = 0) -> dict[str, list[dict]]:
+                     seed: int = 0, flags: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
     """Read ``records.json`` (written by :func:`build_tables`) and write ``statistics``, ``regret`` and
-    ``noise_ceiling`` as ``.csv`` and ``.md`` under ``out_dir``."""
+    ``noise_ceiling`` as ``.csv`` and ``.md`` under ``out_dir``; the targets of ``flags`` ({target: why its
+    ground truth cannot rank}) are marked in ``statistics`` and ``regret`` (a ``ground_truth`` column in
+    the CSV, a dagger and a footnote in the Markdown)."""
     records = json.loads(Path(records_file).read_text())
     metrics = list(dict.fromkeys(m for names in tables.values() for m in names))
     result = analyse(records, metrics, targets, source_sizes, labels, n_bootstrap=n_bootstrap,
                      n_permutations=n_permutations, n_simulations=n_simulations, seed=seed)
     out_dir = Path(out_dir)
-    write_text(out_dir / "statistics.csv", rows_to_csv(result["statistics"], STATISTICS_COLUMNS))
-    write_text(out_dir / "statistics.md", statistics_markdown(result["statistics"], targets, n_bootstrap))
-    write_text(out_dir / "regret.csv", rows_to_csv(result["regret"], REGRET_COLUMNS))
-    write_text(out_dir / "regret.md", regret_markdown(result["regret"], targets))
+    write_text(out_dir / "statistics.csv", rows_to_csv(result["statistics"], STATISTICS_COLUMNS, flags))
+    write_text(out_dir / "statistics.md", statistics_markdown(result["statistics"], targets, n_bootstrap, flags))
+    write_text(out_dir / "regret.csv", rows_to_csv(result["regret"], REGRET_COLUMNS, flags))
+    write_text(out_dir / "regret.md", regret_markdown(result["regret"], targets, flags))
     write_text(out_dir / "noise_ceiling.csv", rows_to_csv(result["noise_ceiling"], CEILING_COLUMNS))
     write_text(out_dir / "noise_ceiling.md", noise_ceiling_markdown(result["noise_ceiling"]))
     return result

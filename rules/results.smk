@@ -1,4 +1,5 @@
-# Stage 7: results. Correlation between scores and fine-tuned Dice per target (the paper's Tables 1 and 2,
+# Stage 7: results. Whether each target's fine-tuned Dice can rank its models at all (the ground-truth
+# health check), the correlation between scores and fine-tuned Dice per target (the paper's Tables 1 and 2,
 # or whatever tables scoring.tables names), their uncertainty and baselines, the figures, the cost of
 # every stage, and the provenance record. `snakemake --report results/report.zip` collects every table
 # and figure marked report() below, with its caption from rules/report/ (docs/report.md).
@@ -12,12 +13,48 @@ STATISTICS = {"n_bootstrap": 1000, "n_permutations": 2000, "n_simulations": 1000
 TSNE = {"target": TASKS[0], "class_id": 1, "per_case": 30, "seed": 0}
 TABLE_FILES = [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex")]
 RESULTS_ENV = SCORES_ENV
+# The health check's thresholds (docs/report.md); a missing key takes ccfv.ground_truth.HealthRule's default.
+GROUND_TRUTH = config.get("ground_truth", {})
+
+
+rule ground_truth:
+    input:
+        dice=[f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS],
+    output:
+        html=report(
+            f"{R}/tables/ground_truth.html",
+            caption="report/ground_truth.rst",
+            category="Tables",
+            subcategory="Ground truth",
+        ),
+        csv=f"{R}/tables/ground_truth.csv",
+        markdown=f"{R}/tables/ground_truth.md",
+    log:
+        "logs/results/ground_truth.log",
+    benchmark:
+        f"{R}/benchmarks/results/ground_truth.tsv"
+    params:
+        targets=TASKS,
+        # (target, model) pairs; input.dice holds len(seeds) files per pair, in this order.
+        pairs=[[t, m] for t in TASKS for m in bank(t)],
+        n_seeds=len(FT_SEEDS),
+        rule=canonical(GROUND_TRUTH),
+    resources:
+        **resources_for("default"),
+    threads: 1
+    conda:
+        RESULTS_ENV
+    container:
+        CONTAINER
+    script:
+        "../scripts/ground_truth.py"
 
 
 rule tables:
     input:
         scores=[f"{R}/scores/{t}/{m}.json" for t in TASKS for m in bank(t)],
         dice=[f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS],
+        ground_truth=f"{R}/tables/ground_truth.csv",
     output:
         csv=[
             report(
@@ -64,6 +101,7 @@ rule statistics:
     input:
         records=f"{R}/tables/records.json",
         splits=[f"{R}/splits/{t}.json" for t in TASKS],
+        ground_truth=f"{R}/tables/ground_truth.csv",
     output:
         statistics=report(
             f"{R}/tables/statistics.csv",

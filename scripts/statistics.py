@@ -1,7 +1,9 @@
 """Snakemake script: bootstrap intervals, permutation p-values, top-1 regret, static baselines and the
-noise ceiling (ccfv.results.build_statistics; definitions in docs/report.md)."""
+noise ceiling (ccfv.results.build_statistics; definitions in docs/report.md); the targets whose ground truth
+cannot rank (ground_truth.csv) marked."""
 from pathlib import Path
 
+from ccfv.ground_truth import flags, read_csv
 from ccfv.results import build_statistics, source_sizes_from_splits
 from ccfv.workflow import log_to
 
@@ -14,4 +16,5 @@ if __name__ == "__main__":
             targets=list(p.targets), source_sizes=source_sizes_from_splits(splits),
             out_dir=Path(snakemake.output.statistics).parent, labels=dict(p.labels), n_bootstrap=p.n_bootstrap,
             n_permutations=p.n_permutations, n_simulations=p.n_simulations, seed=p.seed,
+            flags=flags(read_csv(snakemake.input.ground_truth)),
         )

@@ -1,7 +1,9 @@
 """Snakemake script: the correlation tables (weighted tau and Pearson per metric and target) as CSV,
-Markdown and LaTeX, ours beside the paper's values, and the records behind them."""
+Markdown and LaTeX, ours beside the paper's values, and the records behind them; the targets whose ground
+truth cannot rank (ground_truth.csv) marked."""
 from pathlib import Path
 
+from ccfv.ground_truth import flags, read_csv
 from ccfv.results import build_tables
 from ccfv.workflow import log_to
 
@@ -15,4 +17,5 @@ if __name__ == "__main__":
             dice_files={pair: dice[i * p.n_seeds:(i + 1) * p.n_seeds] for i, pair in enumerate(pairs)},
             tables={name: list(metrics) for name, metrics in dict(p.tables).items()},
             targets=list(p.targets), out_dir=Path(snakemake.output.records).parent, labels=dict(p.labels),
+            flags=flags(read_csv(snakemake.input.ground_truth)),
         )

@@ -3,6 +3,7 @@ synthetic tasks, ranked on a third; unsafe and unusable models refused while the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -13,10 +14,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_NETWORK
+from rich.console import Console
 from scipy import stats
 
 from ccfv.cli import main
-from ccfv.rank import default_layer_ratios, metric_definitions, model_names, read_dice
+from ccfv.rank import (
+    Ranking, correlations, default_layer_ratios, dice_health, metric_definitions, model_names, print_ranking,
+    ranking_json, read_dice,
+)
 
 #: The two source tasks: Liver is prepared here, Spleen is conftest's session dataset (already preprocessed).
 SOURCES = ("Task91_SynthLiver", "Task94_SynthSpleen")
@@ -115,6 +120,11 @@ def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path)
         expected = stats.weightedtau(scores, truth).statistic
         assert report["correlations"][metric]["tau"] == pytest.approx(expected)
         assert report["correlations"][metric]["pearson"] == pytest.approx(stats.pearsonr(scores, truth)[0])
+    # the known Dice passes the ground-truth health check (0.40 to 0.71, no ties, none near zero)
+    assert report["ground_truth"]["can_rank"] is True and report["ground_truth"]["reasons"] == []
+    assert report["ground_truth"]["dice_median"] == pytest.approx(0.55)
+    assert report["ground_truth"]["rule"]["zero_dice"] == 0.05
+    assert "The known Dice can rank the models" in result.stdout
     assert (out / "ranking.png").stat().st_size > 1000
     assert not list(out.glob(".work-*"))  # the preprocessed copies are gone
 
@@ -222,8 +232,48 @@ def test_model_names_metrics_and_layer_ratios(tmp_path):
     assert names == ["Dataset001_A/nnUNetTrainer__nnUNetPlans__3d_fullres",
                      "Dataset002_B/nnUNetTrainer__nnUNetPlans__3d_fullres", "mine"]
     assert list(metric_definitions(None)) == ["ccfv", "logme", "leep", "gbc", "transrate"]
+    # each with its function's defaults (the released pipelines' preprocessing), or switched off
+    assert metric_definitions(["transrate", "gbc"]) == {"transrate": {"method": "transrate"}, "gbc": {"method": "gbc"}}
+    assert metric_definitions(["transrate", "gbc", "logme"], features_as_given=True) == {
+        "transrate": {"method": "transrate", "row_normalise": False}, "gbc": {"method": "gbc", "pca_components": None},
+        "logme": {"method": "logme"}}
     assert list(metric_definitions(["logme", "all"]))[:2] == ["logme", "ccfv"]
     with pytest.raises(ValueError, match="unknown metric"):
         metric_definitions(["dice"])
     assert default_layer_ratios(3) == [0.25, 0.5, 1.0]
     assert default_layer_ratios(4) == [0.125, 0.25, 0.5, 1.0]
+
+
+def _ranking(dice: list[float | None]) -> Ranking:
+    rows = [{"model": f"m{i}", "architecture": "unet", "scores": {"ccfv": float(i), "logme": float(-i)},
+             "ranks": {"ccfv": len(dice) - i, "logme": i + 1}, "dice": d} for i, d in enumerate(dice)]
+    return Ranking(rows=rows, failed=[], metrics=["ccfv", "logme"], correlations=correlations(rows, ["ccfv", "logme"]),
+                   meta={"dataset": "Dataset093_X", "cases": ["a", "b"]}, ground_truth=dice_health(rows, "Dataset093_X"))
+
+
+@pytest.mark.parametrize(
+    ("dice", "can_rank", "reason"),
+    [
+        ([0.0, 0.0, 0.01, 0.0, 0.35], False, "4 of 5 models fine-tune to a mean Dice below 0.05"),
+        ([0.70, 0.705, 0.698, 0.40, 0.2], False, "3 of 5 models are tied at the top"),
+        ([0.30, 0.45, 0.55, 0.62, 0.80], True, None),
+        ([0.30, None, 0.80], False, "only 2 model(s)"),
+    ],
+)
+def test_rank_dice_gets_the_ground_truth_check(dice, can_rank, reason, tmp_path):
+    ranking = _ranking(dice)
+    health = ranking.ground_truth
+    assert health["can_rank"] is can_rank
+    assert health["n_models"] == sum(d is not None for d in dice)
+    assert health["seed_sd"] is None and health["spread_ratio"] is None  # one value per model: JSON null
+    if reason:
+        assert health["reasons"][0].startswith(reason)
+    assert json.loads(json.dumps(ranking_json(ranking)))["ground_truth"]["can_rank"] is can_rank
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    print_ranking(ranking, tmp_path, console)
+    text = console.file.getvalue()
+    if can_rank:
+        assert "The known Dice can rank the models (Dice 0.3000 to 0.8000" in text
+    else:
+        assert "The known Dice cannot rank the models: " + reason in text
+        assert "measures noise, not the metrics" in text

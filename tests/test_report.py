@@ -15,7 +15,8 @@ from rich.console import Console
 from ccfv.cli import main
 from ccfv.features_file import CaseRecord, write_features
 from ccfv.figures import class_features, dice_heatmap, feature_tsne, scores_vs_dice, standardise
-from ccfv.report import build_costs, pair_costs, print_report, read_benchmark, stage_costs
+from ccfv.ground_truth import build_ground_truth, flags, read_csv, verdict
+from ccfv.report import build_costs, pair_costs, print_ground_truth, print_report, read_benchmark, stage_costs
 from ccfv.results import build_statistics, build_tables
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -79,9 +80,11 @@ def _make_results(tmp_path: Path) -> Path:
                 dice_files[(t, m)].append(d)
     results = tmp_path / "results"
     tables = {"table1": ["leep", "ccfv"], "table2": ["ccfv"]}
-    build_tables(score_files, dice_files, tables, targets, results / "tables")
+    # as the workflow does: the ground-truth check first, its flags marked in the tables
+    marks = flags(build_ground_truth(dice_files, targets, results / "tables"))
+    build_tables(score_files, dice_files, tables, targets, results / "tables", flags=marks)
     build_statistics(results / "tables/records.json", tables, targets, {t: 5 + i for i, t in enumerate(targets)},
-                     results / "tables", n_bootstrap=100, n_permutations=100, n_simulations=50)
+                     results / "tables", n_bootstrap=100, n_permutations=100, n_simulations=50, flags=marks)
     return results
 
 
@@ -104,8 +107,28 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", str(results)]) == 0
     out = capsys.readouterr().out
     assert "Table 1" in out and "LEEP" in out
+    assert out.startswith("Ground truth: ")  # the verdict comes before the tables
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no tables folder" in capsys.readouterr().err
+
+
+def test_cli_report_ground_truth_prints_the_verdict_in_words(tmp_path, capsys):
+    results = _make_results(tmp_path)
+    rows = read_csv(results / "tables/ground_truth.csv")
+    # seed Dice drawn uniformly from [0.2, 0.9]: the choice of source moves the Dice no more than the seed
+    assert not all(r["can_rank"] for r in rows)
+    assert main(["report", str(results), "--ground-truth"]) == 0
+    out = capsys.readouterr().out
+    assert "Table 1" not in out
+    for line in verdict(rows):
+        assert " ".join(line.split()) in " ".join(out.split())
+    for row in rows:
+        if not row["can_rank"]:
+            assert row["target"] in out and "spread across fine-tuning seeds" in out
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    assert print_ground_truth(results, console) == rows
+    assert main(["report", str(tmp_path), "--ground-truth"]) == 2
+    assert "no ground-truth table" in capsys.readouterr().err
 
 
 def _features(path: Path, rng, n_cases=3, with_class=True) -> Path:

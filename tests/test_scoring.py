@@ -126,6 +126,20 @@ def test_baselines_default_to_their_released_pipelines_and_can_take_features_as_
     assert check_metric("g", features_as_given({"g": {"method": "gbc"}})["g"]) == ("gbc", {"pca_components": None})
 
 
+def test_ccfv_score_uses_the_released_pipelines_unless_features_as_given(features_path, capsys):
+    from ccfv.cli import main
+
+    ff = read_features(features_path)
+    features, labels, _ = head_samples(ff)
+    assert main(["score", str(features_path), "--metric", "transrate", "--metric", "gbc"]) == 0
+    released = json.loads(capsys.readouterr().out)
+    assert released == {"transrate": metrics.transrate(features, labels, row_normalise=True),
+                        "gbc": metrics.gbc(features, labels, pca_components=64)}
+    assert main(["score", str(features_path), "--metric", "transrate", "--metric", "gbc", "--features-as-given"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"transrate": metrics.transrate(features, labels, row_normalise=False),
+                                                   "gbc": metrics.gbc(features, labels, pca_components=None)}
+
+
 @pytest.mark.parametrize(
     ("definition", "message"),
     [

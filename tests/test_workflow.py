@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import html
+import io
 import json
 import math
 import os
@@ -13,30 +15,49 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
+
+from ccfv.report import print_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 STAGES = {
     "synthesize_task", "validate_task", "convert_to_nnunet", "plan_and_preprocess", "make_split", "pretrain", "random_init",
-    "sample_features", "score", "finetune", "tables", "statistics", "figures", "feature_tsne", "costs", "provenance",
+    "sample_features", "score", "finetune", "ground_truth", "tables", "statistics", "figures", "feature_tsne", "costs",
+    "provenance",
 }
 # Every table and figure the report must hold (rules/results.smk marks them with report()).
 REPORT_FILES = [
-    "table1.csv", "table2.csv", "paper_comparison.csv", "statistics.csv", "regret.csv", "noise_ceiling.csv",
+    "ground_truth.html", "table1.csv", "table2.csv", "paper_comparison.csv", "statistics.csv", "regret.csv", "noise_ceiling.csv",
     "costs_per_stage.csv", "costs_per_pair.csv", "scores_vs_dice.png", "dice_heatmap.png", "feature_tsne.png",
     "provenance.json",
 ]
 
 
 # What a change upstream of the tables reruns in the results stage, besides its own jobs (feature_tsne only
-# when the first target's features change).
+# when the first target's features change; the ground-truth check only when fine-tuning results change).
 RESULTS_RERUN = {"tables": 1, "statistics": 1, "figures": 1, "costs": 1, "provenance": 1}
 
 
 def with_results(counts: dict[str, int]) -> dict[str, int]:
     """``counts`` plus the results jobs a rerun upstream schedules, and the total."""
-    out = {**counts, **RESULTS_RERUN}
+    out = {**counts, **RESULTS_RERUN, **({"ground_truth": 1} if counts.get("finetune") else {})}
     return {**out, "total": sum(out.values())}
+
+
+def flagged_in_tables(tables: Path, targets: list[str]) -> set[str]:
+    """The targets marked "cannot rank" in the results tables; every table must agree on them."""
+    found = {}
+    for name in ("table1", "table2"):
+        row = list(csv.reader((tables / f"{name}.csv").open()))[-1]
+        assert row[:2] == ["ground_truth", "verdict"], name
+        found[f"{name}.csv"] = {t for t, v in zip(targets, row[2:]) if v == "cannot rank"}
+        found[f"{name}.md"] = {t for t in targets if f"| {t.split('_')[0]}† |" in (tables / f"{name}.md").read_text()}
+    for name in ("statistics", "regret"):
+        found[f"{name}.csv"] = {r["target"] for r in csv.DictReader((tables / f"{name}.csv").open())
+                                if r["ground_truth"] == "cannot rank"}
+    assert len({frozenset(v) for v in found.values()}) == 1, found
+    return next(iter(found.values()))
 
 
 def snakemake(*args, cwd=None, timeout=120):
@@ -155,13 +176,53 @@ def test_whole_dag_on_tiny_config(tmp_path):
     tasks = ["Task91_SynthLiver", "Task94_SynthSpleen"]
     assert rows[0] == ["method", "statistic", *tasks, "Avg"]
     assert [(r[0], r[1]) for r in rows[1:]] == [("LogME", "tau"), ("LogME", "pearson"), ("LEEP", "tau"),
-                                                ("LEEP", "pearson"), ("CC-FV", "tau"), ("CC-FV", "pearson")]
+                                                ("LEEP", "pearson"), ("CC-FV", "tau"), ("CC-FV", "pearson"),
+                                                ("ground_truth", "verdict")]
     table2 = list(csv.reader((tmp_path / "results/tables/table2.csv").open()))
     assert [(r[0], r[1]) for r in table2[1:]] == [("CC-FV", "tau"), ("CC-FV", "pearson"),
-                                                  ("KL-divergence", "tau"), ("KL-divergence", "pearson")]
-    for row in rows[1:] + table2[1:]:
+                                                  ("KL-divergence", "tau"), ("KL-divergence", "pearson"),
+                                                  ("ground_truth", "verdict")]
+    for row in rows[1:-1] + table2[1:-1]:
         assert all(math.isfinite(float(v)) for v in row[2:]), row
     assert (tmp_path / "results/tables/table1.md").read_text().startswith("| Method |")
+    # the ground-truth check ran first and every table marks exactly the targets it flags (tiny.yaml's one
+    # fine-tuning iteration learns next to nothing, so it flags them all today; which, is the demo's business)
+    tables_dir = tmp_path / "results/tables"
+    health = {h["target"]: h for h in csv.DictReader((tables_dir / "ground_truth.csv").open())}
+    assert list(health) == tasks
+    assert flagged_in_tables(tables_dir, tasks) == {t for t, h in health.items() if h["can_rank"] == "False"}
+    # a deliberately broken ground truth: Task94's fine-tuning "failed" for three of its four models, Task91's
+    # learnt (hand-made Dice written into the fine-tuning results); the results stage reruns from them
+    broken = {"Task91_SynthLiver": [0.31, 0.52, 0.64, 0.70], "Task94_SynthSpleen": [0.0, 0.0, 0.01, 0.42]}
+    for target, values in broken.items():
+        for path, value in zip(sorted((tmp_path / "results/finetune" / target).glob("*/seed0.json")), values):
+            result_json = json.loads(path.read_text())
+            result_json["mean_dice"] = value
+            path.write_text(json.dumps(result_json))
+    assert dry_run("--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path) == with_results(
+        {"ground_truth": 1, "all": 1})
+    rerun = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path, timeout=600)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    health = {h["target"]: h for h in csv.DictReader((tables_dir / "ground_truth.csv").open())}
+    assert health["Task91_SynthLiver"]["can_rank"] == "True" and health["Task91_SynthLiver"]["reasons"] == ""
+    why = health["Task94_SynthSpleen"]["reasons"]
+    assert health["Task94_SynthSpleen"]["can_rank"] == "False"
+    assert why == "3 of 4 models fine-tune to a mean Dice below 0.05 (more than 34% of the bank)"
+    assert flagged_in_tables(tables_dir, tasks) == {"Task94_SynthSpleen"}
+    rows = list(csv.reader((tables_dir / "table1.csv").open()))
+    assert rows[-1] == ["ground_truth", "verdict", "ok", "cannot rank", ""]
+    for row in rows[1:-1]:  # the values stay
+        assert all(math.isfinite(float(v)) for v in row[2:]), row
+    for name in ("table1.md", "table2.md", "statistics.md", "regret.md"):
+        text = (tables_dir / name).read_text()
+        assert "| Task91 | Task94† |" in text, name
+        assert f"† Task94_SynthSpleen: the fine-tuned Dice cannot rank the bank's models: {why}." in text, name
+    assert r"Task94\textsuperscript{\dag}" in (tables_dir / "table1.tex").read_text()
+    console = Console(file=io.StringIO(), width=300, color_system=None)
+    print_ground_truth(tmp_path / "results", console)
+    verdict = console.file.getvalue()
+    assert verdict.startswith("Ground truth: on 1 of 2 targets the fine-tuned Dice cannot rank"), verdict
+    assert f"  Task94_SynthSpleen: {why}" in verdict and "Task91_SynthLiver:" not in verdict
     records = list(csv.DictReader((tmp_path / "results/tables/scores_and_dice.csv").open()))
     assert len(records) == 8  # 2 targets x 2 architectures x (1 source + random)
     for stage in ("preprocess", "pretrain", "features", "scores", "finetune", "results"):
@@ -191,6 +252,15 @@ def test_whole_dag_on_tiny_config(tmp_path):
     for wanted in REPORT_FILES:
         assert any(n.endswith("/" + wanted) for n in names), (wanted, names[:50])
     assert "The paper's Fig. 2" in text and "Top-1 regret" in text
+    # the report says in words which targets cannot rank and why (its Ground truth page), and the captions of
+    # the tables and the workflow's description point to it
+    with zipfile.ZipFile(tmp_path / "results/report.zip") as archive:
+        page = next(archive.read(n).decode() for n in names if n.endswith("/ground_truth.html"))
+    assert "On 1 of 2 targets the fine-tuned Dice cannot rank the bank's models." in page, page
+    assert f"<strong>Task94_SynthSpleen</strong>: {html.escape(why)}." in page, page
+    assert "<strong>Task91_SynthLiver</strong>" not in page
+    assert "Read this first: whether each target's fine-tuned Dice can rank" in text
+    assert "cannot rank its models (see Ground truth)" in text and "Read <strong>Tables / Ground truth</strong>" in text
     # a second run has nothing to do
     again = snakemake("-n", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

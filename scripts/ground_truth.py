@@ -1,0 +1,18 @@
+"""Snakemake script: can each target's fine-tuned Dice rank its bank's models? (ccfv.ground_truth; the rule
+and its thresholds in docs/report.md)"""
+from pathlib import Path
+
+from ccfv.ground_truth import HealthRule, build_ground_truth, verdict
+from ccfv.workflow import log_to
+
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        p = snakemake.params
+        pairs = [tuple(pair) for pair in p.pairs]
+        dice = list(snakemake.input.dice)
+        rows = build_ground_truth(
+            {pair: dice[i * p.n_seeds:(i + 1) * p.n_seeds] for i, pair in enumerate(pairs)},
+            targets=list(p.targets), out_dir=Path(snakemake.output.csv).parent,
+            rule=HealthRule.from_config(dict(p.rule)),
+        )
+        print("\n".join(verdict(rows)))
