@@ -33,3 +33,10 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf results logs .snakemake
+
+# Builds containers/ccfv.def without Apptainer (debootstrap + chroot under build/container/, as root; pip
+# downloads from PyPI), runs its %test and the score rule inside it against .venv. Slow the first time
+# (docs/cluster.md gives the time and size); not part of `make test` or CI.
+.PHONY: container-check
+container-check: $(STAMP)
+	nice -n 10 $(VENV)/bin/python containers/check.py
