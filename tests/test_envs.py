@@ -1,5 +1,6 @@
-"""The software every rule runs with: pinned conda envs consistent with the lock file, the Apptainer
-definition, and the directives every rule must declare (log, benchmark, resources, conda, container)."""
+"""The software every rule runs with: pinned conda envs consistent with the lock file, and the directives
+every rule must declare (log, benchmark, resources, conda, container). The Apptainer definition and its
+builder are tested in tests/test_container.py."""
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -98,51 +99,6 @@ def test_only_the_nnunet_env_carries_pytorch():
     locked = lock()
     assert [pins[n] for n in ("torch", "torchvision", "nnunetv2")] == [
         locked[n] for n in ("torch", "torchvision", "nnunetv2")]
-
-
-# --------------------------------------------------------------------------------------------------
-# containers/*.def
-# --------------------------------------------------------------------------------------------------
-
-
-def parse_def(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """(header, sections) of an Apptainer definition file: 'Key: value' lines before the first %section,
-    then each %section's lines (comments and blank lines dropped)."""
-    header, sections, current = {}, {}, None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("%"):
-            current = line[1:].split()[0]
-            assert current in {"files", "post", "environment", "labels", "test", "runscript", "help", "setup",
-                               "startscript", "arguments"}, f"unknown section %{current}"
-            assert current not in sections, f"section %{current} twice"
-            sections[current] = []
-        elif current is None:
-            key, sep, value = line.partition(":")
-            assert sep, f"header line without 'Key: value': {line!r}"
-            header[key.strip()] = value.strip()
-        else:
-            sections[current].append(line)
-    return header, sections
-
-
-@pytest.mark.parametrize("path", sorted((ROOT / "containers").glob("*.def")), ids=lambda p: p.name)
-def test_container_definition_parses_and_installs_the_lock(path):
-    header, sections = parse_def(path.read_text())
-    assert header["Bootstrap"] == "docker"
-    assert re.match(r"nvidia/cuda:\d+\.\d+", header["From"]), header["From"]  # a CUDA base for the GPU rules
-    files = dict(line.split()[:2] for line in sections["files"])
-    for source in files:
-        assert (ROOT / source).exists(), f"{path.name}: %files copies {source}, which does not exist"
-    assert files["requirements.lock"].endswith("requirements.lock")
-    post = " ".join(sections["post"])
-    # the pinned lock in one pip call, then the package without letting pip touch a pin
-    assert re.search(rf"pip install [^;&]*-r {re.escape(files['requirements.lock'])}", post), post
-    assert re.search(r"pip install [^;&]*--no-deps [^;&]*/opt/ccfv", post), post
-    assert "python3.11" in post
-    assert any("import ccfv" in line and "torch" in line for line in sections["test"])
 
 
 # --------------------------------------------------------------------------------------------------
