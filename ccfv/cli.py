@@ -73,7 +73,7 @@ def _rank(args) -> int:
     ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
                           sampling={"seed": args.seed, "total": args.samples},
-                          features_as_given=args.features_as_given)
+                          features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code)
     print_ranking(ranking, args.out)
     return ranking.exit_status
 
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_report)
 
     p = sub.add_parser(
-        "rank", help="rank pre-trained models (nnU-Net v2 model folders or ccfv bank models) on a labelled dataset",
+        "rank", help="rank pre-trained models (nnU-Net v2 model folders, MONAI bundles, ccfv bank models) on a labelled "
+                     "dataset",
         description="Rank pre-trained 3D segmentation models by their expected Dice after fine-tuning on a "
                     "labelled dataset, without fine-tuning them (docs/rank.md). Exit status: 0 every model ranked, "
                     "1 some could not be (each named, with the reason), 2 none or bad arguments/data.")
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an MSD task folder or an nnU-Net raw dataset folder (dataset.json, imagesTr/, labelsTr/)")
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
                    help="an nnU-Net v2 trained model folder (plans.json, dataset.json, fold_N/checkpoint_final.pth), "
-                        "one of its fold_N folders or checkpoints, or a ccfv bank model folder; repeatable")
+                        "one of its fold_N folders or checkpoints, a MONAI bundle folder (configs/metadata.json, "
+                        "configs/inference.json|yaml, models/model.pt) or a ccfv bank model folder; repeatable")
     p.add_argument("--metric", action="append", metavar="METRIC",
                    help="ccfv, logme, leep, gbc, transrate, nce, hscore, ccfv_released or all; repeatable; the "
                         "table is ordered by the first; default: ccfv logme leep gbc transrate")
@@ -151,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel (and --max-cases) choice")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
+    p.add_argument("--trust-bundle-code", action="store_true",
+                   help="let MONAI evaluate the bundles' configs, Python expressions and imports included, and read "
+                        "TorchScript model.ts files (default: literal monai/torch classes only; a bundle needing more "
+                        "is refused with the reason)")
     p.set_defaults(run=_rank)
     return parser
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .models.bank import load_bank_model
 from .networks import decoder_layers, layer_ratios_for
 from .preprocessing import load_case
 from .splits import read_split
-from .training import load_bank_model, pick_device
+from .training import pick_device
 
 __all__ = ["decoder_layers", "sample_target"]
 

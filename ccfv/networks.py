@@ -25,7 +25,9 @@ unetr    ``decoder5``, ``decoder4``,  8f, 4f, 2f, f                   8, 4, 2, 1
 from __future__ import annotations
 
 import math
-import re
+
+# The allowlist lives with the model loaders (ccfv/models/allowlist.py); importable here as before.
+from .models.allowlist import UNET_CLASSES, check_unet_architecture  # noqa: F401
 
 UNET = "unet"
 UNETR = "unetr"
@@ -63,30 +65,6 @@ def unetr_architecture(patch_size, options: dict | None = None) -> dict:
         },
         "_kw_requires_import": [],
     }
-
-
-#: U-Net classes nnU-Net plans may name (``network_class_name``); nnU-Net imports whatever a plans file names.
-UNET_CLASSES = (
-    "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-)
-#: An op named in a plans file (``conv_op``, ``norm_op``, ``dropout_op``, ``nonlin``): a class of torch.nn.
-_TORCH_NN_OP = re.compile(r"torch\.nn\.(?:modules\.[a-z_]+\.)?[A-Z][A-Za-z0-9]*")
-
-
-def check_unet_architecture(architecture: dict, where: str = "plans") -> None:
-    """Refuse an architecture entry that would make nnU-Net import anything but a known U-Net and torch.nn
-    ops. nnU-Net resolves these names with ``pydoc.locate``, which imports (runs) the module a name points
-    to: a plans file from elsewhere could otherwise name any importable code."""
-    name = architecture.get("network_class_name")
-    if name not in UNET_CLASSES:
-        raise ValueError(f"{where}: network class {name!r} is not one ccfv builds ({', '.join(UNET_CLASSES)}); "
-                         "nothing was imported")
-    kwargs = architecture.get("arch_kwargs") or {}
-    for key in architecture.get("_kw_requires_import") or []:
-        value = kwargs.get(key)
-        if value is not None and not (isinstance(value, str) and _TORCH_NN_OP.fullmatch(value)):
-            raise ValueError(f"{where}: {key} {value!r} is not a torch.nn class; nothing was imported")
 
 
 def build(network: str, architecture: dict, num_input_channels: int, num_classes: int,

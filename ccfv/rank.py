@@ -2,21 +2,20 @@
 
 The paper's question for one user, without Snakemake (docs/rank.md). For every model given:
 
-1. load it without executing anything from its files: an nnU-Net v2 trained model folder
-   (``plans.json``, ``dataset.json``, ``fold_N/checkpoint_final.pth``; the checkpoint is read with
-   ``torch.load(weights_only=True)`` and the network class and ops named in ``plans.json`` must be on an
-   allowlist, because nnU-Net would import whatever they name) or a ccfv bank model (``model.json`` and
-   ``weights.safetensors``);
-2. preprocess the user's labelled cases as the model expects them: with the model's own plans and
-   configuration for an nnU-Net model (spacing, transpose, normalisation with the intensity statistics it
-   was trained with), with the dataset's own nnU-Net plans for a ccfv bank model (as the workflow does);
+1. load it without executing anything from its files (:mod:`ccfv.models`, one module per format): an
+   nnU-Net v2 trained model folder, a ccfv bank model, a MONAI bundle (literal config entries only unless
+   ``trust_bundle_code``), or a ``torch.nn.Module`` handed over from Python (:class:`ccfv.models.TorchModel`);
+2. preprocess the user's labelled cases as the model expects them (``LoadedModel``: the model's own nnU-Net
+   plans, the target's own nnU-Net plans for a bank model, the bundle's own transforms, or the caller's
+   callable), once per distinct preprocessing;
 3. sample decoder features during sliding-window inference (``ccfv.sampling``) and score them
    (``ccfv.scoring``, the metrics of the paper's Table 1).
 
-A model that cannot be applied (missing files, an unsafe or unreadable checkpoint, another number of input
-channels, a 2D configuration) is reported with the reason while the others are still ranked. The output
-folder receives ``ranking.csv``, ``ranking.json``, ``ranking.png`` and the features files, each written
-atomically.
+A model that cannot be applied (missing files, an unsafe or unreadable checkpoint, a bundle needing code,
+another number of input channels, a 2D configuration) is reported with the reason while the others are
+still ranked; a model trained on another modality (or channel order) than the target's is ranked with a
+warning. The output folder receives ``ranking.csv``, ``ranking.json``, ``ranking.png`` and the features
+files, each written atomically.
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,7 +37,9 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_json, write_text
-from .checksums import sha256_file
+from .models import LoadedModel, ModelError, load_model, model_names, parse_model_spec
+from .models.base import read_json as _read_json
+from .models.nnunet import CHECKPOINT_NAMES  # noqa: F401  (importable from here as before)
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
 RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
@@ -47,11 +48,6 @@ DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
 #: Sampling as in the demo config (config/config.yaml, docs/sampling.md).
 DEFAULT_SAMPLING = {"total": 1000, "minimum": 20, "n_global": 200, "n_background": 400, "step_size": 0.5,
                     "batch_size": 2, "seed": 0}
-CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
-
-
-class ModelError(Exception):
-    """A model that cannot be ranked; the message names the model and says why."""
 
 
 @dataclass
@@ -69,39 +65,16 @@ class Dataset:
     def num_channels(self) -> int:
         return len(self.dataset_json["channel_names"])
 
-
-@dataclass
-class Model:
-    """A loaded model, ready to sample: the network in eval mode and what preprocessing it needs."""
-
-    name: str
-    path: Path
-    kind: str                         # "nnunet" or "ccfv"
-    architecture: str
-    network: Any
-    patch_size: list[int]
-    checkpoint: Path
-    sha256: str
-    plans: dict | None = None         # nnU-Net: the model's own plans; ccfv: None (the dataset's own)
-    configuration: str = "3d_fullres"
-    details: dict = field(default_factory=dict)
+    @property
+    def modalities(self) -> list[str]:
+        """The channel names in channel order (nnU-Net's ``channel_names``: "CT", "T2", "ADC", ...)."""
+        names = self.dataset_json["channel_names"]
+        return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]
 
 
 # ----------------------------------------------------------------------------------------------
 # The dataset
 # ----------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 def _class_ids(labels: dict, where: Path) -> list[int]:
@@ -173,149 +146,33 @@ def open_dataset(path: Path, work: Path) -> Dataset:
 # ----------------------------------------------------------------------------------------------
 
 
-def parse_model_spec(spec: str) -> tuple[str | None, Path]:
-    """``NAME=PATH`` or ``PATH``."""
-    name, sep, path = spec.partition("=")
-    if sep and name and "/" not in name and not Path(spec).exists():
-        return name, Path(path)
-    return None, Path(spec)
+#: Channel names that are all MR (nnU-Net datasets name MR channels by sequence); anything else is its own kind.
+MR_NAMES = frozenset({"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD",
+                      "NONCT"})
 
 
-def _find_nnunet_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(model folder, checkpoint) of a model folder, a ``fold_N`` folder or a checkpoint file."""
-    if path.is_file():
-        return path.parent.parent, path
-    if path.name.startswith("fold_"):
-        folds = [path]
-        model_dir = path.parent
-    else:
-        model_dir = path
-        folds = sorted((p for p in path.glob("fold_*") if p.is_dir()),
-                       key=lambda p: (not p.name[5:].isdigit(), int(p.name[5:]) if p.name[5:].isdigit() else 0))
-    for name in CHECKPOINT_NAMES:
-        for fold in folds:
-            if (fold / name).is_file():
-                return model_dir, fold / name
-    looked = ", ".join(str(f.relative_to(model_dir)) for f in folds) or "no fold_N folder"
-    raise ModelError(f"{path}: no {' or '.join(CHECKPOINT_NAMES)} (looked in: {looked})")
+def _modality_kind(name: str) -> str:
+    key = re.sub(r"[^A-Z0-9]", "", str(name).upper())
+    return "CT" if key == "CT" else "MR" if key in MR_NAMES or key.startswith("MR") else key
 
 
-def _strip_prefixes(weights: dict) -> dict:
-    """State-dict keys as the plain network names them (torch.compile adds ``_orig_mod.``, DDP ``module.``)."""
-    out = {}
-    for key, value in weights.items():
-        for prefix in ("module.", "_orig_mod."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def load_nnunet_model(name: str, path: Path) -> Model:
-    """An nnU-Net v2 trained model, read without running anything its files name or hold."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from . import networks
-    from .training import read_checkpoint
-
-    model_dir, checkpoint_path = _find_nnunet_checkpoint(path)
-    plans = _read_json(model_dir / "plans.json")
-    model_json = _read_json(model_dir / "dataset.json")
-    try:
-        checkpoint = read_checkpoint(checkpoint_path, numpy_scalars=True)
-    except (ValueError, FileNotFoundError) as err:
-        raise ModelError(str(err)) from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise ModelError(f"{checkpoint_path}: not an nnU-Net checkpoint (no 'network_weights')")
-    init_args = checkpoint.get("init_args") if isinstance(checkpoint.get("init_args"), dict) else {}
-    configuration = init_args.get("configuration") or model_dir.name.split("__")[-1]
-    if configuration not in plans.get("configurations", {}):
-        raise ModelError(f"{model_dir / 'plans.json'}: no configuration {configuration!r} "
-                         f"(has {sorted(plans.get('configurations', {}))})")
-    manager = PlansManager(plans)
-    conf = manager.get_configuration(configuration)
-    if len(conf.patch_size) != 3:
-        raise ModelError(f"{model_dir}: configuration {configuration!r} is 2D (patch {conf.patch_size}); "
-                         "ccfv ranks 3D models")
-    architecture = {"network_class_name": conf.network_arch_class_name, "arch_kwargs": conf.network_arch_init_kwargs,
-                    "_kw_requires_import": list(conf.network_arch_init_kwargs_req_import)}
-    try:
-        networks.check_unet_architecture(architecture, where=str(model_dir / "plans.json"))
-    except ValueError as err:
-        raise ModelError(str(err)) from None
-    in_channels = determine_num_input_channels(manager, conf, model_json)
-    num_heads = manager.get_label_manager(model_json).num_segmentation_heads
-    network = networks.build(networks.UNET, architecture, in_channels, num_heads, deep_supervision=False)
-    weights = _strip_prefixes(checkpoint["network_weights"])
-    try:
-        network.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise ModelError(f"{checkpoint_path}: does not fit the network of {model_dir / 'plans.json'} "
-                         f"({configuration}): {str(err).splitlines()[0]}") from None
-    network.eval()
-    return Model(
-        name=name, path=path, kind="nnunet", architecture=architecture["network_class_name"].rsplit(".", 1)[-1],
-        network=network, patch_size=[int(p) for p in conf.patch_size], checkpoint=checkpoint_path,
-        sha256=sha256_file(checkpoint_path), plans=plans, configuration=configuration,
-        details={"source_dataset": model_json.get("name", plans.get("dataset_name")),
-                 "trainer": checkpoint.get("trainer_name"), "epoch": checkpoint.get("current_epoch"),
-                 "num_input_channels": in_channels, "channel_names": model_json.get("channel_names")},
-    )
-
-
-def load_ccfv_model(name: str, path: Path) -> Model:
-    """A model of this workflow's bank (``results/bank/<model>/``)."""
-    from .training import WEIGHTS, load_bank_model
-
-    try:
-        network, card = load_bank_model(path)
-    except (ValueError, FileNotFoundError) as err:
-        raise ModelError(str(err)) from None
-    return Model(name=name, path=path, kind="ccfv", architecture=card.get("network", "unet"), network=network,
-                 patch_size=[int(p) for p in card["patch_size"]], checkpoint=path / WEIGHTS,
-                 sha256=sha256_file(path / WEIGHTS),
-                 details={"source_dataset": card.get("source_task"), "num_input_channels": card["num_input_channels"],
-                          "model_id": card["model_id"]})
-
-
-def load_model(name: str, path: Path) -> Model:
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file or folder")
-    if path.is_dir() and (path / "model.json").is_file():
-        return load_ccfv_model(name, path)
-    try:
-        return load_nnunet_model(name, path)
-    except FileNotFoundError as err:
-        raise ModelError(f"{err} ({path} is neither an nnU-Net v2 trained model folder nor a ccfv bank model)") \
-            from None
-    except ValueError as err:
-        raise ModelError(str(err)) from None
-
-
-def model_names(specs: Sequence[str]) -> list[tuple[str, Path]]:
-    """(name, path) per ``--model``: the given name; else a bank model's folder name
-    (``unet-Task91_SynthLiver``) or an nnU-Net model's dataset and folder
-    (``Dataset003_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres``); a repeated name gets ``#2``, ``#3``."""
-    parsed = [parse_model_spec(s) for s in specs]
-
-    def default(path: Path) -> str:
-        path = path.resolve() if path.exists() else path
-        if path.is_file():
-            path = path.parent
-        if path.name.startswith("fold_"):
-            path = path.parent
-        depth = 1 if (path / "model.json").is_file() or not path.exists() else 2
-        return "/".join(path.parts[-depth:])
-
-    names = [n or default(p) for n, p in parsed]
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            names[i] = f"{n}#{seen[n]}"
-    return [(n, p) for n, (_, p) in zip(names, parsed)]
+def modality_warnings(model: Sequence[str] | None, target: Sequence[str]) -> list[str]:
+    """Warnings when a model was trained on other channels than the target has: another modality (CT against
+    MR: CT normalisation of MR intensities makes the features meaningless), or the same channels in another
+    order. Empty when the model does not say what it was trained on."""
+    if not model or len(model) != len(target):
+        return []
+    model, target = [str(m) for m in model], [str(t) for t in target]
+    if sorted(m.upper() for m in model) == sorted(t.upper() for t in target) and \
+            [m.upper() for m in model] != [t.upper() for t in target]:
+        return [f"channels in another order: the model was trained on {model}, the target has {target}; "
+                "reorder the target's channels"]
+    differ = [(i, m, t) for i, (m, t) in enumerate(zip(model, target)) if _modality_kind(m) != _modality_kind(t)]
+    if differ:
+        pairs = ", ".join(f"channel {i}: model {m}, target {t}" for i, m, t in differ)
+        return [f"modality mismatch ({pairs}): the model's intensity normalisation does not fit the target's "
+                "intensities, so its features (and scores) mean little"]
+    return []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,19 +227,22 @@ def _preprocessing_key(plans: dict, configuration: str) -> str:
 
 
 class Preprocessor:
-    """Each case preprocessed once per distinct preprocessing (see ``_preprocessing_key``), kept as .npy in
-    the work folder while the ranking runs."""
+    """Each case preprocessed once per distinct preprocessing (``_preprocessing_key`` of the nnU-Net plans,
+    or a model's own ``preprocess_key``), kept as .npy in the work folder while the ranking runs."""
 
     def __init__(self, dataset: Dataset, work: Path):
         self.dataset, self.work = dataset, work
 
-    def plans_for(self, model: Model) -> tuple[dict, str]:
+    def plans_for(self, model: LoadedModel) -> tuple[dict, str]:
         if model.plans is not None:
             return model.plans, model.configuration
         return _dataset_plans(self.dataset, self.work), "3d_fullres"
 
-    def cases(self, model: Model, case_ids: Sequence[str]):
+    def cases(self, model: LoadedModel, case_ids: Sequence[str]):
         """Yield (case id, image [C, D, H, W] float32, seg [D, H, W] int16) in the model's preprocessing."""
+        if model.preprocess is not None:
+            yield from self._callable_cases(model, case_ids)
+            return
         from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
         from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -408,6 +268,22 @@ class Preprocessor:
                                                          self.dataset.dataset_json)
                 np.save(image_file, np.asarray(data, dtype=np.float32))
                 np.save(seg_file, np.asarray(seg[0], dtype=np.int16))
+            yield case, np.load(image_file), np.load(seg_file)
+
+    def _callable_cases(self, model: LoadedModel, case_ids: Sequence[str]):
+        folder = self.work / "preprocessed" / _safe_name(model.preprocess_key or model.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for case in case_ids:
+            image_file, seg_file = folder / f"{case}.npy", folder / f"{case}_seg.npy"
+            if not (image_file.is_file() and seg_file.is_file()):
+                files = self.dataset.cases[case]
+                image, seg = model.preprocess([Path(f) for f in files["images"]], Path(files["label"]))
+                image, seg = np.asarray(image, dtype=np.float32), np.asarray(seg)
+                if image.ndim != 4 or seg.shape[-3:] != image.shape[1:]:
+                    raise ValueError(f"case {case!r}: the preprocessing returned image {image.shape} and label "
+                                     f"{seg.shape}; expected [C, D, H, W] and [D, H, W] on one grid")
+                np.save(image_file, image)
+                np.save(seg_file, seg.reshape(image.shape[1:]).astype(np.int16))
             yield case, np.load(image_file), np.load(seg_file)
 
 
@@ -545,11 +421,17 @@ class Ranking:
         return 1 if self.failed else 0
 
 
-def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequence[str] | None = None,
+def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequence[str] | None = None,
                 device: str = "auto", dice_file: Path | None = None, max_cases: int | None = None,
                 sampling: dict | None = None, threads: int | None = None, features_as_given: bool = False,
-                progress: bool = True, log: Callable[[str], None] | None = None) -> Ranking:
+                trust_bundle_code: bool = False, progress: bool = True,
+                log: Callable[[str], None] | None = None) -> Ranking:
     """Rank every model of ``specs`` on the labelled cases of ``data`` and write the outputs into ``out``.
+
+    ``specs``: ``[NAME=]PATH`` strings or paths (nnU-Net v2 model folders, ccfv bank models, MONAI bundles;
+    ``trust_bundle_code`` lets MONAI evaluate a bundle's code, see :mod:`ccfv.models.bundle`) and/or
+    :class:`ccfv.models.TorchModel` objects (any ``torch.nn.Module`` with its decoder layers, preprocessing
+    and patch size; docs/rank.md has an example). ``data``: an MSD task folder or an nnU-Net raw dataset.
 
     With ``dice_file`` the known Dice is compared with every metric and checked by the ground-truth health
     rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
@@ -561,7 +443,7 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
     import torch
     from tqdm.auto import tqdm
 
-    from .networks import decoder_layers
+    from .models.torch_module import TorchModel
     from .sampling import sample_dataset
     from .scoring import compute_scores
     from .training import pick_device
@@ -581,7 +463,12 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
     sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
     if dice_file is not None:
         read_dice(dice_file)  # a malformed file is an error before any work
-    named = model_names(specs)
+    given = [s for s in specs if isinstance(s, TorchModel)]
+    paths = [str(s) for s in specs if not isinstance(s, TorchModel)]
+    named: list[tuple[str, Any]] = model_names(paths) + [(m.name, m) for m in given]
+    taken = [n for n, _ in named]
+    if len(set(taken)) != len(taken):
+        raise ValueError(f"model names must be unique: {taken}")
 
     out = Path(out)
     created = not out.exists()
@@ -607,28 +494,32 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
         features_dir = out / "features"
         features_dir.mkdir(exist_ok=True)
         rows, failed = [], []
-        for name, path in tqdm(named, desc="models", unit="model", disable=not progress):
+        for name, spec in tqdm(named, desc="models", unit="model", disable=not progress):
+            path = spec if isinstance(spec, Path) else Path(name)
             try:
-                model = load_model(name, path)
-                if model.details.get("num_input_channels") != dataset.num_channels:
+                model = spec.load() if isinstance(spec, TorchModel) else \
+                    load_model(name, spec, trust_bundle_code=trust_bundle_code)
+                if model.num_input_channels is not None and model.num_input_channels != dataset.num_channels:
                     raise ModelError(
-                        f"{path}: expects {model.details.get('num_input_channels')} input channel(s) "
-                        f"{model.details.get('channel_names') or ''}, the dataset has {dataset.num_channels} "
+                        f"{path}: expects {model.num_input_channels} input channel(s) "
+                        f"{model.modalities or ''}, the dataset has {dataset.num_channels} "
                         f"{dataset.dataset_json['channel_names']}")
+                model_warnings = modality_warnings(model.modalities, dataset.modalities)
+                for warning in model_warnings:
+                    log(f"ccfv rank: model {name!r}: {warning}")
                 model.network.to(torch_device)
-                layers = decoder_layers(model.network)
                 features = features_dir / f"{_safe_name(name)}.h5"
                 sample_dataset(
-                    model.network, layers, preprocessor.cases(model, case_ids), features,
+                    model.network, model.layers, preprocessor.cases(model, case_ids), features,
                     class_ids=dataset.class_ids, budgets={k: sampling[k] for k in ("total", "minimum", "n_global",
                                                                                    "n_background")},
                     patch_size=model.patch_size, model_id=name, architecture=model.architecture,
                     target=dataset.name, seed=sampling["seed"], step_size=sampling["step_size"],
-                    batch_size=sampling["batch_size"], layer_ratios=default_layer_ratios(len(layers)),
+                    batch_size=sampling["batch_size"], layer_ratios=default_layer_ratios(len(model.layers)),
                     device=torch_device, num_cases=len(case_ids), progress=progress,
                 )
                 scores = compute_scores(features, definitions)
-            except (ModelError, ValueError, FileNotFoundError, RuntimeError) as err:
+            except (ModelError, ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
                 message = str(err)
                 if not message.startswith(str(path)):
                     message = f"{path}: {message}"
@@ -636,10 +527,12 @@ def rank_models(data: Path, specs: Sequence[str], out: Path, *, metrics: Sequenc
                 log(f"ccfv rank: model {name!r} not ranked: {message}")
                 continue
             rows.append({"model": name, "path": str(path), "kind": model.kind, "architecture": model.architecture,
-                         "checkpoint": str(model.checkpoint), "sha256": model.sha256,
+                         "checkpoint": None if model.checkpoint is None else str(model.checkpoint),
+                         "sha256": model.sha256, "layers": list(model.layers), "patch_size": list(model.patch_size),
                          "features": str(features.relative_to(out)), "scores": scores,
                          "dice": None if dice is None else dice.get(name),
-                         "source_dataset": model.details.get("source_dataset")})
+                         "source_dataset": model.source_dataset, "modalities": model.modalities,
+                         "warnings": model_warnings})
             del model
             if torch_device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -678,13 +571,14 @@ def ranking_csv(ranking: Ranking) -> str:
     header = ["rank", "model", "kind", "architecture"]
     for metric in ranking.metrics:
         header += [metric, f"{metric}_rank"]
-    header += ["dice", "path", "checkpoint_sha256"]
+    header += ["dice", "path", "checkpoint_sha256", "warnings"]
     writer.writerow(header)
     for row in ranking.rows:
         line = [row["ranks"][ranking.metrics[0]], row["model"], row["kind"], row["architecture"]]
         for metric in ranking.metrics:
             line += [repr(row["scores"][metric]), row["ranks"][metric]]
-        line += ["" if row["dice"] is None else repr(row["dice"]), row["path"], row["sha256"]]
+        line += ["" if row["dice"] is None else repr(row["dice"]), row["path"], row["sha256"] or "",
+                 "; ".join(row.get("warnings") or [])]
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -696,7 +590,16 @@ def ranking_json(ranking: Ranking) -> dict:
 
 def plot_ranking(ranking: Ranking, path: Path) -> Path:
     """One panel per metric: standardised score per model (bars, best on top), or against the known Dice
-    (scatter) when ``--dice`` gave it."""
+    (scatter) when ``--dice`` gave it. Matplotlib's warnings (a layout that does not fit, a glyph a font
+    lacks) are kept out of the terminal, where the ranked table is the output: the figure is drawn anyway."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _plot_ranking(ranking, path)
+
+
+def _plot_ranking(ranking: Ranking, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -767,13 +670,21 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
     has_dice = any(r["dice"] is not None for r in ranking.rows)
     if has_dice:
         table.add_column("known Dice", justify="right")
+    has_warnings = any(r.get("warnings") for r in ranking.rows)
+    if has_warnings:
+        table.add_column("warning")
     for row in ranking.rows:
         cells = [str(row["ranks"][ranking.metrics[0]]), row["model"], row["architecture"]]
         cells += [f"{row['scores'][m]:.4g} ({row['ranks'][m]})" for m in ranking.metrics]  # score (its rank)
         if has_dice:
             cells.append("" if row["dice"] is None else f"{row['dice']:.4f}")
+        if has_warnings:
+            cells.append("; ".join(w.split(":")[0] for w in row.get("warnings") or []))
         table.add_row(*cells)
     console.print(table)
+    for row in ranking.rows:
+        for warning in row.get("warnings") or []:
+            console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}", highlight=False)
     if ranking.correlations:
         corr = Table(title="Agreement with the known Dice")
         for column in ("metric", "weighted tau", "Pearson", "top-1 regret", "models"):
@@ -796,5 +707,5 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
 
 
 __all__ = ["RANK_METRICS", "DEFAULT_RANK_METRICS", "ModelError", "rank_models", "print_ranking", "read_dice",
-           "dice_health", "open_dataset", "load_model", "model_names", "default_layer_ratios", "metric_definitions",
-           "Ranking"]
+           "dice_health", "open_dataset", "load_model", "model_names", "parse_model_spec", "default_layer_ratios",
+           "metric_definitions", "modality_warnings", "Ranking"]

@@ -1,0 +1,92 @@
+"""Loading the models ``ccfv rank`` compares, one module per format, all behind :class:`LoadedModel`.
+
+==============================  =========================================  ===============================
+module                          a model is                                 preprocessing of the target
+==============================  =========================================  ===============================
+:mod:`ccfv.models.nnunet`       an nnU-Net v2 trained model folder         the model's own nnU-Net plans
+:mod:`ccfv.models.bank`         a ccfv bank model (``model.json``)         nnU-Net plans of the target
+:mod:`ccfv.models.bundle`       a MONAI bundle folder (``configs/``)       the bundle's ``preprocessing``
+:mod:`ccfv.models.torch_module` a ``torch.nn.Module`` given from Python    the caller's callable
+==============================  =========================================  ===============================
+
+:mod:`ccfv.models.allowlist` holds the network classes a plans file may name; :mod:`ccfv.models.monai_networks`
+the documented decoder stages of MONAI's networks. Nothing here runs code a model's files name or hold
+unless the user opts in (``trust_bundle_code``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .base import LoadedModel, ModelError
+
+__all__ = ["LoadedModel", "ModelError", "TorchModel", "load_model", "model_names", "parse_model_spec"]
+
+
+def __getattr__(name: str):
+    if name == "TorchModel":  # imported lazily: ``import ccfv.models`` stays free of torch
+        from .torch_module import TorchModel
+
+        return TorchModel
+    raise AttributeError(name)
+
+
+def load_model(name: str, path: Path, *, trust_bundle_code: bool = False) -> LoadedModel:
+    """The model at ``path``: a MONAI bundle folder, a ccfv bank model or an nnU-Net v2 model folder (a
+    ``fold_N`` folder or a checkpoint file of one too).
+
+    Raises:
+        ModelError: naming the file and the reason (missing, unreadable, unsafe, unsupported).
+    """
+    from . import bank, bundle, nnunet
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file or folder")
+    try:
+        if bundle.is_bundle(path):
+            return bundle.load(name, path, trust_bundle_code=trust_bundle_code)
+        if bank.is_bank_model(path):
+            return bank.load(name, path)
+        try:
+            return nnunet.load(name, path)
+        except FileNotFoundError as err:
+            raise ModelError(f"{err} ({path} is neither a MONAI bundle, an nnU-Net v2 trained model folder nor a "
+                             "ccfv bank model)") from None
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+
+
+def parse_model_spec(spec: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH``."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, Path(path)
+    return None, Path(spec)
+
+
+def model_names(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    """(name, path) per ``--model``: the given name; else a bank model's or a bundle's folder name
+    (``unet-Task91_SynthLiver``) or an nnU-Net model's dataset and folder
+    (``Dataset003_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres``); a repeated name gets ``#2``, ``#3``."""
+    from .bank import is_bank_model
+    from .bundle import is_bundle
+
+    parsed = [parse_model_spec(s) for s in specs]
+
+    def default(path: Path) -> str:
+        path = path.resolve() if path.exists() else path
+        if path.is_file():
+            path = path.parent
+        if path.name.startswith("fold_"):
+            path = path.parent
+        depth = 1 if is_bank_model(path) or is_bundle(path) or not path.exists() else 2
+        return "/".join(path.parts[-depth:])
+
+    names = [n or default(p) for n, p in parsed]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}#{seen[n]}"
+    return [(n, p) for n, (_, p) in zip(names, parsed)]
