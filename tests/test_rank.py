@@ -277,3 +277,142 @@ def test_rank_dice_gets_the_ground_truth_check(dice, can_rank, reason, tmp_path)
     else:
         assert "The known Dice cannot rank the models: " + reason in text
         assert "measures noise, not the metrics" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MONAI bundles, torch modules and what users hit (issue 15)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_rank_monai_bundles_beside_an_nnunet_folder_and_a_bank_model(bank, tmp_path):
+    """Three tiny MONAI networks saved as zoo-like bundles ($ in imports, device, network, evaluator) ranked
+    with an nnU-Net folder and a bank model; a bundle whose network_def carries a $ expression that would
+    create a marker file is refused by name and nothing of it runs; with --trust-bundle-code it is built."""
+    from test_models_monai import NETWORKS, write_bundle
+
+    bundles = {kind.lower(): write_bundle(tmp_path / kind, *NETWORKS[kind], seed=i)
+               for i, kind in enumerate(("UNet", "SegResNet", "SwinUNETR"))}
+    marker = tmp_path / "payload-ran"
+    network_def, roi = NETWORKS["UNet"]
+    evil = write_bundle(tmp_path / "evil", dict(network_def, out_channels=f"$open({str(marker)!r}, 'w').close() or 3"),
+                        roi, weights_of=network_def)
+    out = tmp_path / "ranking"
+    models = {**bundles, "liver": bank["models"][SOURCES[0]], "random": bank["ccfv"], "evil": evil}
+    model_args = [a for n, p in models.items() for a in ("--model", f"{n}={p}")]
+    result = _rank_in_subprocess(["rank", "--data", str(bank["target"]), *model_args, "--metric", "ccfv",
+                                  "--metric", "logme", "--out", str(out), "--device", "cpu", "--threads", "1"])
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert not marker.exists()
+    report = json.loads((out / "ranking.json").read_text())
+    ranked = {m["model"]: m for m in report["models"]}
+    assert set(ranked) == {"unet", "segresnet", "swinunetr", "liver", "random"}
+    assert {ranked[k]["kind"] for k in bundles} == {"monai-bundle"}
+    assert ranked["swinunetr"]["architecture"] == "SwinUNETR" and ranked["swinunetr"]["patch_size"] == [64, 64, 64]
+    assert ranked["segresnet"]["layers"] == ["up_layers.0", "up_layers.1"]
+    for model in ranked.values():
+        assert all(np.isfinite(v) for v in model["scores"].values()), model["model"]
+        assert model["warnings"] == []  # the bundles' metadata say CT, as the target is
+    [failure] = report["failed"]
+    assert failure["model"] == "evil" and "'network_def::out_channels' needs Python code" in failure["error"]
+    assert "not ranked" in result.stdout and "Models ranked on Dataset093_SynthPancreas" in result.stdout
+    assert "Warning" not in result.stdout  # the terminal shows the table, not library warnings
+
+    trusted = tmp_path / "trusted"
+    status = main(["rank", "--data", str(bank["target"]), "--model", f"evil={evil}", "--metric", "logme",
+                   "--out", str(trusted), "--device", "cpu", "--trust-bundle-code", "--max-cases", "2"])
+    assert status == 0 and marker.exists()
+    assert [m["model"] for m in json.loads((trusted / "ranking.json").read_text())["models"]] == ["evil"]
+
+
+def test_python_entry_point_ranks_plain_torch_modules(bank, tmp_path):
+    """ccfv.rank_models with two torch.nn.Modules, their layers, a preprocessing callable and a patch size;
+    the same network given as a bundle and as a module gets the same scores (one ranking machinery)."""
+    import ccfv
+    from monai.networks.nets import SegResNet
+    from test_models_monai import NETWORKS, write_bundle
+
+    from ccfv.models.bundle import load as load_bundle
+
+    network_def, roi = NETWORKS["UNet"]
+    bundle = write_bundle(tmp_path / "unet", network_def, roi, seed=3)
+    as_bundle = load_bundle("unused", bundle)
+    torch.manual_seed(5)
+    segresnet = SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8, blocks_down=(1, 1, 1),
+                          blocks_up=(1, 1))
+    models = [
+        ccfv.TorchModel(name="unet-module", network=as_bundle.network, layers=as_bundle.layers,
+                        preprocess=as_bundle.preprocess, patch_size=roi),
+        ccfv.TorchModel(name="segresnet-module", network=segresnet, layers=["up_layers.0", "up_layers.1"],
+                        preprocess=as_bundle.preprocess, patch_size=[16, 16, 16], modalities=["MR"]),
+        str(bundle),
+    ]
+    ranking = ccfv.rank_models(bank["target"], models, tmp_path / "out", metrics=["ccfv", "logme"], device="cpu",
+                               max_cases=2, progress=False, log=lambda message: None)
+    assert ranking.failed == [] and ranking.exit_status == 0
+    rows = {r["model"]: r for r in ranking.rows}
+    assert set(rows) == {"unet-module", "segresnet-module", "unet"}
+    assert rows["unet-module"]["scores"] == rows["unet"]["scores"]
+    assert rows["segresnet-module"]["kind"] == "torch"
+    assert any("modality mismatch (channel 0: model MR, target CT)" in w for w in rows["segresnet-module"]["warnings"])
+    report = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert [r["model"] for r in report["models"]] == [r["model"] for r in ranking.rows]
+    with pytest.raises(ValueError, match="model names must be unique"):
+        ccfv.rank_models(bank["target"], [models[0], models[0]], tmp_path / "again", device="cpu")
+
+
+def test_modality_and_channel_order_warnings(bank, tmp_path):
+    """An nnU-Net model trained on MR ranked on CT: ranked, warned by name in the table and ranking.json."""
+    from ccfv.rank import modality_warnings
+
+    mr = tmp_path / "mr"
+    shutil.copytree(bank["models"][SOURCES[0]], mr)
+    dataset_json = json.loads((mr / "dataset.json").read_text())
+    dataset_json["channel_names"] = {"0": "MRI"}
+    (mr / "dataset.json").write_text(json.dumps(dataset_json))
+    out = tmp_path / "out"
+    result = _rank_in_subprocess(["rank", "--data", str(bank["target"]), "--model", f"mr={mr}", "--metric", "logme",
+                                  "--out", str(out), "--device", "cpu", "--max-cases", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = json.loads((out / "ranking.json").read_text())["models"]
+    assert row["modalities"] == ["MRI"]
+    assert row["warnings"] == ["modality mismatch (channel 0: model MRI, target CT): the model's intensity "
+                               "normalisation does not fit the target's intensities, so its features (and scores) "
+                               "mean little"]
+    assert "modality mismatch" in result.stdout and "warning" in result.stdout
+    assert "modality mismatch" in next(csv.DictReader((out / "ranking.csv").open()))["warnings"]
+
+    assert modality_warnings(["T2", "ADC"], ["ADC", "T2"])[0].startswith("channels in another order")
+    assert modality_warnings(["T2", "ADC"], ["T2", "ADC"]) == []
+    assert modality_warnings(["MR"], ["T1"]) == []  # a bundle's "MR" covers every MR sequence
+    assert modality_warnings(["CT"], ["ct"]) == []
+    assert modality_warnings(None, ["CT"]) == []
+
+
+def test_older_nnunet_plans_are_converted_or_refused_by_name(bank, tmp_path):
+    """Plans in nnU-Net's older format (UNet_class_name, UNet_base_num_features): a PlainConvUNet is
+    converted as nnU-Net does and its weights fit; STU-Net's class is refused naming the key and the file."""
+    from ccfv.models import load_model
+
+    source = bank["models"][SOURCES[0]]
+    new = load_model("new", source)
+    old = tmp_path / "old"
+    shutil.copytree(source, old)
+    plans = json.loads((old / "plans.json").read_text())
+    conf = plans["configurations"]["3d_fullres"]
+    arch = conf.pop("architecture")["arch_kwargs"]
+    conf.update(UNet_class_name="PlainConvUNet", UNet_base_num_features=arch["features_per_stage"][0],
+                unet_max_num_features=arch["features_per_stage"][-1],
+                n_conv_per_stage_encoder=arch["n_conv_per_stage"],
+                n_conv_per_stage_decoder=arch["n_conv_per_stage_decoder"],
+                num_pool_per_axis=[len(arch["strides"]) - 1] * 3, pool_op_kernel_sizes=arch["strides"],
+                conv_kernel_sizes=arch["kernel_sizes"])
+    (old / "plans.json").write_text(json.dumps(plans))
+    converted = load_model("old", old)
+    assert converted.layers == new.layers and converted.stages == new.stages
+    for a, b in zip(converted.network.state_dict().values(), new.network.state_dict().values()):
+        assert torch.equal(a, b)
+
+    conf["UNet_class_name"] = "STUNet"
+    (old / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(Exception, match=r"plans.json: plans in nnU-Net's older format with UNet_class_name 'STUNet'"):
+        load_model("stunet", old)
