@@ -98,9 +98,14 @@ def open_dataset(path: Path, work: Path) -> Dataset:
     ``work``) or of an nnU-Net raw dataset folder (read in place)."""
     from .nnunet_paths import parse_task
 
+    from .data.validate import nested_dataset_json
+
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such dataset folder")
+    if not (path / "dataset.json").exists() and (nested := nested_dataset_json(path)) is not None:
+        raise FileNotFoundError(f"{path / 'dataset.json'}: missing; the dataset is one level down: {nested} (the "
+                                f"folder holds a nested copy of itself); pass --data {nested.parent}")
     dataset_json = _read_json(path / "dataset.json")
     if "channel_names" in dataset_json or "file_ending" in dataset_json:  # nnU-Net v2 raw
         missing = [k for k in ("channel_names", "labels", "file_ending") if k not in dataset_json]

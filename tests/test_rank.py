@@ -416,3 +416,33 @@ def test_older_nnunet_plans_are_converted_or_refused_by_name(bank, tmp_path):
     (old / "plans.json").write_text(json.dumps(plans))
     with pytest.raises(Exception, match=r"plans.json: plans in nnU-Net's older format with UNet_class_name 'STUNet'"):
         load_model("stunet", old)
+
+
+def test_a_dataset_nested_in_a_folder_of_its_name_is_pointed_at(bank, tmp_path, capsys):
+    outer = tmp_path / bank["target"].name
+    shutil.copytree(bank["target"], outer / bank["target"].name)
+    out = tmp_path / "out"
+    status = main(["rank", "--data", str(outer), "--model", str(bank["ccfv"]), "--out", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"{outer / 'dataset.json'}: missing; the dataset is one level down: " \
+           f"{outer / bank['target'].name / 'dataset.json'}" in err
+    assert f"pass --data {outer / bank['target'].name}" in err
+    assert not out.exists()
+
+
+def test_matplotlib_warnings_stay_out_of_the_terminal(tmp_path):
+    """nnU-Net's long default model names make matplotlib warn that the layout does not fit; the figure is
+    written and no warning escapes (the terminal output is the table)."""
+    import warnings
+
+    from ccfv.rank import plot_ranking
+
+    names = ["Dataset003_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres" * 4, "b", "c"]
+    rows = [{"model": n, "architecture": "unet", "scores": {"ccfv": float(i)}, "ranks": {"ccfv": 3 - i}, "dice": None}
+            for i, n in enumerate(names)]
+    ranking = Ranking(rows=rows, failed=[], metrics=["ccfv"], correlations=None, meta={"dataset": "D", "cases": [1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning would fail the test
+        path = plot_ranking(ranking, tmp_path / "ranking.png")
+    assert path.stat().st_size > 1000

@@ -193,11 +193,35 @@ def test_dataset_json_that_is_not_an_object(task):
 
 def test_missing_key(task):
     spec = load_json(task)
-    del spec["licence"]
+    del spec["numTraining"]
     save_json(task, spec)
-    problem = only(validate_task(task), "licence")
+    problem = only(validate_task(task), "numTraining")
     assert problem.file == str(task / "dataset.json")
-    assert problem.reason == "missing required key 'licence'"
+    assert problem.reason == "missing required key 'numTraining'"
+
+
+def test_descriptive_keys_no_stage_reads_may_be_absent(task):
+    """A user-made MSD-style task without reference, licence, release or description: accepted, noted."""
+    spec = load_json(task)
+    for key in ("reference", "licence", "release", "description"):
+        del spec[key]
+    save_json(task, spec)
+    report = check_task(task)
+    assert report.problems == []
+    assert "dataset.json has no 'description', 'reference', 'licence', 'release' (descriptive MSD keys no stage " \
+           "reads); accepted" in report.notes
+
+
+def test_a_task_nested_in_a_folder_of_its_name_is_pointed_at(task, tmp_path):
+    outer = tmp_path / "outer" / task.name
+    shutil.move(str(task), str(outer / task.name))
+    problem = only(validate_task(outer), "dataset.json")
+    assert problem.file == str(outer / "dataset.json")
+    assert problem.reason.startswith(f"missing; the task is one level down: {outer / task.name / 'dataset.json'}")
+    assert problem.reason.endswith(f"pass {outer / task.name}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "missing: every MSD task folder has a dataset.json" in only(validate_task(empty), "dataset.json").reason
 
 
 def test_wrong_key_types(task):
@@ -393,6 +417,20 @@ def test_undeclared_label_value(task):
     assert problem.reason == "label value(s) 3, 7 not declared in dataset.json 'labels' (declared: 0, 1, 2)"
 
 
+def test_a_label_file_that_is_an_image_is_summarised(task):
+    """An image saved as the label (thousands of HU values): one short line, not every value."""
+    image = load(task / "imagesTr" / "liver_1.nii.gz")
+    path = task / "labelsTr" / "liver_1.nii.gz"
+    data = np.asarray(image.dataobj).astype(np.int16)
+    save_nifti(path, data, image.affine)
+    problem = only(validate_task(task), "looks like an image")
+    values = np.unique(data)
+    assert problem.file == str(path)
+    assert problem.reason == (f"label holds {len(values)} distinct values ({values.min()} to {values.max()}): it looks "
+                              "like an image, not a segmentation (dataset.json 'labels' declares 0, 1, 2)")
+    assert len(values) > 100 and len(problem.reason) < 200
+
+
 def test_negative_label_value_is_undeclared(task):
     path = task / "labelsTr" / "liver_0.nii.gz"
     label = load(path)
@@ -546,7 +584,7 @@ def test_nifti2_files_are_read(task):
 
 def test_several_problems_are_all_reported(task):
     spec = load_json(task)
-    del spec["description"]
+    del spec["name"]
     spec["numTraining"] = 4
     save_json(task, spec)
     (task / "imagesTr" / "liver_0.nii.gz").write_bytes(b"junk")
@@ -561,7 +599,7 @@ def test_several_problems_are_all_reported(task):
 
     problems = validate_task(task)
     expected = [
-        (task / "dataset.json", "missing required key 'description'"),
+        (task / "dataset.json", "missing required key 'name'"),
         (task / "dataset.json", "'numTraining' is 4"),
         (task / "imagesTr" / "liver_0.nii.gz", "gzip"),
         (task / "labelsTr" / "liver_1.nii.gz", "missing"),

@@ -3,8 +3,9 @@
 ``ccfv msd validate DIR...`` runs :func:`validate_command`. Every check is described, with example
 messages, in ``docs/validation.md``. In short:
 
-* ``dataset.json`` exists, is UTF-8 JSON (a syntax error names line and column), and holds the MSD keys
-  with the MSD types (label names unique); ``numTraining``/``numTest`` equal the lengths of
+* ``dataset.json`` exists (a task nested in a folder of its name is pointed at), is UTF-8 JSON (a syntax
+  error names line and column), and holds the MSD keys some stage reads, with the MSD types (label names
+  unique); the descriptive ``description``, ``reference``, ``licence`` and ``release`` may be absent (a note); ``numTraining``/``numTest`` equal the lengths of
   ``training``/``test``; listed paths are ``.nii.gz`` files inside the task folder, listed once, never a
   macOS ``._*`` file.
 * ``imagesTr/``, ``labelsTr/`` and ``imagesTs/`` exist, and so does every listed file.
@@ -12,7 +13,8 @@ messages, in ``docs/validation.md``. In short:
   4D with one channel per ``modality`` entry, and hold no NaN or Inf; labels are 3D, have the spatial
   shape and (within :data:`AFFINE_RTOL` / :data:`AFFINE_ATOL`) the affine of their image, the header
   spacing of their image as strictly as nnU-Net compares it, and hold whole numbers that ``labels``
-  declares.
+  declares (a label file with more than :data:`LABEL_VALUES_LISTED` distinct values is summarised as
+  looking like an image).
 
 All problems are collected; nothing stops at the first one. Files in the folders that ``dataset.json``
 does not list are not checked (they are mentioned in a note), and macOS ``._*`` files never count.
@@ -39,6 +41,7 @@ __all__ = [
     "AFFINE_RTOL",
     "DatasetError",
     "Problem",
+    "DESCRIPTIVE_KEYS",
     "REQUIRED_FOLDERS",
     "REQUIRED_KEYS",
     "TaskReport",
@@ -46,15 +49,12 @@ __all__ = [
     "validate_command",
     "validate_or_raise",
     "validate_task",
+    "nested_dataset_json",
 ]
 
-#: Keys every MSD ``dataset.json`` has, with the type each must have.
+#: Keys a stage reads (nnU-Net's MSD converter, the checks below, the workflow), with the type each must have.
 REQUIRED_KEYS: dict[str, type] = {
     "name": str,
-    "description": str,
-    "reference": str,
-    "licence": str,
-    "release": str,
     "tensorImageSize": str,
     "modality": dict,
     "labels": dict,
@@ -63,8 +63,13 @@ REQUIRED_KEYS: dict[str, type] = {
     "training": list,
     "test": list,
 }
+#: Keys every official MSD ``dataset.json`` has but no stage reads: without them (user-made MSD-style tasks)
+#: a task is accepted with a note.
+DESCRIPTIVE_KEYS = ("description", "reference", "licence", "release")
 #: Misspellings found in the official MSD files, accepted in place of the key (with a note).
 KEY_ALIASES = {"release": "relase"}
+#: More distinct values than this in one label file: it is summarised (count, range), not listed.
+LABEL_VALUES_LISTED = 20
 #: Sub-folders of an MSD task; ``nnUNetv2_convert_MSD_dataset`` asserts that all three exist.
 REQUIRED_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
 #: Image and label affines agree when ``|a - b| <= AFFINE_ATOL + AFFINE_RTOL * |b|`` element-wise
@@ -386,6 +391,20 @@ def _label_values(array: np.ndarray, slope: float = 1.0, inter: float = 0.0) -> 
     return values, nonfinite, nonintegral, examples
 
 
+def nested_dataset_json(folder: Path) -> Path | None:
+    """The ``dataset.json`` of a task folder that holds only a nested copy of itself (``Task09_Spleen/
+    Task09_Spleen/dataset.json``, or one sub-folder of any name), None otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+    candidates = [p / "dataset.json" for p in subfolders if (p / "dataset.json").is_file()]
+    same_name = [c for c in candidates if c.parent.name == folder.name]
+    if same_name:
+        return same_name[0]
+    return candidates[0] if len(candidates) == 1 else None
+
+
 class _Checker:
     def __init__(self, task_dir, *, test_images: bool, progress: bool):
         self.root = Path(task_dir)
@@ -437,8 +456,14 @@ class _Checker:
     def load_dataset_json(self):
         path = self.root / "dataset.json"
         if not path.is_file():
-            self.json_problem("missing: every MSD task folder has a dataset.json" if not path.exists()
-                              else "is not a file")
+            nested = nested_dataset_json(self.root) if not path.exists() else None
+            if nested is not None:
+                self.json_problem(f"missing; the task is one level down: {nested} (the folder holds a nested copy "
+                                  f"of itself, as unpacking an archive into a folder of its name does); pass "
+                                  f"{nested.parent}")
+            else:
+                self.json_problem("missing: every MSD task folder has a dataset.json" if not path.exists()
+                                  else "is not a file")
             return None
         try:
             text = path.read_text(encoding="utf-8")
@@ -477,6 +502,14 @@ class _Checker:
                 self.json_problem(f"'{name}' must be {expected}, got {_type_name(value)} {_short(value)}")
                 continue
             values[key] = value
+        for key in DESCRIPTIVE_KEYS:
+            if key not in spec and KEY_ALIASES.get(key) in spec:
+                self.report.notes.append(f"dataset.json spells '{key}' as '{KEY_ALIASES[key]}' (as some MSD tasks "
+                                         "do); accepted")
+        absent = [k for k in DESCRIPTIVE_KEYS if k not in spec and KEY_ALIASES.get(k) not in spec]
+        if absent:
+            self.report.notes.append(f"dataset.json has no {', '.join(repr(k) for k in absent)} (descriptive MSD "
+                                     "keys no stage reads); accepted")
 
         if "tensorImageSize" in values and values["tensorImageSize"] not in ("3D", "4D"):
             self.json_problem(f"'tensorImageSize' must be \"3D\" or \"4D\", got {_short(values['tensorImageSize'])}")
@@ -700,7 +733,12 @@ class _Checker:
         if nonintegral:
             self.problem(file, f"label holds {nonintegral} non-integer voxel(s) (e.g. {_join_values(examples)}); "
                                f"labels must be whole numbers")
-        if self.declared_labels is not None:
+        if len(values) > LABEL_VALUES_LISTED:
+            declared = "" if self.declared_labels is None else \
+                f" (dataset.json 'labels' declares {_join_values(sorted(self.declared_labels))})"
+            self.problem(file, f"label holds {len(values)} distinct values ({min(values)} to {max(values)}): it looks "
+                               f"like an image, not a segmentation{declared}")
+        elif self.declared_labels is not None:
             undeclared = sorted(values - self.declared_labels)
             if undeclared:
                 self.problem(file, f"label value(s) {_join_values(undeclared)} not declared in dataset.json 'labels' "
