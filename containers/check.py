@@ -198,7 +198,7 @@ def parse_definition(text: str, path: Path | str = "<definition>") -> Definition
                 raise ValueError(f"{path}:{number}: unknown section %{name}")
             if name in sections:
                 raise ValueError(f"{path}:{number}: section %{name} given twice (first at line {lines[name]})")
-            sections[name], args[name], lines[name], current = [], rest.strip(), number, name
+            sections[name], args[name], lines[name], current = [], rest.split("#", 1)[0].strip(), number, name
         elif current is None:
             if not stripped or stripped.startswith("#"):
                 continue
@@ -486,8 +486,9 @@ def write_metadata(defn: Definition, root: Path) -> None:
 
 
 # pip's words for a requirement it could not install (pip 23)
-_NOT_FOUND = re.compile(r"Could not find a version that satisfies the requirement (\S+)(?: \(from [^)]*\))*"
-                        r"(?: \(from versions: ([^)]*)\))?")
+_NOT_FOUND = re.compile(r"Could not find a version that satisfies the requirement (\S+)(.*)$", re.M)
+_FROM_VERSIONS = re.compile(r"\(from versions: ([^)]*)\)")
+_OTHER_PYTHON = re.compile(r"Ignored the following versions that require a different python version: (.*)$", re.M)
 _NO_BUILD = re.compile(r"(?:Failed building wheel for|Failed to build|Could not build wheels for) (\S+?)[,\s]")
 _NETWORK = re.compile(r"(CERTIFICATE_VERIFY_FAILED|SSLError|Temporary failure in name resolution|Network is "
                       r"unreachable|Connection (?:refused|reset|timed out)|ReadTimeoutError|NewConnectionError|"
@@ -523,14 +524,24 @@ def explain_post_failure(defn: Definition, returncode: int, log_text: str, log_p
         for name, (number, pin) in _lock_lines(ROOT / source if source else Path("/nonexistent")).items():
             pins[name] = (source, number, pin)
     problems = []
+    other_python = _OTHER_PYTHON.search(log_text)
     for match in _NOT_FOUND.finditer(log_text):
-        requirement, versions = match.group(1), match.group(2)
-        name = _canonical(re.split(r"[=<>!~;\[]", requirement, maxsplit=1)[0])
+        requirement, rest = match.group(1), match.group(2)
+        listed = _FROM_VERSIONS.search(rest)
+        versions = [] if listed is None or listed.group(1).strip() == "none" else listed.group(1).split(", ")
+        name, _, wanted = requirement.partition("==")
+        name = _canonical(re.split(r"[<>!~;\[]", name, maxsplit=1)[0])
         where = f"{pins[name][0]}:{pins[name][1]}: " if name in pins else ""
-        have = ("pip found no release of it at all" if versions in (None, "none")
-                else f"pip found only: {versions}")
-        problems.append(f"{where}{requirement} cannot be installed in the image ({have}, for the image's Python "
-                        f"and platform)")
+        if not versions:
+            have = "pip found no release of it for the image's Python and platform"
+        else:
+            shown = ", ".join(versions[-5:])
+            have = f"pip found {len(versions)} other release(s) for the image's Python and platform, the last: {shown}"
+        hint = next((f"; pip ignored a {wanted} that requires another Python ({item.strip()}), so the image's "
+                     f"Debian release may be the wrong one" for item in (other_python.group(1).split(";")
+                                                                        if other_python and wanted else [])
+                     if item.strip().startswith(f"{wanted} ")), "")
+        problems.append(f"{where}{requirement} cannot be installed in the image ({have}{hint})")
     for match in _NO_BUILD.finditer(log_text):
         name = _canonical(match.group(1))
         where = f"{pins[name][0]}:{pins[name][1]}: {pins[name][2]}" if name in pins else match.group(1)
@@ -646,7 +657,8 @@ def build(defn: Definition, inputs: dict, logs: Path, stop_after: str | None) ->
     times["test"] = time.monotonic() - t0
     root = BUILD / "root"
     t0 = time.monotonic()
-    remove_tree(root)  # the earlier root, kept until this one passed %test
+    (BUILD / "stamp.json").unlink(missing_ok=True)  # it describes the earlier root, kept until now
+    remove_tree(root)
     times["delete old root"] = time.monotonic() - t0
     partial.rename(root)
     return times
@@ -793,7 +805,7 @@ def run_score_rule(root: Path, logs: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def preflight() -> None:
+def preflight(need_venv: bool = True) -> None:
     if os.geteuid() != 0:
         raise ContainerCheckError("needs root: debootstrap, chroot and mounts (like `apptainer build` of a "
                                   "debootstrap definition)")
@@ -801,7 +813,7 @@ def preflight() -> None:
                           ("dpkg", "dpkg")):
         if shutil.which(tool) is None:
             raise ContainerCheckError(f"{tool} is not installed: apt-get update && apt-get install {package}")
-    if not VENV_PYTHON.exists():
+    if need_venv and not VENV_PYTHON.exists():
         raise ContainerCheckError(f"{VENV_PYTHON} is missing: run `make .venv` (the rule is compared with it)")
 
 
@@ -812,7 +824,7 @@ def check(definition: Path, stop_after: str | None = None, rebuild: bool = False
     load_before = os.getloadavg()
     defn = parse_definition(definition.read_text(), definition)
     check_buildable(defn)
-    preflight()
+    preflight(need_venv=stop_after is None)
     BUILD.mkdir(parents=True, exist_ok=True)
     logs = BUILD / "logs"
     logs.mkdir(exist_ok=True)
@@ -823,7 +835,7 @@ def check(definition: Path, stop_after: str | None = None, rebuild: bool = False
     summary = {"definition": str(definition)}
     if reasons:
         print(f"container-check: building the root ({', '.join(reasons)})", flush=True)
-        stamp_path.unlink(missing_ok=True)
+        # the stamp stays with the old root, which is replaced only once the new one passed %test
         t0 = time.monotonic()
         times = build(defn, inputs, logs, stop_after)
         if stop_after:

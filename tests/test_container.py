@@ -216,14 +216,23 @@ def test_compare_versions_names_every_difference():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_a_pin_pip_cannot_install_is_named_with_its_lock_line(tmp_path, monkeypatch):
-    """Real pip output for an uninstallable pin (pip --dry-run without an index: no download), behind the
-    line `sh -x` traces for the failing command, explained against a lock file with that pin on line 4."""
+@pytest.mark.parametrize("pin, offered, expected", [
+    ("ccfv-no-such-package==1.0", [], "pip found no release of it for the image's Python and platform"),
+    ("six==1.99.0", ["1.16.0", "1.17.0"],
+     "pip found 2 other release(s) for the image's Python and platform, the last: 1.16.0, 1.17.0"),
+])
+def test_a_pin_pip_cannot_install_is_named_with_its_lock_line(tmp_path, monkeypatch, pin, offered, expected):
+    """Real pip output for an uninstallable pin (pip --dry-run on a local folder of wheel names, no index, no
+    download), behind the line `sh -x` traces for the failing command, explained against a lock file that
+    has the pin on line 4."""
     lock = tmp_path / "requirements.lock"
-    lock.write_text("# pinned\n\nsix==1.17.0\nccfv-no-such-package==1.0\n")
-    (tmp_path / "empty").mkdir()
+    lock.write_text(f"# pinned\n\nnumpy==2.4.6\n{pin}\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for version in offered:  # pip lists candidates by file name and opens none that it does not pick
+        (wheels / f"six-{version}-py2.py3-none-any.whl").touch()
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
-                          str(tmp_path / "empty"), "ccfv-no-such-package==1.0"], capture_output=True, text=True)
+                          str(wheels), pin], capture_output=True, text=True)
     assert pip.returncode != 0
     log = ("+ python3 -m venv /opt/venv\n+ /opt/venv/bin/pip install --no-cache-dir -r /opt/ccfv/requirements.lock\n"
            + pip.stdout + pip.stderr)
@@ -231,10 +240,23 @@ def test_a_pin_pip_cannot_install_is_named_with_its_lock_line(tmp_path, monkeypa
     defn = check.parse_definition(DEF.read_text(), DEF)
     message = check.explain_post_failure(defn, 1, log, tmp_path / "post.log")
     assert "failed (exit 1) in the command\n    /opt/venv/bin/pip install --no-cache-dir -r /opt/ccfv/requirements.lock" in message
-    assert ("requirements.lock:4: ccfv-no-such-package==1.0 cannot be installed in the image (pip found no release "
-            "of it at all") in message
-    assert "six" not in message
+    assert f"requirements.lock:4: {pin} cannot be installed in the image ({expected})" in message
+    assert "numpy" not in message
     assert message.endswith(f"full log: {tmp_path / 'post.log'}")
+
+
+def test_a_pin_that_needs_another_python_points_at_the_debian_release(definition):
+    # the lines pip 23.0.1 printed in the image for a missing pin (its "Ignored ..." line lists every package's
+    # releases for other Pythons, without names); here the pinned release is one of those
+    log = ("+ /opt/venv/bin/pip install --no-cache-dir -r /opt/ccfv/requirements.lock\n"
+           "ERROR: Ignored the following versions that require a different python version: 1.18.0 Requires-Python "
+           ">=3.12; 2.5.0 Requires-Python >=3.12\n"
+           "ERROR: Could not find a version that satisfies the requirement scipy==1.18.0 (from versions: 1.16.0, "
+           "1.17.1)\nERROR: No matching distribution found for scipy==1.18.0\n")
+    message = check.explain_post_failure(definition, 1, log, Path("post.log"))
+    assert ("scipy==1.18.0 cannot be installed in the image (pip found 2 other release(s) for the image's Python "
+            "and platform, the last: 1.16.0, 1.17.1; pip ignored a 1.18.0 that requires another Python (1.18.0 "
+            "Requires-Python >=3.12), so the image's Debian release may be the wrong one)") in message
 
 
 def test_an_unreachable_index_is_not_reported_as_a_missing_pin(definition):
