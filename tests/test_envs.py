@@ -136,6 +136,6 @@ def test_every_rule_declares_log_benchmark_resources_conda_container(workflow_ru
 def test_rule_families_use_their_env(workflow_rules):
     family = {r.name: Path(r.conda_env).name for r in workflow_rules.values() if r.name != "all"}
     assert {n for n, env in family.items() if env == "data.yaml"} == {"synthesize_task", "validate_task"}
-    assert {n for n, env in family.items() if env == "scores.yaml"} == {"score", "tables", "statistics", "figures",
-                                                                        "costs"}
+    assert {n for n, env in family.items() if env == "scores.yaml"} == {"score", "ground_truth", "tables", "statistics",
+                                                                        "figures", "costs"}
     assert GPU_RULES <= {n for n, env in family.items() if env == "nnunet.yaml"}
