@@ -152,12 +152,16 @@ def test_literal_config_builds_classes_and_resolves_references(tmp_path):
               "net": {"_target_": "torch.nn.Sequential"},
               "layer": {"_target_": "Conv3d", "in_channels": 1, "out_channels": "@shape::channels::0",
                         "kernel_size": "@shape#channels#1", "_desc_": "a comment"},
-              "off": {"_target_": "Identity", "_disabled_": "true"}, "device": "$torch.device('cpu')"}
+              "off": {"_target_": "Identity", "_disabled_": "true"}, "device": "$torch.device('cpu')",
+              "load": {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader"},
+              "reader": {"_target_": "monai.data.NibabelReader"}}
     literal = LiteralConfig(config, tmp_path / "inference.json")
     layer = literal.build("layer")
     assert isinstance(layer, torch.nn.Conv3d) and layer.out_channels == 4 and layer.kernel_size == (8, 8, 8)
     assert literal.build("off") is None
     assert literal.literal("shape") == {"channels": [4, 8]}
+    assert type(literal.build("load")).__name__ == "LoadImaged"
+    assert type(literal.build("reader")).__name__ == "NibabelReader"
 
 
 @pytest.mark.parametrize(
@@ -170,6 +174,9 @@ def test_literal_config_builds_classes_and_resolves_references(tmp_path):
         ({"_target_": "Identity", "_requires_": "@touch"}, "_requires_"),
         ({"_target_": "$__import__('pathlib').Path('MARKER').touch()"}, "_target_"),
         ({"_target_": "Identity", "x": "@touch"}, "the expression"),
+        ({"_target_": "monai.bundle.ConfigWorkflow", "config_file": "MARKER"}, "outside the modules ranking builds"),
+        ({"_target_": "torch.package.PackageImporter", "file_or_buffer": "MARKER"}, "outside the modules ranking"),
+        ({"_target_": "LoadImaged", "keys": "image", "reader": "pathlib.Path"}, "not one of MONAI's readers"),
     ],
 )
 def test_literal_config_refuses_code_and_runs_none_of_it(entry, reason, tmp_path):

@@ -6,8 +6,9 @@ What ranking needs from a bundle: the network (``network_def``), the bundle's ow
 
 A bundle config can run Python: ``$`` expressions, ``imports``, ``%`` macros reading other files, and
 ``_target_`` naming any importable callable. By default (:class:`LiteralConfig`) ccfv builds only those three
-entries, and only from ``_target_`` *classes* of ``monai`` or ``torch`` with literal arguments (numbers,
-strings, lists, dicts, null) and ``@`` references to other literal entries; a ``$`` or ``%`` there refuses the
+entries, and only from ``_target_`` *classes* of ``monai`` or ``torch`` (of :data:`ALLOWED_MODULES`: networks,
+layers, transforms, inferers, image readers) with literal arguments (numbers, strings, lists, dicts, null)
+and ``@`` references to other literal entries; a ``reader`` given by name must be one of MONAI's; a ``$`` or ``%`` there refuses the
 bundle with the entry and the reason, and nothing of it has run. Everything else in the config (``imports``,
 ``device``, ``network``, training and evaluation sections) is never read, so ``$`` there is no reason to
 refuse. A transform's ``device`` argument is taken as the CPU: ccfv moves the preprocessed arrays itself.
@@ -42,6 +43,11 @@ CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 #: ``ComponentLocator`` would find it among MONAI's modules; torch.nn for layers).
 SHORT_NAMESPACES = ("monai.networks.nets", "monai.transforms", "monai.inferers", "monai.data", "torch.nn")
 ALLOWED_ROOTS = ("monai", "torch")
+#: Modules whose classes ranking builds: networks and layers, transforms, inferers and image readers. Other
+#: monai/torch classes (workflows, handlers, datasets that download or cache, ``torch.package``) can act
+#: when constructed and are refused.
+ALLOWED_MODULES = ("monai.networks.", "monai.transforms.", "monai.inferers.", "monai.data.image_reader",
+                   "torch.nn.")
 #: What ranking builds from a bundle config.
 NETWORK, PREPROCESSING, INFERER = "network_def", "preprocessing", "inferer"
 
@@ -166,6 +172,8 @@ class LiteralConfig:
                 kwargs[key] = self.overrides[key]
                 continue
             kwargs[key] = self._resolve(value, f"{at}::{key}", build=True, stack=stack)
+            if key == "reader" and isinstance(kwargs[key], str):
+                self._check_reader_name(kwargs[key], f"{at}::{key}")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # MONAI's notices about changed defaults
@@ -173,6 +181,15 @@ class LiteralConfig:
         except Exception as err:  # whatever the class's constructor raises on bad arguments
             raise ModelError(f"{self.where}: {at!r}: {cls.__module__}.{cls.__name__}(...) failed: "
                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+
+    def _check_reader_name(self, name: str, at: str) -> None:
+        """LoadImage(d) imports (``pydoc.locate``) a reader name it does not know: only MONAI's own readers."""
+        from monai.transforms.io.array import SUPPORTED_READERS
+
+        known = {k.lower() for k in SUPPORTED_READERS}
+        if name.lower() not in known and name.lower() + "reader" not in known:
+            self._refuse(at, f"reader {name!r} is not one of MONAI's readers ({', '.join(sorted(known))}); "
+                             "LoadImage would import it by name")
 
     def _target(self, name: Any, at: str):
         if not isinstance(name, str) or name.startswith(("$", "@", "%")):
@@ -193,6 +210,9 @@ class LiteralConfig:
                              f"{', '.join(SHORT_NAMESPACES)}")
         if not inspect.isclass(obj):
             self._refuse(at, f"_target_ {name!r} is a function, not a class")
+        if not f"{obj.__module__}.".startswith(ALLOWED_MODULES):
+            self._refuse(at, f"_target_ {name!r} is {obj.__module__}.{obj.__name__}, outside the modules ranking "
+                             f"builds from ({', '.join(m.rstrip('.') for m in ALLOWED_MODULES)})")
         return obj
 
 
@@ -312,7 +332,9 @@ def _trusted_parts(config_file: Path, metadata_file: Path, bundle: Path):
     try:
         network = parser.get_parsed_content(NETWORK)
         preprocessing = parser.get_parsed_content(PREPROCESSING)
-        roi = parser.get_parsed_content(f"{INFERER}::roi_size") if "roi_size" in (parser.get(INFERER) or {}) else None
+        inferer = parser.get(INFERER)
+        roi = parser.get_parsed_content(f"{INFERER}::roi_size") \
+            if isinstance(inferer, dict) and "roi_size" in inferer else None
     except Exception as err:  # anything the bundle's own code raises
         raise ModelError(f"{config_file}: MONAI could not build the bundle: {type(err).__name__}: "
                          f"{str(err).splitlines()[0][:500] if str(err) else ''}") from None
