@@ -43,6 +43,9 @@ HEAD_KEY = ".seg_layers."
 CHECKPOINT_FORMAT = "ccfv-resume-1"
 
 
+AUGMENTATIONS = ("nnunet", "none")
+
+
 @dataclass(frozen=True)
 class TrainingBudget:
     """How long to train. ``iterations`` is the paper's unit (250k pretraining, 100k fine-tuning)."""
@@ -51,6 +54,14 @@ class TrainingBudget:
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
     learning_rate: float = 1e-2
+    #: "nnunet": nnU-Net's default data augmentation (the paper's setting). "none": nnU-Net's own
+    #: nnUNetTrainerNoDA transforms (no spatial or intensity augmentation, no mirroring), for budgets of a few
+    #: hundred iterations, where augmentation only slows learning down (docs/models.md).
+    augmentation: str = "nnunet"
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
 
     @property
     def epochs(self) -> int:
@@ -73,11 +84,21 @@ def pick_device(device: str = "auto"):
     return torch.device(device)
 
 
-def _trainer_class():
-    """nnUNetTrainer with our budget and split; defined lazily so importing ccfv does not import nnU-Net."""
+def _trainer_class(augmentation: str = "nnunet"):
+    """nnUNetTrainer with our budget and split; defined lazily so importing ccfv does not import nnU-Net.
+
+    ``augmentation="none"`` derives from nnU-Net's own ``nnUNetTrainerNoDA`` instead (same training, its
+    validation transforms used for training, no mirroring).
+    """
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    class CCFVTrainer(nnUNetTrainer):
+    if augmentation == "none":
+        from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
+        base = nnUNetTrainerNoDA
+    else:
+        base = nnUNetTrainer
+
+    class CCFVTrainer(base):
         """nnU-Net's default trainer with three changes and nothing else.
 
         - The iteration budget comes from the workflow config instead of 1000 x 250.
@@ -274,48 +295,9 @@ def _load_plans_and_dataset(preprocessed_dataset: Path) -> tuple[dict, dict]:
     return plans, dataset_json
 
 
-def build_network(card: dict, deep_supervision: bool = False):
-    """Build the (untrained) network a model card describes (``network``: unet, the default, or unetr)."""
-    return networks.build(card.get("network", networks.UNET), card["architecture"], card["num_input_channels"],
-                          card["num_classes"], deep_supervision=deep_supervision)
-
-
-def read_model_card(model_dir: Path) -> dict:
-    path = Path(model_dir) / MODEL_CARD
-    try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a ccfv bank model") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    for key in ("model_id", "architecture", "num_input_channels", "num_classes", "patch_size"):
-        if key not in card:
-            raise ValueError(f"{path}: required key {key!r} is missing")
-    return card
-
-
-def load_bank_model(model_dir: Path, device: str = "cpu"):
-    """(network in eval mode without deep supervision, model card) of a bank model.
-
-    safetensors holds tensors only, so nothing in the file can execute; every tensor of the network must
-    be in the file with its shape, and nothing else may be (a mismatch is an error naming the file).
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    card = read_model_card(model_dir)
-    network = build_network(card, deep_supervision=False)
-    path = Path(model_dir) / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        load_model(network, str(path), strict=True, device="cpu")
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    except RuntimeError as err:  # strict loading: missing/unexpected keys or wrong shapes
-        raise ValueError(f"{path}: does not fit the network described by {MODEL_CARD}: {err}") from None
-    network.to(pick_device(device)).eval()
-    return network, card
+# The bank's file format is read in ccfv/models/bank.py (one module per model format); these names stay
+# importable from here for the training code below and its callers.
+from .models.bank import build_network, load_bank_model, read_model_card  # noqa: E402
 
 
 def transfer_weights(network, source_state: dict, source_name: str) -> list[str]:
@@ -480,7 +462,7 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
     identity["network"] = list(spec)
     plans["continue_training"] = False  # nnU-Net's run_training sets this key; its trainer pops it
     with nnunet_environment(preprocessed=preprocessed_dataset.parent, results=work_dir, n_proc=1, n_proc_da=0):
-        trainer_cls = _trainer_class()
+        trainer_cls = _trainer_class(budget.augmentation)
         trainer_cls.split_file = Path(split_file)
         trainer_cls.network_spec = spec
         trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json,

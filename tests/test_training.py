@@ -11,6 +11,7 @@ import pickle
 import pytest
 import torch
 
+from ccfv import training
 from ccfv.splits import make_split, write_split
 from ccfv.training import (
     HEAD_KEY,
@@ -106,6 +107,40 @@ def test_training_budget_defaults_and_frozen():
     assert (budget.iterations_per_epoch, budget.val_iterations_per_epoch, budget.learning_rate) == (250, 50, 1e-2)
     with pytest.raises(Exception):
         budget.iterations = 5  # frozen dataclass
+
+
+def test_training_budget_augmentation():
+    assert TrainingBudget(10).augmentation == "nnunet"  # nnU-Net's default, the paper's setting
+    assert TrainingBudget(10, augmentation="none").augmentation == "none"
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        TrainingBudget(10, augmentation="light")
+
+
+def test_no_augmentation_trains_on_nnunet_validation_transforms():
+    """augmentation "none" is nnU-Net's own nnUNetTrainerNoDA: its training transforms are the validation
+    transforms (no spatial or intensity augmentation) and mirroring is off; "nnunet" is nnU-Net's default."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
+
+    plain, none = training._trainer_class("nnunet"), training._trainer_class("none")
+    assert issubclass(none, nnUNetTrainerNoDA) and not issubclass(plain, nnUNetTrainerNoDA)
+    assert issubclass(plain, nnUNetTrainer)
+    args = dict(patch_size=(8, 16, 16), rotation_for_DA=0.0, deep_supervision_scales=None, mirror_axes=(0, 1, 2),
+                do_dummy_2d_data_aug=False, foreground_labels=[1])
+    names = lambda t: [type(x).__name__ for x in t.transforms]  # noqa: E731
+    assert names(none.get_training_transforms(**args)) == names(
+        nnUNetTrainer.get_validation_transforms(None, foreground_labels=[1]))
+    assert "SpatialTransform" in names(plain.get_training_transforms(**args))
+
+
+@pytest.mark.slow
+def test_train_without_augmentation(tiny_dataset, split_file, tmp_path):
+    budget = TrainingBudget(2, iterations_per_epoch=2, val_iterations_per_epoch=1, augmentation="none")
+    trainer = train(tiny_dataset.preprocessed, split_file, tmp_path / "work", budget, seed=0, device="cpu")
+    assert type(trainer).__mro__[1].__name__ == "nnUNetTrainerNoDA"
+    assert trainer.inference_allowed_mirroring_axes is None
+    losses = trainer.logger.local_logger.my_fantastic_logging["train_losses"]
+    assert len(losses) == 1 and math.isfinite(float(losses[0]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,8 +498,8 @@ import ccfv.training as training
 
 make_trainer = training._trainer_class
 
-def killing_trainer():
-    cls = make_trainer()
+def killing_trainer(*args):
+    cls = make_trainer(*args)
 
     class Killed(cls):
         def save_checkpoint(self, filename):
