@@ -82,6 +82,7 @@ class SyntheticTask:
     lesion: str | None  # "hypodense" (inside the organ) or "nodule" (inside the lungs), or None
     lesions_per_case: tuple[int, int] = (0, 0)  # inclusive range for a case with lesions
     lesion_radius_mm: tuple[float, float] = (0.0, 0.0)
+    lesion_contrast_hu: tuple[float, float] = (40.0, 70.0)  # hypodense lesions: HU below the organ's mean
     lesion_free_every: int = 0  # training case i has no lesion when i % lesion_free_every == 1
     # The labelled organ is drawn this much larger than in the other tasks' scenes (linear factor), so
     # that a tiny network learns it within the demo's few hundred iterations (docs/demo-data.md).
@@ -128,7 +129,7 @@ DEMO_TASKS: tuple[SyntheticTask, ...] = (
     SyntheticTask(
         task_id=91, name="SynthLiver", prefix="liver", labels=("background", "liver", "cancer"),
         region="abdomen", organ="liver", lesion="hypodense", lesions_per_case=(1, 3),
-        lesion_radius_mm=(5.0, 9.0), lesion_free_every=5,
+        lesion_radius_mm=(6.0, 11.0), lesion_contrast_hu=(70.0, 110.0), lesion_free_every=5,
         description="Synthetic stand-in for MSD Task03_Liver: large enhancing organ with hypodense lesions",
     ),
     SyntheticTask(
@@ -140,7 +141,7 @@ DEMO_TASKS: tuple[SyntheticTask, ...] = (
     SyntheticTask(
         task_id=93, name="SynthPancreas", prefix="pancreas", labels=("background", "pancreas", "cancer"),
         region="abdomen", organ="pancreas", lesion="hypodense", lesions_per_case=(1, 1),
-        lesion_radius_mm=(5.0, 8.0), lesion_free_every=5, organ_scale=1.5,
+        lesion_radius_mm=(6.0, 10.0), lesion_contrast_hu=(70.0, 110.0), lesion_free_every=5, organ_scale=1.5,
         description="Synthetic stand-in for MSD Task07_Pancreas: small elongated organ with a hypodense lesion",
     ),
     SyntheticTask(
@@ -637,7 +638,7 @@ def generate_case(task: SyntheticTask | str, seed: int, case_index: int, shape=N
         count = int(rng.integers(task.lesions_per_case[0], task.lesions_per_case[1] + 1))
         if task.lesion == "hypodense":
             lesion = _place_lesions(rng, grid, organ_mask, count, task.lesion_radius_mm, fields["fine"], margin_mm=-1.0)
-            contrast = rng.uniform(40, 70)
+            contrast = rng.uniform(*task.lesion_contrast_hu)
             painter.fill(lesion, organs["organ_hu"][task.organ] - contrast, 8.0, fields["fine"])
         else:  # solid nodule: soft-tissue density inside the lung parenchyma, away from the pleura
             host = organs["lungs"] & ~organs["lung_vessels"]
