@@ -47,7 +47,7 @@ DEFAULT_METRICS = {
     "logme": {"method": "logme"},
     "transrate": {"method": "transrate"},
     "leep": {"method": "leep"},
-    "gbc": {"method": "gbc"},
+    "gbc": {"method": "gbc", "gaussian": "diagonal"},  # the GBC authors' segmentation setting
     "ccfv": {"method": "ccfv"},
     "ccfv_wo_ccons": {"method": "ccfv", "use_consistency": False},
     "ccfv_wo_fv": {"method": "ccfv", "use_variety": False},
