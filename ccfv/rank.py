@@ -304,8 +304,9 @@ def default_layer_ratios(n_layers: int) -> list[float]:
 
 
 def metric_definitions(names: Sequence[str] | None, features_as_given: bool = False) -> dict[str, dict]:
-    """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``), each with its
-    function's defaults: TransRate and GBC preprocess the features as their released pipelines do, unless
+    """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``), each with the
+    options of :data:`ccfv.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
+    TransRate and GBC preprocess the features as their released pipelines do, unless
     ``features_as_given`` (``--features-as-given``, :func:`ccfv.scoring.features_as_given`)."""
     from .scoring import features_as_given as as_given
 
@@ -315,7 +316,10 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     unknown = [n for n in names if n not in RANK_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
-    definitions = {n: {"method": n} for n in dict.fromkeys(names)}
+    from .scoring import DEFAULT_METRICS
+
+    # The workflow's defaults where it has one (GBC's diagonal Gaussian), the function's otherwise.
+    definitions = {n: dict(DEFAULT_METRICS.get(n, {"method": n})) for n in dict.fromkeys(names)}
     return as_given(definitions) if features_as_given else definitions
 
 

@@ -232,10 +232,13 @@ def test_model_names_metrics_and_layer_ratios(tmp_path):
     assert names == ["Dataset001_A/nnUNetTrainer__nnUNetPlans__3d_fullres",
                      "Dataset002_B/nnUNetTrainer__nnUNetPlans__3d_fullres", "mine"]
     assert list(metric_definitions(None)) == ["ccfv", "logme", "leep", "gbc", "transrate"]
-    # each with its function's defaults (the released pipelines' preprocessing), or switched off
-    assert metric_definitions(["transrate", "gbc"]) == {"transrate": {"method": "transrate"}, "gbc": {"method": "gbc"}}
+    # each with the released pipelines' preprocessing (the functions' defaults) and GBC's segmentation
+    # setting (a diagonal Gaussian, as the workflow's configs), or the preprocessing switched off
+    assert metric_definitions(["transrate", "gbc"]) == {
+        "transrate": {"method": "transrate"}, "gbc": {"method": "gbc", "gaussian": "diagonal"}}
     assert metric_definitions(["transrate", "gbc", "logme"], features_as_given=True) == {
-        "transrate": {"method": "transrate", "row_normalise": False}, "gbc": {"method": "gbc", "pca_components": None},
+        "transrate": {"method": "transrate", "row_normalise": False},
+        "gbc": {"method": "gbc", "gaussian": "diagonal", "pca_components": None},
         "logme": {"method": "logme"}}
     assert list(metric_definitions(["logme", "all"]))[:2] == ["logme", "ccfv"]
     with pytest.raises(ValueError, match="unknown metric"):
