@@ -5,8 +5,9 @@ config/config.yaml: 1 input channel, features [8, 16, 32, 64], patch [16, 32, 32
 seeded random 128 x 128 x 96 (x, y, z) volume, i.e. an array [1, 96, 128, 128] in nnU-Net's
 (z, y, x) order, with the same windows:
 
-* sampling: ``choose_voxels`` with the demo's budgets (``sampling:``), ``sample_case`` with its layer
-  ratios, step size and batch size, on every decoder stage, probabilities at the class and background
+* sampling: ``choose_voxels`` with the demo's budgets (``sampling:``), ``sample_case`` with the U-Net's
+  layer ratios (``sampling.layer_ratios.unet``, read with ``ccfv.networks.layer_ratios_for`` as the
+  workflow does), step size and batch size, on every decoder stage, probabilities at the class and background
   voxels (what ``sample_dataset`` does for one case, without writing the file);
 * inference: ``monai.inferers.sliding_window_inference`` with ROI = patch, ``overlap = 1 - step_size``
   (nnU-Net's step 0.5 is MONAI's overlap 0.5; on this volume both tile with the same 11 x 7 x 7 = 539
@@ -26,9 +27,15 @@ itself). ``rss_ratio`` uses "both", the stricter one.
 The sampler runs only the windows that own a chosen voxel (423 of 539 with the demo's budgets);
 ``--n-global 20000`` makes every window own one, the worst case for the sampler.
 
-The last line printed is ``time_ratio=<x> rss_ratio=<y>`` (sampling over inference).
+``--shape Z Y X`` replaces the volume (the ellipsoids scale with it); the test suite's smoke test
+(tests/test_benchmarks.py) runs ``--shape 24 48 48 --repeats 1 --rss-repeats 1 --no-own-imports``
+(2 x 2 x 2 windows, two children; most of its ~15 s is importing MONAI, ~4 s per process).
 
-    .venv/bin/python benchmarks/bench_sampling.py [--repeats 7] [--threads 1] [--n-global N]
+The last line printed is ``time_ratio=<x> rss_ratio=<y>`` (sampling over inference; x = ratio of the
+wall-clock medians, y = ratio of the equal-imports peak RSS), both with 3 decimals.
+
+    .venv/bin/python benchmarks/bench_sampling.py [--repeats 7] [--threads 1] [--rss-repeats 2]
+                                                  [--n-global N] [--shape 96 128 128] [--no-own-imports]
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPE = (96, 128, 128)  # (z, y, x) = 128 x 128 x 96 in (x, y, z)
+DEFAULT_SHAPE = (96, 128, 128)  # (z, y, x) = 128 x 128 x 96 in (x, y, z)
 NUM_CLASSES = 3  # background + 2 foreground classes
 CLASS_IDS = [1, 2]
 SEED = 0
@@ -84,23 +91,29 @@ def build_network(network: dict):
     return net.eval()
 
 
-def make_image() -> np.ndarray:
-    return np.random.default_rng(SEED).normal(size=(1, *SHAPE)).astype(np.float32)
+def make_image(shape: tuple[int, int, int]) -> np.ndarray:
+    """Seeded standard-normal image [1, z, y, x], float32."""
+    return np.random.default_rng(SEED).normal(size=(1, *shape)).astype(np.float32)
 
 
-def make_seg() -> np.ndarray:
+def make_seg(shape: tuple[int, int, int]) -> np.ndarray:
     """Two ellipsoids (a large class 1, a small class 2 inside it) and nnU-Net's -1 outside a crop.
 
-    Built slice by slice, so that no full-size float temporary inflates the sampling child's memory
-    (a real case's labels come from disk as int16)."""
-    seg = np.zeros(SHAPE, dtype=np.int16)
-    y, x = np.ogrid[: SHAPE[1], : SHAPE[2]]
-    for z in range(SHAPE[0]):
-        big = ((z - 48) / 30.0) ** 2 + ((y - 60) / 40.0) ** 2 + ((x - 70) / 35.0) ** 2 <= 1
-        small = ((z - 40) / 8.0) ** 2 + ((y - 50) / 10.0) ** 2 + ((x - 80) / 9.0) ** 2 <= 1
+    Labels [z, y, x], int16. Centres and semi-axes are fractions of ``shape`` (on the default
+    96 x 128 x 128: centres (48, 60, 70) and (40, 50, 80), semi-axes (30, 40, 35) and (8, 10, 9) voxels;
+    the first 4 rows of y are -1). Built slice by slice, so that no full-size float temporary inflates
+    the sampling child's memory (a real case's labels come from disk as int16)."""
+    d0, d1, d2 = (s / r for s, r in zip(shape, DEFAULT_SHAPE))  # scale per axis against the default
+    seg = np.zeros(shape, dtype=np.int16)
+    y, x = np.ogrid[: shape[1], : shape[2]]
+    for z in range(shape[0]):
+        big = (((z - 48 * d0) / (30.0 * d0)) ** 2 + ((y - 60 * d1) / (40.0 * d1)) ** 2
+               + ((x - 70 * d2) / (35.0 * d2)) ** 2 <= 1)
+        small = (((z - 40 * d0) / (8.0 * d0)) ** 2 + ((y - 50 * d1) / (10.0 * d1)) ** 2
+                 + ((x - 80 * d2) / (9.0 * d2)) ** 2 <= 1)
         seg[z][big] = 1
         seg[z][small] = 2
-    seg[:, :4, :] = -1
+    seg[:, : max(1, round(4 * d1)), :] = -1
     return seg
 
 
@@ -110,15 +123,20 @@ def decoder_layers(net) -> list[str]:
 
 def run_sampling(net, image, seg, config):
     from ccfv.features_file import BACKGROUND_KEY, class_key
+    from ccfv.networks import UNET, layer_ratios_for
     from ccfv.sampling import case_rng, choose_voxels, labels_at, sample_case
 
     s = config["sampling"]
     budgets = {k: int(s[k]) for k in ("total", "minimum", "n_global", "n_background")}
     coords = choose_voxels(seg, CLASS_IDS, rng=case_rng(int(s["seed"]), "bench_case"), **budgets)
     wanted = [class_key(k) for k in CLASS_IDS] + [BACKGROUND_KEY]
+    layers = decoder_layers(net)
+    # sampling.layer_ratios is per architecture (unet / unetr) or one list for all: read it as
+    # ccfv.features does for a bank U-Net.
+    ratios = layer_ratios_for(s["layer_ratios"], UNET, len(layers))
     samples = sample_case(
-        net, decoder_layers(net), image, coords, patch_size=config["network"]["patch_size"],
-        step_size=float(s["step_size"]), batch_size=int(s["batch_size"]), layer_ratios=s["layer_ratios"],
+        net, layers, image, coords, patch_size=config["network"]["patch_size"],
+        step_size=float(s["step_size"]), batch_size=int(s["batch_size"]), layer_ratios=ratios,
         probs_keys=[k for k in wanted if k in coords],
     )
     labels = {k: labels_at(seg, v) for k, v in coords.items()}
@@ -155,7 +173,7 @@ def import_for(task: str, imports: str) -> None:
         import monai.inferers  # noqa: F401
 
 
-def child(task: str, threads: int, imports: str, n_global: int | None) -> None:
+def child(task: str, threads: int, imports: str, n_global: int | None, shape: tuple[int, int, int]) -> None:
     """Run one task once in this fresh process and print its memory (MiB) as JSON."""
     import torch
 
@@ -163,9 +181,9 @@ def child(task: str, threads: int, imports: str, n_global: int | None) -> None:
     config = load_config(n_global)
     net = build_network(config["network"])
     import_for(task, imports)
-    image = make_image()
+    image = make_image(shape)
     if task == "sample":
-        seg = make_seg()
+        seg = make_seg(shape)
         before = proc_status_mib("VmRSS")
         run_sampling(net, image, seg, config)
     else:
@@ -179,17 +197,23 @@ def child(task: str, threads: int, imports: str, n_global: int | None) -> None:
     }))
 
 
-def measure_child(task: str, threads: int, imports: str, n_global: int | None) -> dict:
+def measure_child(task: str, threads: int, imports: str, n_global: int | None,
+                  shape: tuple[int, int, int]) -> dict:
     """One fresh child. Started while this process is still small: on Linux a forked child's
     ru_maxrss starts at the parent's resident size, so the parent must not have imported torch yet."""
-    command = [sys.executable, __file__, "--child", task, "--threads", str(threads), "--imports", imports]
+    command = [sys.executable, __file__, "--child", task, "--threads", str(threads), "--imports", imports,
+               "--shape", *map(str, shape)]
     if n_global is not None:
         command += ["--n-global", str(n_global)]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        # The child's traceback is the only clue (this is how the per-architecture layer_ratios broke it).
+        raise SystemExit(f"bench_sampling: child {task!r} ({imports} imports) failed with exit status "
+                         f"{result.returncode}:\n{result.stderr.strip()}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def check_same_windows(config) -> int:
+def check_same_windows(config, shape: tuple[int, int, int]) -> int:
     """nnU-Net's window starts (the sampler's) equal MONAI's scan starts on this volume."""
     from monai.inferers.utils import _get_scan_interval, dense_patch_slices
 
@@ -197,9 +221,9 @@ def check_same_windows(config) -> int:
 
     patch = tuple(config["network"]["patch_size"])
     step = float(config["sampling"]["step_size"])
-    ours = window_starts(SHAPE, patch, step)
-    interval = _get_scan_interval(SHAPE, patch, 3, (1.0 - step,) * 3)
-    monai_starts = sorted({tuple(sl.start for sl in s) for s in dense_patch_slices(SHAPE, patch, interval)})
+    ours = window_starts(shape, patch, step)
+    interval = _get_scan_interval(shape, patch, 3, (1.0 - step,) * 3)
+    monai_starts = sorted({tuple(sl.start for sl in s) for s in dense_patch_slices(shape, patch, interval)})
     nnunet_starts = sorted(itertools.product(*[s.tolist() for s in ours]))
     if monai_starts != nnunet_starts:
         raise SystemExit(f"the tilings differ: MONAI {len(monai_starts)} windows, nnU-Net {len(nnunet_starts)}")
@@ -213,18 +237,32 @@ def main() -> None:
     parser.add_argument("--rss-repeats", type=int, default=2, help="child processes per task and mode (median)")
     parser.add_argument("--n-global", type=int, default=None,
                         help="override sampling.n_global (e.g. 20000: every window owns a voxel and runs)")
+    parser.add_argument("--own-imports", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure memory with each child importing only what its task needs "
+                             "(--no-own-imports: only the equal-imports children that rss_ratio uses)")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("Z", "Y", "X"),
+                        help="volume size in nnU-Net's (z, y, x) order (default 96 128 128); every axis at "
+                             "least the patch's")
     parser.add_argument("--child", choices=["sample", "infer"], help=argparse.SUPPRESS)
     parser.add_argument("--imports", choices=["own", "both"], default="both", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    shape = tuple(args.shape)
+    if args.repeats < 1 or args.rss_repeats < 1:
+        parser.error("--repeats and --rss-repeats must be at least 1")
+    patch = load_config()["network"]["patch_size"]
+    if any(s < p for s, p in zip(shape, patch)):
+        parser.error(f"--shape {list(shape)} is smaller than the patch {patch} on some axis")
     if args.child:
-        child(args.child, args.threads, args.imports, args.n_global)
+        child(args.child, args.threads, args.imports, args.n_global, shape)
         return
 
     # Memory first, while this process has not imported torch (see measure_child).
     rss: dict[tuple[str, str], dict] = {}
-    for imports in ("both", "own"):
+    modes = ("both", "own") if args.own_imports else ("both",)
+    for imports in modes:
         for task in ("sample", "infer"):
-            runs = [measure_child(task, args.threads, imports, args.n_global) for _ in range(args.rss_repeats)]
+            runs = [measure_child(task, args.threads, imports, args.n_global, shape)
+                    for _ in range(args.rss_repeats)]
             rss[task, imports] = {k: statistics.median(r[k] for r in runs)
                                   for k in ("peak_rss_mib", "vm_hwm_mib", "rss_before_run_mib")}
             rss[task, imports]["runs"] = [r["peak_rss_mib"] for r in runs]
@@ -234,8 +272,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = load_config(args.n_global)
     net = build_network(config["network"])
-    image, seg = make_image(), make_seg()
-    n_windows = check_same_windows(config)
+    image, seg = make_image(shape), make_seg(shape)
+    n_windows = check_same_windows(config, shape)
     coords, _, samples = run_sampling(net, image, seg, config)  # warm-up
     out = run_inference(net, image, config)  # warm-up
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, volume {list(image.shape)} "
@@ -266,6 +304,8 @@ def main() -> None:
 
     for imports, what in (("own", "each child imports only what its task needs"),
                           ("both", "both children import torch, nnU-Net helpers, ccfv.sampling and MONAI")):
+        if imports not in modes:
+            continue
         print(f"peak RSS, {what}:")
         for task in ("sample", "infer"):
             r = rss[task, imports]

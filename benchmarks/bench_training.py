@@ -11,7 +11,18 @@ architecture (250k iterations) and every target's bank fine-tuned (100k iteratio
 (4 sources x 2 architectures + 2 random) x seeds. Projections use the measured GPU speed when there is one;
 otherwise the CPU speed, and a GPU figure only under a stated, unmeasured speed-up assumption.
 
+``--demo-config`` and ``--paper-config`` replace the two configs (the test suite's smoke test,
+tests/test_benchmarks.py, gives tiny networks in both and 1 iteration each).
+
+The last line printed is machine-readable, ``key=value`` separated by spaces:
+``<device>_<setup>_<network>_it_per_s=<x>`` for every measurement (e.g. ``cpu_paper_unetr_it_per_s``;
+6 significant digits), then ``<device>_hours=<y>`` per measured device (the projected compute of the full
+benchmark on it, all architectures), then ``gpu_hours=<z> gpu_hours_source=measured|assumed_<k>x``: the
+measured GPU projection, or the CPU one divided by the assumed speed-up ``k``.
+
     .venv/bin/python benchmarks/bench_training.py [--paper-iterations 3] [--demo-iterations 20]
+                                                  [--demo-config config/config.yaml]
+                                                  [--paper-config config/msd.yaml] [--json FILE]
 """
 from __future__ import annotations
 
@@ -120,11 +131,18 @@ def main() -> None:
     parser.add_argument("--paper-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--demo-config", type=Path, default=ROOT / "config/config.yaml")
+    parser.add_argument("--paper-config", type=Path, default=ROOT / "config/msd.yaml",
+                        help="its tasks, architectures, budgets and seeds also drive the projection")
     args = parser.parse_args()
+    if args.demo_iterations < 1 or args.paper_iterations < 1:
+        parser.error("--demo-iterations and --paper-iterations must be at least 1")
+    for path in (args.demo_config, args.paper_config):
+        if not path.is_file():
+            parser.error(f"{path}: no such config file")
     torch.set_num_threads(args.threads)
 
-    demo = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    paper = yaml.safe_load((ROOT / "config/msd.yaml").read_text())
+    demo, paper = (yaml.safe_load(path.read_text()) for path in (args.demo_config, args.paper_config))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
@@ -151,10 +169,13 @@ def main() -> None:
     pre_it, ft_it = paper["pretrain"]["iterations"], paper["finetune"]["iterations"]
     n_pretrain = n_tasks * len(archs)
     n_finetune = n_tasks * ((n_tasks - 1) * len(archs) + len(archs)) * seeds
-    print(f"\nFull MSD benchmark (config/msd.yaml): {n_pretrain} pretrainings x {pre_it} it, "
+    shown = args.paper_config.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    print(f"\nFull MSD benchmark ({shown}): {n_pretrain} pretrainings x {pre_it} it, "
           f"{n_finetune} fine-tunings x {ft_it} it ({n_tasks} targets x ({n_tasks - 1} sources x {len(archs)} "
           f"architectures + {len(archs)} random) x {seeds} seed(s))")
     measured = {(r["device"], r["network"]): r["it_per_s"] for r in rows if r["setup"] == "paper"}
+    hours_on: dict[str, float] = {}
     for device in ("cuda", "cpu"):
         if not any(d == device for d, _ in measured):
             continue
@@ -165,6 +186,7 @@ def main() -> None:
             total += hours
             print(f"  {device}: {name}: {hours:,.0f} h  (pretraining {n_tasks * pre_it / rate / 3600:,.0f} h, "
                   f"fine-tuning {n_tasks * n_tasks * seeds * ft_it / rate / 3600:,.0f} h)")
+        hours_on[device] = total
         label = "GPU-hours (measured)" if device == "cuda" else "CPU-hours (measured)"
         print(f"  {device}: total {total:,.0f} {label}")
         if device == "cpu" and "cuda" not in {d for d, _ in measured}:
@@ -173,6 +195,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpu": cpu_name, "gpu": gpu_name,
                                          "threads": args.threads}, indent=2))
+    figures = [f"{r['device']}_{r['setup']}_{r['network']}_it_per_s={r['it_per_s']:.6g}" for r in rows]
+    figures += [f"{device}_hours={hours:.6g}" for device, hours in hours_on.items()]
+    if "cuda" in hours_on:
+        figures += [f"gpu_hours={hours_on['cuda']:.6g}", "gpu_hours_source=measured"]
+    else:
+        figures += [f"gpu_hours={hours_on['cpu'] / ASSUMED_GPU_SPEEDUP:.6g}",
+                    f"gpu_hours_source=assumed_{ASSUMED_GPU_SPEEDUP:g}x"]
+    print(" ".join(figures))
 
 
 if __name__ == "__main__":
