@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,6 +210,43 @@ def parse_definition(text: str, path: Path | str = "<definition>") -> Definition
         else:
             sections[current].append(raw)
     return Definition(path, header, {k: "\n".join(v).strip("\n") for k, v in sections.items()}, args, lines)
+
+
+#: ``{{ NAME }}`` in a definition: an Apptainer build argument (``apptainer build --build-arg NAME=value``).
+_BUILD_ARG = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def host_debian_mirror(sources: Path = Path("/etc/apt/sources.list.d/debian.sources"),
+                       sources_list: Path = Path("/etc/apt/sources.list")) -> str | None:
+    """The Debian mirror this machine's apt uses: the first ``URIs:`` of a deb822 ``debian.sources`` file, else
+    the URL of the first ``deb`` line of ``sources.list``; None when neither names one."""
+    if sources.is_file():
+        for line in sources.read_text().splitlines():
+            if line.strip().lower().startswith("uris:"):
+                uris = line.split(":", 1)[1].split()
+                if uris:
+                    return uris[0]
+    if sources_list.is_file():
+        for line in sources_list.read_text().splitlines():
+            fields = [f for f in line.split("#", 1)[0].split() if not f.startswith("[")]
+            if len(fields) >= 2 and fields[0] == "deb":
+                return fields[1]
+    return None
+
+
+def apply_build_args(defn: Definition, build_args: dict[str, str]) -> Definition:
+    """The definition with every ``{{ NAME }}`` of its header replaced as ``apptainer build --build-arg
+    NAME=value`` replaces it. Raises ContainerCheckError naming the file and the argument when one is not
+    given."""
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in build_args:
+            raise ContainerCheckError(f"{defn.path}: the definition needs the build argument {name} "
+                                      f"(apptainer build --build-arg {name}=...; container-check: --build-arg)")
+        return build_args[name]
+
+    header = {key: _BUILD_ARG.sub(value, text) for key, text in defn.header.items()}
+    return dataclasses.replace(defn, header=header)
 
 
 def check_buildable(defn: Definition) -> None:
@@ -817,12 +855,14 @@ def preflight(need_venv: bool = True) -> None:
         raise ContainerCheckError(f"{VENV_PYTHON} is missing: run `make .venv` (the rule is compared with it)")
 
 
-def check(definition: Path, stop_after: str | None = None, rebuild: bool = False) -> dict:
+def check(definition: Path, stop_after: str | None = None, rebuild: bool = False,
+          build_args: dict[str, str] | None = None) -> dict:
     """Build, refresh or reuse the root, then run %test, compare versions and run the score rule. Returns
     the summary that is also written to build/container/check.json."""
     started = time.monotonic()
     load_before = os.getloadavg()
     defn = parse_definition(definition.read_text(), definition)
+    defn = apply_build_args(defn, build_args or {})
     check_buildable(defn)
     preflight(need_venv=stop_after is None)
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -883,9 +923,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="build the root even if its stamp matches")
     parser.add_argument("--stop-after", choices=("bootstrap", "post"),
                         help="stop the build after this step (to try a changed lock quickly)")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="as apptainer build --build-arg; DEBIAN_MIRROR defaults to this machine's apt mirror")
     args = parser.parse_args(argv)
+    build_args = {}
+    mirror = host_debian_mirror()
+    if mirror:
+        build_args["DEBIAN_MIRROR"] = mirror
+    for item in args.build_arg:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            parser.error(f"--build-arg {item!r}: expected NAME=VALUE")
+        build_args[name] = value
     try:
-        summary = check(args.definition.resolve(), args.stop_after, args.rebuild)
+        summary = check(args.definition.resolve(), args.stop_after, args.rebuild, build_args)
     except ContainerCheckError as err:
         print(f"container-check: FAILED: {err}", file=sys.stderr)
         return 1

@@ -47,7 +47,7 @@ def test_definition_bootstraps_the_debian_release_whose_python_is_the_locks(defi
     check.check_buildable(definition)  # debootstrap header complete, only sections the builder runs, %files exist
     header = definition.header
     assert header["bootstrap"] == "debootstrap"
-    assert header["mirrorurl"].startswith(("http://debian-mirror.invalid/debian", "https://debian-mirror.invalid/debian"))
+    assert header["mirrorurl"] == "{{ DEBIAN_MIRROR }}"  # the user's Debian mirror, as an Apptainer build argument
     assert "from" not in header  # no Docker Hub, no other registry
     # the lock is frozen for the Python that runs the tests (.venv's)
     assert check.DEBIAN_PYTHON[header["osversion"]] == f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -281,3 +281,23 @@ def test_container_check_is_a_make_target_outside_make_test():
     assert "container" not in test_recipe
     ignored = subprocess.run(["git", "check-ignore", "-q", "build/container/root"], cwd=ROOT)
     assert ignored.returncode == 0, "build/ must be git-ignored"
+
+
+def test_build_arguments_fill_the_header_as_apptainer_does(definition, tmp_path):
+    filled = check.apply_build_args(definition, {"DEBIAN_MIRROR": "http://mirror.example/debian"})
+    assert filled.header["mirrorurl"] == "http://mirror.example/debian"
+    assert definition.header["mirrorurl"] == "{{ DEBIAN_MIRROR }}"  # the parsed definition is left as it was
+    with pytest.raises(check.ContainerCheckError, match="needs the build argument DEBIAN_MIRROR"):
+        check.apply_build_args(definition, {})
+
+
+def test_the_host_mirror_is_read_from_apt_sources(tmp_path):
+    deb822 = tmp_path / "debian.sources"
+    deb822.write_text("Types: deb\n# a comment\nURIs: http://mirror.example/debian http://other.example/debian\n"
+                      "Suites: bookworm\n")
+    legacy = tmp_path / "sources.list"
+    legacy.write_text("# deb http://commented.example/debian bookworm main\n"
+                      "deb [signed-by=/k.gpg] http://legacy.example/debian bookworm main\n")
+    assert check.host_debian_mirror(deb822, legacy) == "http://mirror.example/debian"
+    assert check.host_debian_mirror(tmp_path / "missing", legacy) == "http://legacy.example/debian"
+    assert check.host_debian_mirror(tmp_path / "missing", tmp_path / "missing2") is None
