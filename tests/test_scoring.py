@@ -62,7 +62,7 @@ def test_every_default_metric_equals_the_metrics_function(features_path):
     assert scores["ccfv_wo_ccons"] == metrics.ccfv_score(layers, use_consistency=False)
     assert scores["ccfv_single_scale"] == metrics.ccfv_score(layers[-1:])
     assert scores["logme"] == metrics.logme(features, labels)
-    assert scores["gbc"] == metrics.gbc(features, labels)
+    assert scores["gbc"] == metrics.gbc(features, labels, gaussian="diagonal")  # the authors' segmentation setting
     assert scores["transrate"] == metrics.transrate(features, labels)
     assert scores["leep"] == metrics.leep(probs, labels)
     # the baselines read the last layer at the class and background voxels of every case
@@ -117,7 +117,7 @@ def test_baselines_default_to_their_released_pipelines_and_can_take_features_as_
     raw = compute_scores(features_path, features_as_given(DEFAULT_METRICS))
     assert raw["transrate"] == metrics.transrate(features, labels, row_normalise=False)
     assert raw["transrate"] != released["transrate"]
-    assert raw["gbc"] == metrics.gbc(features, labels, pca_components=None)
+    assert raw["gbc"] == metrics.gbc(features, labels, gaussian="diagonal", pca_components=None)
     # the other metrics are untouched, and an explicit option wins over nothing else
     assert {k: v for k, v in raw.items() if k not in ("transrate", "gbc")} == {
         k: v for k, v in released.items() if k not in ("transrate", "gbc")}
@@ -134,10 +134,11 @@ def test_ccfv_score_uses_the_released_pipelines_unless_features_as_given(feature
     assert main(["score", str(features_path), "--metric", "transrate", "--metric", "gbc"]) == 0
     released = json.loads(capsys.readouterr().out)
     assert released == {"transrate": metrics.transrate(features, labels, row_normalise=True),
-                        "gbc": metrics.gbc(features, labels, pca_components=64)}
+                        "gbc": metrics.gbc(features, labels, gaussian="diagonal", pca_components=64)}
     assert main(["score", str(features_path), "--metric", "transrate", "--metric", "gbc", "--features-as-given"]) == 0
     assert json.loads(capsys.readouterr().out) == {"transrate": metrics.transrate(features, labels, row_normalise=False),
-                                                   "gbc": metrics.gbc(features, labels, pca_components=None)}
+                                                   "gbc": metrics.gbc(features, labels, gaussian="diagonal",
+                                                                      pca_components=None)}
 
 
 @pytest.mark.parametrize(
