@@ -185,6 +185,13 @@ def test_broken_json_names_line_and_column(task):
     assert f"line {line}, column" in problem.reason
 
 
+def test_truncated_json_reads_as_one_sentence(task):
+    text = (task / "dataset.json").read_text()
+    (task / "dataset.json").write_text(text[: text.index('"numTraining"') + 5])  # cut inside a string
+    (problem,) = validate_task(task)
+    assert "Unterminated string starting at line" in problem.reason and " at at " not in problem.reason
+
+
 def test_dataset_json_that_is_not_an_object(task):
     (task / "dataset.json").write_text("[1, 2]")
     problem = only(validate_task(task), "dataset.json")

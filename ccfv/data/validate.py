@@ -476,7 +476,7 @@ class _Checker:
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as err:
-            self.json_problem(f"is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}")
+            self.json_problem(f"is not valid JSON: {err.msg.removesuffix(' at')} at line {err.lineno}, column {err.colno}")
             return None
         if not isinstance(spec, dict):
             self.json_problem(f"must hold a JSON object, holds a{'n' if _type_name(spec)[0] in 'aeiou' else ''} "
