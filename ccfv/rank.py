@@ -308,7 +308,7 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     options of :data:`ccfv.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
     TransRate and GBC preprocess the features as their released pipelines do, unless
     ``features_as_given`` (``--features-as-given``, :func:`ccfv.scoring.features_as_given`)."""
-    from .scoring import features_as_given as as_given
+    from .scoring import DEFAULT_METRICS, features_as_given as as_given
 
     names = list(names or DEFAULT_RANK_METRICS)
     if "all" in names:
@@ -316,8 +316,6 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     unknown = [n for n in names if n not in RANK_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
-    from .scoring import DEFAULT_METRICS
-
     # The workflow's defaults where it has one (GBC's diagonal Gaussian), the function's otherwise.
     definitions = {n: dict(DEFAULT_METRICS.get(n, {"method": n})) for n in dict.fromkeys(names)}
     return as_given(definitions) if features_as_given else definitions
