@@ -58,10 +58,29 @@ class TrainingBudget:
     #: nnUNetTrainerNoDA transforms (no spatial or intensity augmentation, no mirroring), for budgets of a few
     #: hundred iterations, where augmentation only slows learning down (docs/models.md).
     augmentation: str = "nnunet"
+    #: Iterations after which the network's weights are also kept (pretraining only): each becomes an extra
+    #: bank member ``<model>@<iteration>`` (issue 4's training snapshots; docs/models.md). Empty: none.
+    snapshots: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        snapshots = tuple(self.snapshots)
+        bad = [s for s in snapshots if isinstance(s, bool) or not isinstance(s, int) or not 0 < s < self.iterations]
+        if bad or len(set(snapshots)) != len(snapshots):
+            raise ValueError(f"snapshots must be distinct iterations between 1 and {self.iterations - 1} "
+                             f"(iterations is {self.iterations}); got {list(snapshots)}")
+        object.__setattr__(self, "snapshots", tuple(sorted(snapshots)))
+
+    def identity(self) -> dict:
+        """The budget as resume identity; without ``snapshots`` when there are none, so that checkpoints of
+        runs before snapshots existed stay resumable."""
+        out = asdict(self)
+        if not self.snapshots:
+            del out["snapshots"]
+        else:
+            out["snapshots"] = list(self.snapshots)
+        return out
 
     @property
     def epochs(self) -> int:
@@ -118,7 +137,10 @@ def _trainer_class(augmentation: str = "nnunet"):
         #: seaborn), which nnU-Net spends after every epoch: most of a demo epoch. A long run still gets a
         #: fresh plot in its work folder every few minutes to watch.
         progress_plot_interval: float = 300.0
+        #: Iterations (1-based, counted over the whole run) after which the weights are kept as a snapshot.
+        snapshot_iterations: tuple[int, ...] = ()
         _rng_to_restore: dict | None = None
+        _iteration: int = 0
 
         def do_split(self):
             split = read_split(self.split_file)
@@ -190,9 +212,33 @@ def _trainer_class(augmentation: str = "nnunet"):
         def on_train_start(self):
             super().on_train_start()
             self._throttle_progress_plot()
+            # After a resume current_epoch is the first epoch still to run.
+            self._iteration = self.current_epoch * self.num_iterations_per_epoch
             if self._rng_to_restore is not None:
                 _set_rng_state(self._rng_to_restore)
                 self._rng_to_restore = None
+
+        def train_step(self, batch: dict) -> dict:
+            result = super().train_step(batch)
+            self._iteration += 1
+            if self._iteration in self.snapshot_iterations:
+                self.save_snapshot(self._iteration)
+            return result
+
+        def save_snapshot(self, iteration: int) -> Path:
+            """Keep the network's weights after ``iteration`` training iterations, atomically, in the work
+            folder (which outlives a killed job; a resumed run recomputes a snapshot of its unfinished epoch
+            identically and overwrites it)."""
+            import torch
+
+            network = getattr(self.network, "module", self.network)
+            network = getattr(network, "_orig_mod", network)
+            path = snapshot_path(Path(self.output_folder), iteration)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = path.with_name(path.name + ".partial")
+            torch.save(network.state_dict(), scratch)
+            os.replace(scratch, path)
+            return path
 
         def _throttle_progress_plot(self):
             draw = self.logger.plot_progress_png
@@ -394,6 +440,16 @@ def random_model(preprocessed_dataset: Path, model_id: str, out_dir: Path, seed:
     return save_bank_model(network, card, out_dir)
 
 
+def snapshot_path(output_folder: Path, iteration: int) -> Path:
+    """Where training keeps the weights of the snapshot after ``iteration`` iterations (a state dict)."""
+    return Path(output_folder) / "snapshots" / f"iteration_{iteration}.pth"
+
+
+def snapshot_model_id(model_id: str, iteration: int) -> str:
+    """``unet-Task91_SynthLiver@150``: the bank id of ``model_id``'s snapshot after 150 iterations."""
+    return f"{model_id}@{iteration}"
+
+
 def _resume_identity(preprocessed_dataset: Path, plans: dict, split_file: Path, budget: TrainingBudget,
                      seed: int, init_model: Path | None) -> dict:
     """Everything a checkpoint's training depends on: a checkpoint of another identity is not resumed."""
@@ -403,7 +459,7 @@ def _resume_identity(preprocessed_dataset: Path, plans: dict, split_file: Path, 
         "dataset": Path(preprocessed_dataset).name,
         "configuration": hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest(),
         "split": sha256_file(split_file),
-        "budget": asdict(budget),
+        "budget": budget.identity(),
         "seed": seed,
         "init_model": None if init_model is None else sha256_file(Path(init_model) / WEIGHTS),
     }
@@ -432,6 +488,7 @@ def _resumable_checkpoint(output_folder: Path, identity: dict) -> tuple[Path | N
         return path, checkpoint
     for stale in output_folder.glob("checkpoint_*.pth*") if output_folder.is_dir() else ():
         stale.unlink()
+    shutil.rmtree(output_folder / "snapshots", ignore_errors=True)  # another run's, or a partial one's
     return None, None
 
 
@@ -465,6 +522,7 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
         trainer_cls = _trainer_class(budget.augmentation)
         trainer_cls.split_file = Path(split_file)
         trainer_cls.network_spec = spec
+        trainer_cls.snapshot_iterations = budget.snapshots
         trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json,
                               device=pick_device(device))
         trainer.resume_identity = identity
@@ -493,9 +551,22 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
 
 def pretrain(preprocessed_dataset: Path, split_file: Path, source_task: str, model_id: str, out_dir: Path,
              budget: TrainingBudget, seed: int, device: str = "auto", threads: int = 1,
-             network: str = networks.UNET, network_options: dict | None = None) -> Path:
-    """Pretrain a network (``unet`` or ``unetr``) on a source task and write the result into the model bank."""
+             network: str = networks.UNET, network_options: dict | None = None,
+             snapshot_dirs: dict[int, Path] | None = None) -> Path:
+    """Pretrain a network (``unet`` or ``unetr``) on a source task and write the result into the model bank.
+
+    With ``budget.snapshots``, the weights after each of those iterations become bank members too:
+    ``snapshot_dirs`` maps every snapshot iteration to its bank folder (default: ``<out_dir>@<iteration>``
+    beside ``out_dir``), and each card says ``iterations`` (the snapshot's) and ``snapshot_of`` (the final
+    model's id). Raises ValueError when ``snapshot_dirs`` does not name exactly ``budget.snapshots``.
+    """
     out_dir = Path(out_dir)
+    if snapshot_dirs is None:
+        snapshot_dirs = {i: out_dir.with_name(snapshot_model_id(out_dir.name, i)) for i in budget.snapshots}
+    snapshot_dirs = {int(i): Path(d) for i, d in snapshot_dirs.items()}
+    if sorted(snapshot_dirs) != list(budget.snapshots):
+        raise ValueError(f"{model_id}: snapshot folders are given for iterations {sorted(snapshot_dirs)}, "
+                         f"the budget's snapshots are {list(budget.snapshots)}")
     work = out_dir.parent / f".{out_dir.name}-nnunet"  # outside the output: kept for resuming
     plans, dataset_json = _load_plans_and_dataset(Path(preprocessed_dataset))
     spec = network_spec(plans, network, network_options)
@@ -505,6 +576,12 @@ def pretrain(preprocessed_dataset: Path, split_file: Path, source_task: str, mod
     network = getattr(trainer.network, "_orig_mod", trainer.network)  # unwrap torch.compile (CUDA runs)
     network.eval()
     saved = save_bank_model(network, card, out_dir)
+    for iteration, folder in snapshot_dirs.items():
+        state = read_checkpoint(snapshot_path(Path(trainer.output_folder), iteration))
+        network.load_state_dict(state)
+        snapshot_card = {**card, "model_id": snapshot_model_id(model_id, iteration), "iterations": iteration,
+                         "snapshot_of": model_id}
+        save_bank_model(network, snapshot_card, folder)
     shutil.rmtree(work, ignore_errors=True)
     return saved
 

@@ -18,8 +18,20 @@ DATA_ENV = "../envs/data.yaml"
 NNUNET_ENV = "../envs/nnunet.yaml"
 SCORES_ENV = "../envs/scores.yaml"
 FT_SEEDS = list(config["finetune"]["seeds"])
+# Pretraining iterations after which each pretrained network is also kept as a bank member
+# (<architecture>-<source task>@<iteration>; docs/models.md). Sorted: the order of the pretrain rule's outputs.
+SNAPSHOTS = sorted(config["pretrain"].get("snapshots", []))
+for _task in TASKS:
+    _iterations = config["pretrain"].get("per_task", {}).get(_task, {}).get("iterations", config["pretrain"]["iterations"])
+    _late = [i for i in SNAPSHOTS if i >= _iterations]
+    if _late:
+        raise ValueError(
+            f"config: pretrain.snapshots {_late} are not before the end of {_task}'s pretraining "
+            f"({_iterations} iterations); a snapshot must be taken at an iteration between 1 and {_iterations - 1}"
+        )
 # A rank correlation over fewer than three models says nothing.
-_bank_size = len(ARCHITECTURES) * len(TASKS)  # per architecture: the other tasks and a random member
+# Per architecture: the other tasks (each with its snapshots) and a random member.
+_bank_size = len(ARCHITECTURES) * ((len(TASKS) - 1) * (1 + len(SNAPSHOTS)) + 1)
 if _bank_size < 3:
     raise ValueError(
         f"config: each target's bank would hold {_bank_size} models ({len(TASKS) - 1} other task(s) + a random "
@@ -77,7 +89,7 @@ def metric_labels():
 wildcard_constraints:
     task="Task[0-9]+_[A-Za-z0-9]+",
     target="Task[0-9]+_[A-Za-z0-9]+",
-    model=f"({'|'.join(ARCHITECTURES)})-(random|Task[0-9]+_[A-Za-z0-9]+)",
+    model=f"({'|'.join(ARCHITECTURES)})-(random|Task[0-9]+_[A-Za-z0-9]+(@[0-9]+)?)",
     arch="|".join(ARCHITECTURES),
     seed="[0-9]+",
 
@@ -86,16 +98,24 @@ def pretrained_model(arch, task):
     return f"{arch}-{task}"
 
 
+def snapshot_model(arch, task, iteration):
+    return f"{pretrained_model(arch, task)}@{iteration}"
+
+
 def random_model(arch):
     return f"{arch}-random"
 
 
 def bank(target):
-    """The target's model bank: for every architecture, a model pretrained on every other task, plus a
-    random one."""
-    return [pretrained_model(a, t) for a in ARCHITECTURES for t in TASKS if t != target] + [
-        random_model(a) for a in ARCHITECTURES
-    ]
+    """The target's model bank: for every architecture, a model pretrained on every other task, its training
+    snapshots (pretrain.snapshots), plus a random one."""
+    return [
+        m
+        for a in ARCHITECTURES
+        for t in TASKS
+        if t != target
+        for m in [pretrained_model(a, t), *(snapshot_model(a, t, i) for i in SNAPSHOTS)]
+    ] + [random_model(a) for a in ARCHITECTURES]
 
 
 def sampling_for(model):
@@ -146,7 +166,8 @@ def budget_for(stage, task):
     keys that are not the job's (per_task itself, the list of fine-tuning seeds), so that a change to one
     task's budget or a new seed reruns no other job."""
     section = config[stage]
-    budget = {k: v for k, v in section.items() if k not in ("per_task", "seeds")}
+    # An empty snapshot list is left out: it must not rerun the pretraining of a config that had none.
+    budget = {k: v for k, v in section.items() if k not in ("per_task", "seeds") and not (k == "snapshots" and not v)}
     budget.update(section.get("per_task", {}).get(task, {}))
     return canonical(budget)
 

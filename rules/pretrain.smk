@@ -1,5 +1,5 @@
 # Stage 3: the model bank. Per architecture (U-Net, UNETR; docs/models.md) one network pretrained per source
-# task, plus one randomly initialised network.
+# task, its training snapshots (pretrain.snapshots), plus one randomly initialised network.
 
 
 rule pretrain:
@@ -8,6 +8,8 @@ rule pretrain:
         split=f"{R}/splits/{{task}}.json",
     output:
         model=directory(f"{R}/bank/{{arch}}-{{task}}"),
+        # One more bank member per pretrain.snapshots entry, from the same training run.
+        snapshots=[directory(f"{R}/bank/{{arch}}-{{task}}@{i}") for i in SNAPSHOTS],
     log:
         "logs/pretrain/{arch}-{task}.log",
     benchmark:

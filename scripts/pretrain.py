@@ -9,8 +9,11 @@ if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         budget = dict(snakemake.params.budget)
         seed = budget.pop("seed")
+        budget = TrainingBudget(**budget)
+        # output.snapshots lists one bank folder per snapshot iteration, in the budget's (sorted) order.
+        snapshot_dirs = dict(zip(budget.snapshots, snakemake.output.get("snapshots", []), strict=True))
         pretrain(dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.task), snakemake.input.split,
                  source_task=snakemake.wildcards.task, model_id=snakemake.params.model_id,
-                 out_dir=snakemake.output.model, budget=TrainingBudget(**budget), seed=seed,
+                 out_dir=snakemake.output.model, budget=budget, seed=seed, snapshot_dirs=snapshot_dirs,
                  threads=snakemake.threads, network=snakemake.params.network["name"],
                  network_options=snakemake.params.network["options"])

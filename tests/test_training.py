@@ -513,7 +513,9 @@ def killing_trainer(*args):
 training._trainer_class = killing_trainer
 budget = training.TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1)
 if sys.argv[1] == "pretrain":
-    preprocessed, split, out, seed = sys.argv[2:]
+    preprocessed, split, out, seed, *snapshots = sys.argv[2:]
+    budget = training.TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1,
+                                     snapshots=[int(s) for s in snapshots])
     training.pretrain(preprocessed, split, "Task94_SynthSpleen", "m", out, budget, seed=int(seed), device="cpu",
                       threads=1)
 else:
@@ -534,8 +536,8 @@ def _kill_after_first_checkpoint(*args):
     assert "NOT KILLED" not in proc.stdout
 
 
-def _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, seed=0):
-    _kill_after_first_checkpoint("pretrain", tiny_dataset.preprocessed, split_file, out, seed)
+def _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, seed=0, snapshots=()):
+    _kill_after_first_checkpoint("pretrain", tiny_dataset.preprocessed, split_file, out, seed, *snapshots)
 
 
 def _safetensors_state(model_dir):
@@ -662,3 +664,88 @@ def test_read_checkpoint_of_nnunet_itself_needs_numpy_scalars(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint_final\.pth: refused"):
         read_checkpoint(path, numpy_scalars=True)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Training snapshots: extra bank members from one pretraining run (pretrain.snapshots)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("snapshots", [[0], [6], [7], [2, 2], [-1]])
+def test_snapshots_must_be_distinct_iterations_inside_the_run(snapshots):
+    with pytest.raises(ValueError, match="snapshots must be distinct iterations between 1 and 5"):
+        TrainingBudget(iterations=6, snapshots=snapshots)
+
+
+def test_snapshots_are_sorted_and_left_out_of_the_identity_when_empty():
+    assert TrainingBudget(iterations=6, snapshots=[4, 1]).snapshots == (1, 4)
+    assert "snapshots" not in TrainingBudget(iterations=6).identity()
+    assert TrainingBudget(iterations=6, snapshots=[4, 1]).identity()["snapshots"] == [1, 4]
+
+
+def _recording_trainer(states):
+    """A trainer factory whose trainer copies the network's weights after every training step, counted
+    independently of the trainer's own iteration counter."""
+    make_trainer = training._trainer_class
+
+    def factory(*args):
+        cls = make_trainer(*args)
+
+        class Recording(cls):
+            def train_step(self, batch):
+                result = super().train_step(batch)
+                states.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
+                return result
+
+        Recording.__name__ = Recording.__qualname__ = cls.__name__
+        return Recording
+
+    return factory
+
+
+@pytest.mark.slow
+def test_snapshots_hold_the_weights_after_their_iterations_and_enter_the_bank(
+        tiny_dataset, split_file, tmp_path, monkeypatch):
+    states = []  # states[i]: the weights after i + 1 training iterations
+    monkeypatch.setattr(training, "_trainer_class", _recording_trainer(states))
+    budget = TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1, snapshots=[3, 1])
+    final = pretrain(tiny_dataset.preprocessed, split_file, "Task94_SynthSpleen", "unet-Task94_SynthSpleen",
+                     tmp_path / "bank" / "unet-Task94_SynthSpleen", budget, seed=0, device="cpu")
+    assert len(states) == 6
+    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == [
+        "unet-Task94_SynthSpleen", "unet-Task94_SynthSpleen@1", "unet-Task94_SynthSpleen@3"]  # work folder gone
+    final_state = _safetensors_state(final)
+    for iteration in (1, 3):
+        folder = tmp_path / "bank" / f"unet-Task94_SynthSpleen@{iteration}"
+        network, card = load_bank_model(folder)
+        assert card["model_id"] == f"unet-Task94_SynthSpleen@{iteration}" and card["iterations"] == iteration
+        assert card["snapshot_of"] == "unet-Task94_SynthSpleen" and card["source_task"] == "Task94_SynthSpleen"
+        saved = _safetensors_state(folder)
+        for key in saved:
+            assert torch.equal(saved[key], states[iteration - 1][key]), (iteration, key)
+        # ... and not the weights of another iteration
+        assert not all(torch.equal(saved[k], states[iteration][k]) for k in saved)
+    assert all(torch.equal(final_state[k], states[-1][k]) for k in final_state)
+    assert read_model_card(final)["iterations"] == 6 and "snapshot_of" not in read_model_card(final)
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_with_snapshots_resumes_to_the_same_snapshots(tiny_dataset, split_file, tmp_path):
+    budget = TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1, snapshots=[1, 5])
+    pretrain(tiny_dataset.preprocessed, split_file, "Task94_SynthSpleen", "m", tmp_path / "a" / "m", budget,
+             seed=0, device="cpu")
+    out = tmp_path / "b" / "m"
+    _kill_pretraining_after_first_checkpoint(tiny_dataset, split_file, out, snapshots=(1, 5))
+    kept = list((tmp_path / "b" / ".m-nnunet").rglob("snapshots/iteration_*.pth"))
+    assert [p.name for p in kept] == ["iteration_1.pth"]  # taken before the kill, kept for the resumed run
+    pretrain(tiny_dataset.preprocessed, split_file, "Task94_SynthSpleen", "m", out, budget, seed=0, device="cpu")
+    for name in ("m", "m@1", "m@5"):
+        a, b = _safetensors_state(tmp_path / "a" / name), _safetensors_state(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_pretrain_refuses_snapshot_folders_that_do_not_match_the_budget(tmp_path):
+    budget = TrainingBudget(iterations=6, snapshots=[2])
+    with pytest.raises(ValueError, match=r"snapshot folders are given for iterations \[3\], the budget's "
+                                         r"snapshots are \[2\]"):
+        pretrain(tmp_path / "missing", tmp_path / "split.json", "Task94_SynthSpleen", "m", tmp_path / "m", budget,
+                 seed=0, snapshot_dirs={3: tmp_path / "m@3"})
