@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import METRIC_LABELS, model_source  # noqa: E402
+from .results import METRIC_LABELS, model_architecture, model_order, model_snapshot, model_source  # noqa: E402
 
 #: The formats every figure is written in.
 FORMATS = ("png", "svg")
@@ -50,9 +50,10 @@ def _short(task: str) -> str:
 
 
 def _model_label(model: str) -> str:
-    source = model_source(model)
-    arch = model.partition("-")[0]
-    return f"{arch}:{'random' if source is None else _short(source)}"
+    """``unet:Task91`` for ``unet-Task91_SynthLiver``, ``unet:Task91@150`` for its snapshot."""
+    source, snapshot = model_source(model), model_snapshot(model)
+    label = f"{model_architecture(model)}:{'random' if source is None else _short(source)}"
+    return label if snapshot is None else f"{label}@{snapshot}"
 
 
 def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str], stem: str | Path,
@@ -88,7 +89,7 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
 def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -> list[Path]:
     """Source (bank model) x target heatmap of the mean fine-tuned Dice; blank where a model is not in
     the target's bank (a task is never its own source)."""
-    models = sorted({r["model"] for r in records}, key=lambda m: (model_source(m) is None, m))
+    models = sorted({r["model"] for r in records}, key=model_order)
     grid = np.full((len(models), len(targets)), np.nan)
     for r in records:
         if r["target"] in targets:
@@ -135,7 +136,7 @@ def feature_tsne(features_files: Mapping[str, str | Path], target: str, stem: st
     of each bank model on ``target``, one panel per model, points coloured by case."""
     from sklearn.manifold import TSNE
 
-    models = sorted(features_files, key=lambda m: (model_source(m) is None, m))
+    models = sorted(features_files, key=model_order)
     fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models), 2.8), squeeze=False)
     for ax, model in zip(axes[0], models):
         x, case = class_features(features_files[model], class_id, per_case=per_case, seed=seed)

@@ -149,6 +149,8 @@ REPORT_TABLES = [
     ("regret.csv", "Top-1 regret (best Dice minus Dice of the model ranked first)"),
     ("noise_ceiling.csv", "Noise ceiling from the spread over fine-tuning seeds"),
     ("statistics.csv", "Correlations with 95% bootstrap intervals and one-sided permutation p-values"),
+    ("selection.csv", "Kendall's tau-b, Rel@1 and top-3 hit rate with 95% bootstrap intervals (Avg: mean over targets)"),
+    ("stability.csv", "Leave-one-out stability of each method's weighted tau and of the methods' ranking"),
     ("costs_per_stage.csv", "Cost per stage"),
     ("costs_per_pair.csv", "Transferability estimation vs fine-tuning cost"),
 ]

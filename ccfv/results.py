@@ -360,21 +360,50 @@ def records_to_json(records: list[Mapping]) -> list[dict]:
 
 STATISTICS = ("tau", "pearson")
 RANDOM_SOURCE = "random"
+#: The column (and CSV target) of the mean over targets.
+AVG = "Avg"
+
+
+def _parse_model_id(model_id: str) -> tuple[str, str | None, int | None]:
+    """(architecture, source task or None, snapshot iteration or None) of a bank model id:
+    ``<architecture>-<source task>``, ``<architecture>-<source task>@<iteration>`` (a snapshot of the
+    pretraining, saved after that many iterations) or ``<architecture>-random``."""
+    arch, sep, rest = model_id.partition("-")
+    source, at, iteration = rest.partition("@")
+    if not sep or not arch or not source:
+        raise ValueError(f"model id {model_id!r} is not <architecture>-<source task or random>[@<iteration>]")
+    if at:
+        if source == RANDOM_SOURCE or not iteration.isdigit() or int(iteration) < 1:
+            raise ValueError(f"model id {model_id!r}: a snapshot is <architecture>-<source task>@<iteration>, "
+                             "the iteration a positive integer (a random model has no snapshots)")
+        return arch, source, int(iteration)
+    return arch, (None if source == RANDOM_SOURCE else source), None
 
 
 def model_architecture(model_id: str) -> str:
-    """``unet`` of ``unet-Task91_SynthLiver``: bank model ids are ``<architecture>-<source task or random>``."""
-    arch, sep, _ = model_id.partition("-")
-    if not sep or not arch:
-        raise ValueError(f"model id {model_id!r} is not <architecture>-<source task or random>")
-    return arch
+    """``unet`` of ``unet-Task91_SynthLiver`` (and of its snapshot ``unet-Task91_SynthLiver@150``): bank model
+    ids are ``<architecture>-<source task or random>[@<iteration>]``; anything else is a ValueError."""
+    return _parse_model_id(model_id)[0]
 
 
 def model_source(model_id: str) -> str | None:
-    """The source task a bank model was pretrained on; None for a randomly initialised model."""
-    model_architecture(model_id)
-    source = model_id.partition("-")[2]
-    return None if source == RANDOM_SOURCE else source
+    """The source task a bank model was pretrained on (``Task91_SynthLiver`` of ``unet-Task91_SynthLiver``
+    and of its snapshot ``unet-Task91_SynthLiver@150``); None for a randomly initialised model."""
+    return _parse_model_id(model_id)[1]
+
+
+def model_snapshot(model_id: str) -> int | None:
+    """The pretraining iteration after which a snapshot bank member was saved (150 of
+    ``unet-Task91_SynthLiver@150``); None for a fully pretrained or a random model."""
+    return _parse_model_id(model_id)[2]
+
+
+def model_order(model_id: str) -> tuple:
+    """A sort key for bank model ids: pretrained before random, then architecture, source task, and a
+    source's snapshots by iteration before the fully pretrained model (``@150`` before ``@1000``, not as
+    strings)."""
+    arch, source, snapshot = _parse_model_id(model_id)
+    return (source is None, arch, source or "", math.inf if snapshot is None else snapshot)
 
 
 try:  # the kernel behind scipy.stats.weightedtau, without its ~0.3 ms of argument checks per call
@@ -393,16 +422,21 @@ def _weighted_tau(x: np.ndarray, y: np.ndarray) -> float:
 
 def statistic(name: str, scores, dice) -> float:
     """Weighted tau or Pearson of two sequences, as :func:`correlations` computes them (NaN when
-    either is constant), for the thousands of calls of the bootstrap and the permutation tests."""
+    either is constant), for the thousands of calls of the bootstrap and the permutation tests; or one of
+    :data:`SELECTION_MEASURES` (:func:`kendall_tau`, :func:`relative_top1`, :func:`top_k_hit` with k = 3)."""
     x = np.ascontiguousarray(scores, dtype=float)
     y = np.ascontiguousarray(dice, dtype=float)
+    if name == "kendall":
+        return kendall_tau(x, y)
+    if name in SELECTION_MEASURES:
+        return float(_statistic_batch(name, x[None], y[None])[0])
+    if name not in STATISTICS:
+        raise ValueError(f"unknown statistic {name!r}; known: {STATISTICS + SELECTION_MEASURES}")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
     if name == "tau":
         return _weighted_tau(x, y)
-    if name == "pearson":
-        return float(_batched_pearson(x[None], y[None])[0])
-    raise ValueError(f"unknown statistic {name!r}; known: {STATISTICS}")
+    return float(_batched_pearson(x[None], y[None])[0])
 
 
 def _batched_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -421,6 +455,12 @@ def _statistic_batch(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The statistic of each row pair of x, y [B, n]."""
     if name == "pearson":
         return _batched_pearson(x, y)
+    if name == "kendall":
+        return _batched_kendall(x, y)
+    if name == "rel_at_1":
+        return _batched_relative_top1(x, y)
+    if name == "top3":
+        return _batched_top_k_hit(x, y, 3)
     return np.array([statistic(name, a, b) for a, b in zip(x, y)])
 
 
@@ -432,12 +472,19 @@ def bootstrap_interval(scores, dice, name: str, n_resamples: int = 1000, seed: i
     ``numpy.random.default_rng(seed)``, or uses the given ``indices`` [n_resamples, n]. A resample whose
     scores or Dice are all equal (e.g. one model drawn n times) has no defined correlation: it is
     dropped, and ``n_valid`` says how many were left. The interval is NaN when fewer than 2 are left.
+    ``name``: "tau", "pearson" or one of :data:`SELECTION_MEASURES` (Rel@1 and the top-3 hit are defined
+    on a resample with constant scores or Dice: those resamples count).
     """
     x = np.asarray(scores, dtype=float)
     y = np.asarray(dice, dtype=float)
     if indices is None:
         indices = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
-    values = _statistic_batch(name, x[indices], y[indices])
+    return _percentile_interval(_statistic_batch(name, x[indices], y[indices]), level)
+
+
+def _percentile_interval(values: np.ndarray, level: float = 0.95) -> dict:
+    """The percentile interval of the finite bootstrap values (NaN when fewer than 2 are finite)."""
+    values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if values.size < 2:
         return {"low": math.nan, "high": math.nan, "n_valid": int(values.size)}
@@ -487,6 +534,141 @@ def top1_regret(scores, dice) -> dict:
     x = np.where(np.isfinite(x), x, -np.inf)
     picked = np.flatnonzero(x == x.max())
     return {"regret": float(y.max() - y[picked].mean()), "picked": picked.tolist()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Model selection beyond the paper's correlations (docs/report.md): unweighted Kendall's tau, relative
+# top-1 accuracy and the top-3 hit rate (Agostinelli et al., ECCV 2022, "How stable are transferability
+# metrics evaluations?"), and the leave-one-out stability of the verdict.
+# --------------------------------------------------------------------------------------------------
+
+#: The selection measures, in the order of the tables; each has a bootstrap interval like tau and Pearson.
+SELECTION_MEASURES = ("kendall", "rel_at_1", "top3")
+SELECTION_LABELS = {"kendall": "Kendall's τ-b", "rel_at_1": "Rel@1", "top3": "Top-3 hit rate"}
+
+
+def kendall_tau(scores, dice) -> float:
+    """Kendall's tau-b between the scores and the Dice (``scipy.stats.kendalltau``, its default variant
+    "b", which corrects for ties in either sequence); NaN when either is constant. Unweighted: a swap at
+    the bottom of the ranking counts as much as one at the top."""
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(dice, dtype=float)
+    if x.shape != y.shape or x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def _batched_kendall(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair of x, y [B, n]: sum_ij sgn(x_i - x_j) sgn(y_i - y_j) over
+    sqrt(sum_ij sgn(x_i - x_j)^2 * sum_ij sgn(y_i - y_j)^2), the pairs tied in x (or y) dropping out of
+    the x (or y) factor as in tau-b; NaN where either row is constant. Equal to
+    ``scipy.stats.kendalltau`` (tests/test_results.py), vectorised for the bootstrap."""
+    sx = np.sign(x[:, :, None] - x[:, None, :])
+    sy = np.sign(y[:, :, None] - y[:, None, :])
+    with np.errstate(all="ignore"):
+        tau = np.sum(sx * sy, axis=(1, 2)) / np.sqrt(np.sum(sx * sx, axis=(1, 2)) * np.sum(sy * sy, axis=(1, 2)))
+    return np.clip(tau, -1.0, 1.0)
+
+
+def relative_top1(scores, dice) -> float:
+    """Relative top-1 accuracy, Rel@1 (Agostinelli et al., ECCV 2022): the Dice of the model the
+    scores rank first over the best Dice in the bank; 1 when the best model is picked.
+
+    Ties for the top score are broken uniformly at random, so Rel@1 is the mean Dice of the tied models
+    over the best Dice (the expectation; the same convention as :func:`top1_regret`, Rel@1 = 1 - regret /
+    best Dice). A non-finite score ranks last. NaN when the best Dice is not positive (no ratio).
+    """
+    return float(_batched_relative_top1(np.asarray(scores, dtype=float)[None], np.asarray(dice, dtype=float)[None])[0])
+
+
+def _batched_relative_top1(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = np.where(np.isfinite(x), x, -np.inf)
+    top = x == x.max(axis=1, keepdims=True)
+    best = y.max(axis=1)
+    with np.errstate(all="ignore"):
+        rel = np.sum(np.where(top, y, 0.0), axis=1) / top.sum(axis=1) / best
+    return np.where(best > 0, rel, np.nan)
+
+
+def top_k_hit(scores, dice, k: int = 3) -> float:
+    """Top-k hit: 1 if the truly best model (the highest mean Dice over seeds) is among the k models the
+    scores rank first, else 0: would a user who fine-tunes the k models a metric ranks first get the best?
+
+    Ties are resolved as the expectation over uniformly random tie-breaking of the scores: with ``a``
+    models scoring above the k-th highest score and ``t`` models tied at it, the k - a remaining places
+    go to k - a of the t tied models drawn at random. Several models sharing the best Dice are all "the
+    best": picking any of them is a hit. The value is therefore the probability of a hit:
+    1 if a best model scores above the k-th highest score, else 1 - C(t - b, k - a) / C(t, k - a) with
+    ``b`` the best models among the tied. A non-finite score ranks last. On a bank of at most k models
+    every ranking hits (1).
+    """
+    return float(_batched_top_k_hit(np.asarray(scores, dtype=float)[None], np.asarray(dice, dtype=float)[None], k)[0])
+
+
+def _batched_top_k_hit(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    from scipy.special import comb
+
+    x = np.where(np.isfinite(x), x, -np.inf)
+    if x.shape[1] <= k:
+        return np.ones(x.shape[0])
+    best = y == y.max(axis=1, keepdims=True)
+    kth = -np.sort(-x, axis=1)[:, k - 1:k]
+    above, tied = x > kth, x == kth
+    slots = k - above.sum(axis=1)
+    t = tied.sum(axis=1)
+    b = np.sum(best & tied, axis=1)
+    miss = comb(t - b, slots) / comb(t, slots)
+    return np.where(np.any(best & above, axis=1), 1.0, 1.0 - miss)
+
+
+def leave_one_out(scores, dice, name: str = "tau") -> np.ndarray:
+    """[n] the statistic (:func:`statistic`: weighted tau by default) on the bank without model i, for each
+    model i of the n: how much one model's presence moves the verdict on a metric."""
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(dice, dtype=float)
+    keep = ~np.eye(x.size, dtype=bool)
+    return np.array([statistic(name, x[k], y[k]) for k in keep])
+
+
+def loo_stability(scores, dice) -> dict:
+    """Leave-one-out stability of a metric's weighted tau with Dice (docs/report.md).
+
+    ``tau``: on the whole bank; ``loo_tau_min``, ``loo_tau_max``: the lowest and highest weighted tau
+    when one model is left out; ``loo_max_change``: max over models of |tau without it - tau| (0: no
+    single model decides the verdict); ``most_influential``: the index of that model (None when every
+    value is NaN). The metric's own ranking of the remaining models cannot change when a model is left out
+    (each model is scored from its own features), so what can change is its agreement with Dice.
+    """
+    full = statistic("tau", scores, dice)
+    loo = leave_one_out(scores, dice, "tau")
+    change = np.abs(loo - full)
+    defined = np.isfinite(change)
+    return {"tau": full, "loo_tau_min": float(np.nanmin(loo)) if np.isfinite(loo).any() else math.nan,
+            "loo_tau_max": float(np.nanmax(loo)) if np.isfinite(loo).any() else math.nan,
+            "loo_max_change": float(change[defined].max()) if defined.any() else math.nan,
+            "most_influential": int(np.flatnonzero(defined)[np.argmax(change[defined])]) if defined.any() else None,
+            "loo_tau": loo}
+
+
+def method_ranking_stability(full: Mapping[str, float], loo: Mapping[str, np.ndarray]) -> float:
+    """Mean Kendall's tau-b between the methods' ranking by weighted tau on the whole bank and on the bank
+    with one model left out, over the n models left out (the issue's "mean Kendall's tau between the full
+    and leave-one-out rankings", applied to the verdict that the tables report: which method ranks the
+    models best). 1: leaving out any one model keeps the order of the methods.
+
+    ``full``: {method: weighted tau on the whole bank}; ``loo``: {method: [n] weighted taus without each
+    model} (:func:`leave_one_out`). For each left-out model, the methods with a finite tau on both banks
+    are compared (at least 2 needed); NaN when no left-out bank allows a comparison.
+    """
+    methods = [m for m in full if math.isfinite(full[m])]
+    n = len(next(iter(loo.values()))) if loo else 0
+    values = []
+    for i in range(n):
+        mine = [m for m in methods if math.isfinite(loo[m][i])]
+        if len(mine) >= 2:
+            values.append(kendall_tau([full[m] for m in mine], [loo[m][i] for m in mine]))
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
 
 
 def dice_matrix(dice_per_seed: list[list[float | None]]) -> np.ndarray:
@@ -566,6 +748,7 @@ BASELINE_LABELS = {
     "pretrained_first": "Pretrained first",
     "same_architecture_first": "Same architecture first",
     "larger_source_first": "Larger source dataset first",
+    "larger_model_first": "Larger model first",
 }
 
 
@@ -575,17 +758,27 @@ def reference_architecture(models: list[str]) -> str:
     return sorted(set(archs), key=lambda a: (-archs.count(a), a))[0]
 
 
-def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architecture: str | None = None) -> dict:
+def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architecture: str | None = None,
+                    parameter_counts: Mapping[str, int] | None = None) -> dict:
     """Scores of the static rankers for one bank (higher ranks first; ties stay ties).
 
-    - ``pretrained_first``: 1 for a pretrained model, 0 for a randomly initialised one.
+    - ``pretrained_first``: 1 for a pretrained model (snapshots included), 0 for a randomly initialised one.
     - ``same_architecture_first``: 1 for a model of ``architecture`` (default: the bank's most common
       one, :func:`reference_architecture`), else 0. Constant on a one-architecture bank.
     - ``larger_source_first``: the number of training cases of the source task (0 for random models).
+    - ``larger_model_first`` (only with ``parameter_counts``, {model id: number of weights,
+      :func:`ccfv.models.bank.parameter_count`}): the model's number of weights, heads excluded. The
+      model-size ranker of Singh et al. (ICLR 2026), which they found to beat most transferability scores
+      on some benchmarks. Models of one architecture tie.
 
-    The random ranking has no scores: its expected values are filled in by :func:`analyse`.
+    The random ranking has no scores: its expected values are filled in by :func:`analyse`. A source task
+    without a size, or a model without a parameter count, is a ValueError naming it.
     """
     architecture = architecture or reference_architecture(models)
+    if parameter_counts is not None:
+        missing = [m for m in models if m not in parameter_counts]
+        if missing:
+            raise ValueError(f"no parameter count for the bank model(s) {missing}")
     out = {"pretrained_first": [], "same_architecture_first": [], "larger_source_first": []}
     for m in models:
         source = model_source(m)
@@ -594,20 +787,28 @@ def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architec
         if source is not None and source not in source_sizes:
             raise ValueError(f"no training-case count for source task {source} of {m}")
         out["larger_source_first"].append(0.0 if source is None else float(source_sizes[source]))
+    if parameter_counts is not None:
+        out["larger_model_first"] = [float(parameter_counts[m]) for m in models]
     return out
 
 
 def analyse(records: list[Mapping], metrics: list[str], targets: list[str], source_sizes: Mapping[str, int],
             labels: Mapping[str, str] | None = None, n_bootstrap: int = 1000, n_permutations: int = 2000,
-            n_simulations: int = 1000, seed: int = 0) -> dict[str, list[dict]]:
-    """Correlations with bootstrap intervals and permutation p-values, top-1 regret and the noise
-    ceiling, per target, for ``metrics`` and the static baselines.
+            n_simulations: int = 1000, seed: int = 0,
+            parameter_counts: Mapping[str, int] | None = None) -> dict[str, list[dict]]:
+    """Correlations with bootstrap intervals and permutation p-values, top-1 regret, the noise ceiling,
+    the selection measures (Kendall's tau-b, Rel@1, top-3 hit, each with a bootstrap interval; per target
+    and their mean over targets) and the leave-one-out stability, per target, for ``metrics`` and the
+    static baselines (``larger_model_first`` only with ``parameter_counts``, {model id: weights}).
 
     Every metric of a target sees the same bootstrap resamples and permutations (seeded by ``seed`` and
-    the target's position), so differences between metrics are paired.
+    the target's position), so differences between metrics are paired. The interval of a mean over
+    targets is the percentile interval of the per-resample means (resample b of every target averaged;
+    targets are resampled independently), over the resamples where every target's value is defined.
     """
     labels = {**METRIC_LABELS, **BASELINE_LABELS, **(labels or {})}
-    stats_rows, regret_rows, ceiling_rows = [], [], []
+    stats_rows, regret_rows, ceiling_rows, selection_rows, stability_rows = [], [], [], [], []
+    replicates: dict[tuple[str, str], list[np.ndarray]] = {}  # (method, measure) -> per-target resample values
     for t_index, target in enumerate(targets):
         mine = sorted((r for r in records if r["target"] == target), key=lambda r: r["model"])
         models = [r["model"] for r in mine]
@@ -616,7 +817,13 @@ def analyse(records: list[Mapping], metrics: list[str], targets: list[str], sour
         boot = rng.integers(0, len(models), size=(n_bootstrap, len(models)))
         perms = _permutations(len(models), n_permutations, int(rng.integers(2**31)))
         candidates = [(m, "metric", [r["scores"][m] for r in mine]) for m in metrics]
-        candidates += [(name, "baseline", s) for name, s in baseline_scores(models, source_sizes).items()]
+        candidates += [(name, "baseline", s) for name, s in
+                       baseline_scores(models, source_sizes, parameter_counts=parameter_counts).items()]
+        # The random ranking's selection measures are the expectations over random orders: those of a
+        # constant score (every model tied), whose ties the measures break at random.
+        selection_candidates = candidates + [("random", "baseline", [0.0] * len(models))]
+        loo_taus: dict[str, np.ndarray] = {}
+        full_taus: dict[str, float] = {}
         for name, kind, scores in candidates:
             for stat in STATISTICS:
                 ci = bootstrap_interval(scores, dice, stat, indices=boot)
@@ -633,6 +840,24 @@ def analyse(records: list[Mapping], metrics: list[str], targets: list[str], sour
                 "picked_dice": float(dice[regret["picked"]].mean()), "best": models[int(np.argmax(dice))],
                 "best_dice": float(dice.max()), "regret": regret["regret"],
             })
+            stable = loo_stability(scores, dice)
+            loo_taus[name], full_taus[name] = stable.pop("loo_tau"), stable["tau"]
+            influential = stable.pop("most_influential")
+            stability_rows.append({"method": labels.get(name, name), "metric": name, "kind": kind, "target": target,
+                                   **stable, "most_influential": "" if influential is None else models[influential]})
+        for name, kind, scores in selection_candidates:
+            x = np.asarray(scores, dtype=float)
+            for measure in SELECTION_MEASURES:
+                if name == "random" and measure == "kendall":  # 0 in expectation (a reversed order negates it)
+                    value, values = 0.0, np.full(n_bootstrap, 0.0)
+                else:
+                    value, values = statistic(measure, x, dice), _statistic_batch(measure, x[boot], dice[boot])
+                replicates.setdefault((name, measure), []).append(values)
+                ci = _percentile_interval(values) if name != "random" or measure != "kendall" else \
+                    {"low": math.nan, "high": math.nan, "n_valid": 0}
+                selection_rows.append({"method": labels.get(name, name), "metric": name, "kind": kind,
+                                       "target": target, "statistic": measure, "value": value, "ci_low": ci["low"],
+                                       "ci_high": ci["high"], "n_valid": ci["n_valid"]})
         for stat in STATISTICS:  # a uniformly random ranking: both correlations are 0 in expectation
             stats_rows.append({"method": labels["random"], "metric": "random", "kind": "baseline", "target": target,
                                "statistic": stat, "value": 0.0, "ci_low": math.nan, "ci_high": math.nan,
@@ -640,10 +865,26 @@ def analyse(records: list[Mapping], metrics: list[str], targets: list[str], sour
         regret_rows.append({"method": labels["random"], "metric": "random", "kind": "baseline", "target": target,
                             "picked": "any", "picked_dice": float(dice.mean()), "best": models[int(np.argmax(dice))],
                             "best_dice": float(dice.max()), "regret": float(dice.max() - dice.mean())})
+        ranking_stability = method_ranking_stability(full_taus, loo_taus)
+        for row in stability_rows:
+            if row["target"] == target:
+                row["method_ranking_stability"] = ranking_stability
         ceiling = noise_ceiling([r.get("dice_per_seed", [r["dice"]]) for r in mine], n_simulations=n_simulations,
                                 seed=int(rng.integers(2**31)))
         ceiling_rows.append({"target": target, "n_models": len(models), **ceiling})
-    return {"statistics": stats_rows, "regret": regret_rows, "noise_ceiling": ceiling_rows}
+    for (name, measure), per_target in replicates.items():
+        first = next(r for r in selection_rows if r["metric"] == name and r["statistic"] == measure)
+        values = [r["value"] for r in selection_rows if r["metric"] == name and r["statistic"] == measure]
+        finite = [v for v in values if math.isfinite(v)]
+        with np.errstate(all="ignore"):
+            means = np.mean(np.vstack(per_target), axis=0)  # NaN where some target is undefined
+        ci = _percentile_interval(means) if not (name == "random" and measure == "kendall") else \
+            {"low": math.nan, "high": math.nan, "n_valid": 0}
+        selection_rows.append({"method": first["method"], "metric": name, "kind": first["kind"], "target": AVG,
+                               "statistic": measure, "value": float(np.mean(finite)) if finite else math.nan,
+                               "ci_low": ci["low"], "ci_high": ci["high"], "n_valid": ci["n_valid"]})
+    return {"statistics": stats_rows, "regret": regret_rows, "noise_ceiling": ceiling_rows,
+            "selection": selection_rows, "stability": stability_rows}
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -652,19 +893,25 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 def rows_to_csv(rows: list[dict], columns: list[str], flags: Mapping[str, str] | None = None) -> str:
     """The given columns of long-format rows (one per target and method); with ``flags``, a last column
-    ``ground_truth``: ``ok`` or ``cannot rank`` for the row's target."""
+    ``ground_truth``: ``ok`` or ``cannot rank`` for the row's target (empty for a mean over targets,
+    target ``Avg``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*columns, "ground_truth"] if flags is not None else columns)
     for r in rows:
         cells = [_fmt(r[c]) if isinstance(r[c], float) else r[c] for c in columns]
-        writer.writerow([*cells, _flag_cell(r["target"], flags)] if flags is not None else cells)
+        if flags is not None:
+            cells.append("" if r["target"] == AVG else _flag_cell(r["target"], flags))
+        writer.writerow(cells)
     return out.getvalue()
 
 
 STATISTICS_COLUMNS = ["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid",
                       "p_value"]
 REGRET_COLUMNS = ["method", "metric", "kind", "target", "picked", "picked_dice", "best", "best_dice", "regret"]
+SELECTION_COLUMNS = ["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid"]
+STABILITY_COLUMNS = ["method", "metric", "kind", "target", "tau", "loo_tau_min", "loo_tau_max", "loo_max_change",
+                     "most_influential", "method_ranking_stability"]
 CEILING_COLUMNS = ["target", "n_models", "min_seeds", "seed_sd", "tau", "pearson", "split_half_tau",
                    "split_half_pearson", "available"]
 
@@ -704,6 +951,59 @@ def regret_markdown(rows: list[dict], targets: list[str], flags: Mapping[str, st
     return "\n".join(lines) + "\n" + flag_footnote(flags, targets)
 
 
+def selection_markdown(rows: list[dict], targets: list[str], n_bootstrap: int,
+                       flags: Mapping[str, str] | None = None) -> str:
+    """One table per selection measure (Kendall's tau-b, Rel@1, top-3 hit): value [95% bootstrap interval]
+    per target and the mean over targets (Avg) with the interval of the mean."""
+    parts = []
+    explain = {
+        "kendall": "unweighted, every swap counts alike",
+        "rel_at_1": "Dice of the model ranked first / best Dice; ties for first: their mean Dice",
+        "top3": "1 if the best model (mean Dice over seeds) is among the 3 ranked first; ties: expectation over "
+                "random tie-breaking",
+    }
+    for measure in SELECTION_MEASURES:
+        header = ["Method", *(_flagged_header(t, flags) for t in targets), AVG]
+        lines = [f"**{SELECTION_LABELS[measure]}** ({explain[measure]}) — value [95% bootstrap interval, "
+                 f"{n_bootstrap} resamples over models]", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        mine = [r for r in rows if r["statistic"] == measure]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            cells = [method]
+            for column in [*targets, AVG]:
+                r = next(r for r in mine if r["method"] == method and r["target"] == column)
+                cell = _fmt(r["value"])
+                if math.isfinite(r["ci_low"]):
+                    cell += f" [{_fmt(r['ci_low'], 2)}, {_fmt(r['ci_high'], 2)}]"
+                cells.append(cell)
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n" + flag_footnote(flags, targets)
+
+
+def stability_markdown(rows: list[dict], targets: list[str], flags: Mapping[str, str] | None = None) -> str:
+    """Per method and target: the weighted tau, its range over the leave-one-out banks and the model whose
+    removal moves it most; a last row with the stability of the methods' ranking per target."""
+    header = ["Method", *(_flagged_header(t, flags) for t in targets)]
+    lines = ["Leave-one-out stability: weighted τ on the whole bank [lowest, highest with one model left out]; "
+             "largest change Δ and the model whose removal causes it (docs/report.md)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [method]
+        for t in targets:
+            r = next(r for r in rows if r["method"] == method and r["target"] == t)
+            if not math.isfinite(r["tau"]):
+                cells.append("nan (constant)")
+                continue
+            cells.append(f"{_fmt(r['tau'])} [{_fmt(r['loo_tau_min'], 2)}, {_fmt(r['loo_tau_max'], 2)}] "
+                         f"Δ {_fmt(r['loo_max_change'], 2)} ({r['most_influential']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    per_target = [next((r["method_ranking_stability"] for r in rows if r["target"] == t), math.nan) for t in targets]
+    lines.append("| " + " | ".join(["*Ranking of the methods by weighted τ: mean Kendall's τ-b, whole bank vs "
+                                    "one model left out*", *(_fmt(v) for v in per_target)]) + " |")
+    return "\n".join(lines) + "\n" + flag_footnote(flags, targets, avg=False)
+
+
 def noise_ceiling_markdown(rows: list[dict]) -> str:
     lines = ["Noise ceiling: the expected correlation of a perfect score with Dice measured from this many "
              "fine-tuning seeds (docs/report.md)", "",
@@ -723,15 +1023,18 @@ def noise_ceiling_markdown(rows: list[dict]) -> str:
 def build_statistics(records_file: Path, tables: Mapping[str, list[str]], targets: list[str],
                      source_sizes: Mapping[str, int], out_dir: Path, labels: Mapping[str, str] | None = None,
                      n_bootstrap: int = 1000, n_permutations: int = 2000, n_simulations: int = 1000,
-                     seed: int = 0, flags: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
-    """Read ``records.json`` (written by :func:`build_tables`) and write ``statistics``, ``regret`` and
-    ``noise_ceiling`` as ``.csv`` and ``.md`` under ``out_dir``; the targets of ``flags`` ({target: why its
-    ground truth cannot rank}) are marked in ``statistics`` and ``regret`` (a ``ground_truth`` column in
-    the CSV, a dagger and a footnote in the Markdown)."""
+                     seed: int = 0, flags: Mapping[str, str] | None = None,
+                     parameter_counts: Mapping[str, int] | None = None) -> dict[str, list[dict]]:
+    """Read ``records.json`` (written by :func:`build_tables`) and write ``statistics``, ``regret``,
+    ``noise_ceiling``, ``selection`` and ``stability`` as ``.csv`` and ``.md`` under ``out_dir``; the
+    targets of ``flags`` ({target: why its ground truth cannot rank}) are marked in every table but the
+    noise ceiling (a ``ground_truth`` column in the CSV, a dagger and a footnote in the Markdown).
+    ``parameter_counts`` ({model id: weights}) adds the larger-model-first ranker."""
     records = json.loads(Path(records_file).read_text())
     metrics = list(dict.fromkeys(m for names in tables.values() for m in names))
     result = analyse(records, metrics, targets, source_sizes, labels, n_bootstrap=n_bootstrap,
-                     n_permutations=n_permutations, n_simulations=n_simulations, seed=seed)
+                     n_permutations=n_permutations, n_simulations=n_simulations, seed=seed,
+                     parameter_counts=parameter_counts)
     out_dir = Path(out_dir)
     write_text(out_dir / "statistics.csv", rows_to_csv(result["statistics"], STATISTICS_COLUMNS, flags))
     write_text(out_dir / "statistics.md", statistics_markdown(result["statistics"], targets, n_bootstrap, flags))
@@ -739,7 +1042,19 @@ def build_statistics(records_file: Path, tables: Mapping[str, list[str]], target
     write_text(out_dir / "regret.md", regret_markdown(result["regret"], targets, flags))
     write_text(out_dir / "noise_ceiling.csv", rows_to_csv(result["noise_ceiling"], CEILING_COLUMNS))
     write_text(out_dir / "noise_ceiling.md", noise_ceiling_markdown(result["noise_ceiling"]))
+    write_text(out_dir / "selection.csv", rows_to_csv(result["selection"], SELECTION_COLUMNS, flags))
+    write_text(out_dir / "selection.md", selection_markdown(result["selection"], targets, n_bootstrap, flags))
+    write_text(out_dir / "stability.csv", rows_to_csv(result["stability"], STABILITY_COLUMNS, flags))
+    write_text(out_dir / "stability.md", stability_markdown(result["stability"], targets, flags))
     return result
+
+
+def parameter_counts_of(bank_dirs: Mapping[str, Path]) -> dict[str, int]:
+    """{model id: number of weights, heads excluded} of the bank models' folders
+    (:func:`ccfv.models.bank.parameter_count`)."""
+    from .models.bank import parameter_count
+
+    return {model: parameter_count(Path(path)) for model, path in bank_dirs.items()}
 
 
 def source_sizes_from_splits(split_files: Mapping[str, Path]) -> dict[str, int]:

@@ -15,6 +15,8 @@ TABLE_FILES = [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "
 RESULTS_ENV = SCORES_ENV
 # The health check's thresholds (docs/report.md); a missing key takes ccfv.ground_truth.HealthRule's default.
 GROUND_TRUTH = config.get("ground_truth", {})
+# Every model of any target's bank, once.
+BANK_MODELS = sorted({m for t in TASKS for m in bank(t)})
 
 
 rule ground_truth:
@@ -102,6 +104,8 @@ rule statistics:
         records=f"{R}/tables/records.json",
         splits=[f"{R}/splits/{t}.json" for t in TASKS],
         ground_truth=f"{R}/tables/ground_truth.csv",
+        # the larger-model-first ranker counts the weights in each bank model's safetensors header
+        bank=[bank_dir(m) for m in BANK_MODELS],
     output:
         statistics=report(
             f"{R}/tables/statistics.csv",
@@ -121,7 +125,19 @@ rule statistics:
             category="Tables",
             subcategory="Beyond the paper",
         ),
-        markdown=[f"{R}/tables/{name}.md" for name in ("statistics", "regret", "noise_ceiling")],
+        selection=report(
+            f"{R}/tables/selection.csv",
+            caption="report/selection.rst",
+            category="Tables",
+            subcategory="Beyond the paper",
+        ),
+        stability=report(
+            f"{R}/tables/stability.csv",
+            caption="report/stability.rst",
+            category="Tables",
+            subcategory="Beyond the paper",
+        ),
+        markdown=[f"{R}/tables/{name}.md" for name in ("statistics", "regret", "noise_ceiling", "selection", "stability")],
     log:
         "logs/results/statistics.log",
     benchmark:
@@ -130,6 +146,8 @@ rule statistics:
         targets=TASKS,
         tables=config["scoring"]["tables"],
         labels=metric_labels(),
+        # the model ids of input.bank, in its order
+        models=BANK_MODELS,
         **STATISTICS,
     resources:
         **resources_for("default"),

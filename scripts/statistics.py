@@ -1,10 +1,11 @@
-"""Snakemake script: bootstrap intervals, permutation p-values, top-1 regret, static baselines and the
-noise ceiling (ccfv.results.build_statistics; definitions in docs/report.md); the targets whose ground truth
-cannot rank (ground_truth.csv) marked."""
+"""Snakemake script: bootstrap intervals, permutation p-values, top-1 regret, static baselines (larger model
+first from the bank models' weights), the noise ceiling, Kendall's tau-b, Rel@1, the top-3 hit rate and the
+leave-one-out stability (ccfv.results.build_statistics; definitions in docs/report.md); the targets whose
+ground truth cannot rank (ground_truth.csv) marked."""
 from pathlib import Path
 
 from ccfv.ground_truth import flags, read_csv
-from ccfv.results import build_statistics, source_sizes_from_splits
+from ccfv.results import build_statistics, parameter_counts_of, source_sizes_from_splits
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":
@@ -17,4 +18,5 @@ if __name__ == "__main__":
             out_dir=Path(snakemake.output.statistics).parent, labels=dict(p.labels), n_bootstrap=p.n_bootstrap,
             n_permutations=p.n_permutations, n_simulations=p.n_simulations, seed=p.seed,
             flags=flags(read_csv(snakemake.input.ground_truth)),
+            parameter_counts=parameter_counts_of(dict(zip(p.models, snakemake.input.bank))),
         )

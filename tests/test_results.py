@@ -417,3 +417,328 @@ def test_analyse_rows_and_baselines():
     again = analyse(records, ["ccfv", "logme"], ["Task01_A", "Task02_B"], {"Task03_C": 10, "Task04_D": 20},
                     n_bootstrap=50, n_permutations=100, n_simulations=10)
     assert json.dumps(again, default=str) == json.dumps(out, default=str)  # seeded
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshot ids, selection measures (Kendall's tau-b, Rel@1, top-3 hit) and leave-one-out stability
+# --------------------------------------------------------------------------------------------------
+
+import itertools  # noqa: E402
+
+from ccfv.results import (  # noqa: E402
+    SELECTION_MEASURES, _statistic_batch, build_statistics, kendall_tau, leave_one_out, loo_stability,
+    method_ranking_stability, model_order, model_snapshot, relative_top1, top_k_hit,
+)
+
+
+def slow_kendall_tau_b(x, y):
+    """Kendall's tau-b by counting pairs: (concordant - discordant) / sqrt((n0 - ties in x) (n0 - ties in y))."""
+    concordant = discordant = tied_x = tied_y = pairs = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            pairs += 1
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            tied_x += dx == 0
+            tied_y += dy == 0
+            if dx * dy > 0:
+                concordant += 1
+            elif dx * dy < 0:
+                discordant += 1
+    if tied_x == pairs or tied_y == pairs:
+        return math.nan
+    return (concordant - discordant) / math.sqrt((pairs - tied_x) * (pairs - tied_y))
+
+
+def slow_relative_top1(scores, dice):
+    """The models sharing the highest score, their mean Dice, over the best Dice."""
+    top = max(scores)
+    tied = [d for s, d in zip(scores, dice) if s == top]
+    return (sum(tied) / len(tied)) / max(dice)
+
+
+def slow_top_k_hit(scores, dice, k=3):
+    """Every order of the models that sorts the scores from high to low (each tie-break equally likely):
+    the share of them with a best-Dice model among the first k."""
+    best = {i for i, d in enumerate(dice) if d == max(dice)}
+    orders = [order for order in itertools.permutations(range(len(scores)))
+              if all(scores[order[i]] >= scores[order[i + 1]] for i in range(len(order) - 1))]
+    return sum(bool(best & set(order[:k])) for order in orders) / len(orders)
+
+
+def slow_leave_one_out(scores, dice):
+    """The public weighted tau on each bank with one model left out, by building the lists."""
+    out = []
+    for left_out in range(len(scores)):
+        x = [s for i, s in enumerate(scores) if i != left_out]
+        y = [d for i, d in enumerate(dice) if i != left_out]
+        out.append(math.nan if len(set(x)) < 2 or len(set(y)) < 2 else stats.weightedtau(x, y).statistic)
+    return out
+
+
+#: Hand-made banks with ties: in the scores at the top, at the third place, in the best Dice, everywhere.
+HAND_MADE = [
+    ([3, 1, 2, 0, -1], [0.5, 0.9, 0.7, 0.2, 0.3]),           # no ties; the best model ranked 3rd
+    ([1, 1, 0, 0, 0], [0.5, 0.9, 0.7, 0.6, 0.1]),             # two tied first
+    ([5, 4, 2, 2, 2, 1], [0.3, 0.4, 0.5, 0.9, 0.2, 0.1]),     # three tied for the third place, one best among them
+    ([5, 2, 2, 2, 2, 1], [0.3, 0.9, 0.9, 0.2, 0.1, 0.4]),     # two best models, both in a tie for places 2-5
+    ([1, 1, 1, 1], [0.2, 0.6, 0.6, 0.4]),                     # every score tied: a random ranking
+    ([4, 3, 2, 1, 0, -1, -2], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]),  # reversed: the best ranked last
+    ([0.2, 0.9, 0.9, 0.1], [0.5, 0.5, 0.8, 0.8]),             # ties in both
+    ([2.0, 1.0, 3.0], [0.4, 0.6, 0.5]),                       # three models: every top 3 hits
+]
+
+
+@pytest.mark.parametrize(("scores", "dice"), HAND_MADE)
+def test_selection_measures_against_slow_references(scores, dice):
+    assert relative_top1(scores, dice) == pytest.approx(slow_relative_top1(scores, dice), abs=1e-12)
+    assert top_k_hit(scores, dice, 3) == pytest.approx(slow_top_k_hit(scores, dice, 3), abs=1e-12)
+    for k in (1, 2, 4):
+        assert top_k_hit(scores, dice, k) == pytest.approx(slow_top_k_hit(scores, dice, k), abs=1e-12)
+    expected = slow_kendall_tau_b(scores, dice)
+    for got in (kendall_tau(scores, dice), statistic("kendall", scores, dice),
+                _statistic_batch("kendall", np.array([scores], float), np.array([dice], float))[0]):
+        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+    loo = leave_one_out(scores, dice)
+    np.testing.assert_allclose(loo, slow_leave_one_out(scores, dice), atol=1e-12)
+
+
+def test_selection_measures_hand_computed():
+    # two tied first (Dice 0.5 and 0.9), best 0.9: Rel@1 = 0.7 / 0.9
+    assert relative_top1([1, 1, 0], [0.5, 0.9, 0.7]) == pytest.approx(0.7 / 0.9)
+    # the best model is one of 3 tied for the third place: a hit with probability 1/3
+    assert top_k_hit([5, 4, 2, 2, 2, 1], [0.3, 0.4, 0.5, 0.9, 0.2, 0.1]) == pytest.approx(1 / 3)
+    # a random ranking of 4 with one best: 3 of the 4 places are in the top 3
+    assert top_k_hit([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.75)
+    assert top_k_hit([4, 3, 2, 1], [0.1, 0.2, 0.3, 0.4]) == 0.0 and top_k_hit([4, 3, 2, 1], [0.4, 0.1, 0.2, 0.3]) == 1.0
+    assert top_k_hit([float("nan"), 1, 2, 3], [0.9, 0.1, 0.2, 0.3]) == 0.0  # a missing score ranks last
+    assert math.isnan(relative_top1([1, 2], [0.0, 0.0]))  # no best Dice to divide by
+    assert math.isnan(kendall_tau([1, 1, 1], [0.1, 0.2, 0.3]))
+
+
+def test_selection_measures_random_banks_with_ties():
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        n = int(rng.integers(4, 8))
+        scores = list(rng.integers(0, 4, n).astype(float))  # many ties
+        dice = list(np.round(rng.uniform(0.1, 0.9, n), 1))   # some tied, sometimes at the best
+        assert top_k_hit(scores, dice) == pytest.approx(slow_top_k_hit(scores, dice), abs=1e-12)
+        assert relative_top1(scores, dice) == pytest.approx(slow_relative_top1(scores, dice), abs=1e-12)
+        expected = slow_kendall_tau_b(scores, dice)
+        got = _statistic_batch("kendall", np.array([scores]), np.array([dice]))[0]
+        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+        if math.isfinite(expected):
+            assert stats.kendalltau(scores, dice).statistic == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("measure", SELECTION_MEASURES)
+def test_selection_bootstrap_recomputed_with_the_slow_references(measure):
+    scores = [0.3, -1.2, 2.5, 0.9, 0.1, 1.7, 0.9]
+    dice = [0.61, 0.42, 0.77, 0.58, 0.66, 0.70, 0.77]
+    slow = {"kendall": slow_kendall_tau_b, "rel_at_1": slow_relative_top1, "top3": slow_top_k_hit}[measure]
+    got = bootstrap_interval(scores, dice, measure, n_resamples=200, seed=4)
+    draws = np.random.default_rng(4).integers(0, 7, size=(200, 7))
+    values = [slow([scores[i] for i in idx], [dice[i] for i in idx]) for idx in draws]
+    values = [v for v in values if math.isfinite(v)]
+    assert got["n_valid"] == len(values)
+    assert got["low"] == pytest.approx(np.quantile(values, 0.025), abs=1e-12)
+    assert got["high"] == pytest.approx(np.quantile(values, 0.975), abs=1e-12)
+
+
+def test_leave_one_out_stability_against_a_slow_reference():
+    scores = [0.3, -1.2, 2.5, 0.9, 0.1, 1.7]
+    dice = [0.61, 0.42, 0.77, 0.58, 0.66, 0.70]
+    full = stats.weightedtau(scores, dice).statistic
+    loo = slow_leave_one_out(scores, dice)
+    changes = [abs(v - full) for v in loo]
+    got = loo_stability(scores, dice)
+    assert got["tau"] == pytest.approx(full)
+    assert got["loo_tau_min"] == pytest.approx(min(loo)) and got["loo_tau_max"] == pytest.approx(max(loo))
+    assert got["loo_max_change"] == pytest.approx(max(changes))
+    assert got["most_influential"] == changes.index(max(changes))
+    # a perfect metric stays perfect without any one model
+    perfect = loo_stability([1, 2, 3, 4, 5], [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert perfect["loo_max_change"] == pytest.approx(0.0) and perfect["loo_tau_min"] == pytest.approx(1.0)
+
+
+def test_method_ranking_stability_against_a_slow_reference():
+    dice = [0.61, 0.42, 0.77, 0.58, 0.66, 0.70]
+    methods = {"a": [0.3, -1.2, 2.5, 0.9, 0.1, 1.7], "b": [1, 2, 3, 4, 5, 6], "c": [6, 1, 5, 2, 4, 3],
+               "d": [1, 1, 1, 2, 2, 2], "constant": [0] * 6}
+    full = {m: statistic("tau", s, dice) for m, s in methods.items()}
+    loo = {m: leave_one_out(s, dice) for m, s in methods.items()}
+    # slow: for each left-out model, the methods with a defined tau on both banks, their taus compared by pairs
+    taus = []
+    for left_out in range(len(dice)):
+        mine = [m for m in methods if math.isfinite(full[m]) and math.isfinite(slow_leave_one_out(methods[m], dice)[left_out])]
+        taus.append(slow_kendall_tau_b([full[m] for m in mine],
+                                       [slow_leave_one_out(methods[m], dice)[left_out] for m in mine]))
+    assert method_ranking_stability(full, loo) == pytest.approx(np.mean(taus), abs=1e-12)
+    assert -1.0 <= method_ranking_stability(full, loo) <= 1.0
+    # one method only: nothing to order
+    assert math.isnan(method_ranking_stability({"a": full["a"]}, {"a": loo["a"]}))
+
+
+def test_snapshot_model_ids():
+    snapshot = "unet-Task91_SynthLiver@150"
+    assert model_source(snapshot) == "Task91_SynthLiver" and model_architecture(snapshot) == "unet"
+    assert model_snapshot(snapshot) == 150
+    assert model_snapshot("unet-Task91_SynthLiver") is None and model_snapshot("unetr-random") is None
+    for bad in ("unet-random@10", "unet-Task91_SynthLiver@", "unet-Task91_SynthLiver@x", "unet-Task91_SynthLiver@0",
+                "unet-", "-Task91_SynthLiver"):
+        with pytest.raises(ValueError, match="model id"):
+            model_source(bad)
+    ids = ["unet-random", "unet-Task92_B", "unet-Task92_B@1000", "unet-Task92_B@150", "unetr-Task92_B"]
+    assert sorted(ids, key=model_order) == ["unet-Task92_B@150", "unet-Task92_B@1000", "unet-Task92_B",
+                                            "unetr-Task92_B", "unet-random"]
+    # snapshots count as pretrained and as their source's size
+    out = baseline_scores(["unet-Task92_B@150", "unet-random"], {"Task92_B": 12})
+    assert out["pretrained_first"] == [1, 0] and out["larger_source_first"] == [12, 0]
+
+
+def test_analyse_selection_and_stability_rows():
+    models = ("unet-Task03_C", "unet-Task03_C@50", "unetr-Task04_D", "unet-random", "unetr-random")
+    targets = ["Task01_A", "Task02_B"]
+    records = _records(np.random.default_rng(9), targets=targets, models=models)
+    for r in records:
+        r["dice_per_seed"] = [r["dice"]]
+    counts = {"unet-Task03_C": 100, "unet-Task03_C@50": 100, "unetr-Task04_D": 900, "unet-random": 100,
+              "unetr-random": 900}
+    out = analyse(records, ["ccfv", "logme"], targets, {"Task03_C": 10, "Task04_D": 20}, n_bootstrap=60,
+                  n_permutations=100, n_simulations=10, parameter_counts=counts)
+    methods = {"ccfv", "logme", "random", "pretrained_first", "same_architecture_first", "larger_source_first",
+               "larger_model_first"}
+    assert {r["metric"] for r in out["selection"]} == methods
+    assert len(out["selection"]) == len(methods) * len(SELECTION_MEASURES) * (len(targets) + 1)
+    for target in targets:
+        mine = sorted((r for r in records if r["target"] == target), key=lambda r: r["model"])
+        dice = [r["dice"] for r in mine]
+        scores = [r["scores"]["ccfv"] for r in mine]
+        row = {r["statistic"]: r for r in out["selection"] if r["metric"] == "ccfv" and r["target"] == target}
+        assert row["rel_at_1"]["value"] == pytest.approx(slow_relative_top1(scores, dice))
+        assert row["top3"]["value"] == pytest.approx(slow_top_k_hit(scores, dice))
+        assert row["kendall"]["value"] == pytest.approx(slow_kendall_tau_b(scores, dice))
+        size = [counts[r["model"]] for r in mine]
+        larger = {r["statistic"]: r["value"] for r in out["selection"]
+                  if r["metric"] == "larger_model_first" and r["target"] == target}
+        assert larger["top3"] == pytest.approx(slow_top_k_hit(size, dice))
+        rand = {r["statistic"]: r for r in out["selection"] if r["metric"] == "random" and r["target"] == target}
+        assert rand["rel_at_1"]["value"] == pytest.approx(np.mean(dice) / max(dice))
+        assert rand["top3"]["value"] == pytest.approx(1 - math.comb(4, 3) / math.comb(5, 3))  # one best of 5
+        assert rand["kendall"]["value"] == 0.0 and math.isnan(rand["kendall"]["ci_low"])
+        stable = next(r for r in out["stability"] if r["metric"] == "ccfv" and r["target"] == target)
+        loo = slow_leave_one_out(scores, dice)
+        assert stable["loo_tau_min"] == pytest.approx(min(loo))
+        assert stable["most_influential"] in models
+    for measure in SELECTION_MEASURES:
+        per_target = [r["value"] for r in out["selection"] if r["metric"] == "ccfv" and r["statistic"] == measure
+                      and r["target"] != "Avg"]
+        avg = next(r for r in out["selection"] if r["metric"] == "ccfv" and r["statistic"] == measure
+                   and r["target"] == "Avg")
+        assert avg["value"] == pytest.approx(np.mean(per_target))
+        assert avg["ci_low"] <= avg["ci_high"]
+    assert {r["metric"] for r in out["stability"]} == methods - {"random"}
+    again = analyse(records, ["ccfv", "logme"], targets, {"Task03_C": 10, "Task04_D": 20}, n_bootstrap=60,
+                    n_permutations=100, n_simulations=10, parameter_counts=counts)
+    assert json.dumps(again, default=str) == json.dumps(out, default=str)  # seeded
+    with pytest.raises(ValueError, match="unetr-random"):
+        analyse(records, ["ccfv"], targets, {"Task03_C": 10, "Task04_D": 20}, n_bootstrap=5, n_permutations=5,
+                n_simulations=2, parameter_counts={m: 1 for m in models if m != "unetr-random"})
+
+
+def test_build_statistics_writes_selection_and_stability_with_flags(tmp_path):
+    models = ("unet-Task03_C", "unet-Task03_C@50", "unet-Task04_D", "unet-random")
+    targets = ["Task01_A", "Task02_B"]
+    records = _records(np.random.default_rng(3), targets=targets, models=models)
+    for r in records:
+        r["dice_per_seed"] = [r["dice"]]
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    why = "3 of 4 models fine-tune to a mean Dice below 0.05"
+    build_statistics(tmp_path / "records.json", {"table1": ["ccfv", "logme"]}, targets,
+                     {"Task03_C": 8, "Task04_D": 9}, tmp_path, n_bootstrap=30, n_permutations=30, n_simulations=5,
+                     flags={"Task02_B": why}, parameter_counts={m: 7 for m in models})
+    selection = list(csv.DictReader((tmp_path / "selection.csv").open()))
+    assert list(selection[0]) == ["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high",
+                                  "n_valid", "ground_truth"]
+    assert {r["target"]: r["ground_truth"] for r in selection} == {"Task01_A": "ok", "Task02_B": "cannot rank",
+                                                                   "Avg": ""}
+    assert "Larger model first" in {r["method"] for r in selection}
+    stability = list(csv.DictReader((tmp_path / "stability.csv").open()))
+    assert {r["target"]: r["ground_truth"] for r in stability} == {"Task01_A": "ok", "Task02_B": "cannot rank"}
+    assert {r["most_influential"] for r in stability if r["metric"] == "ccfv"} <= set(models)
+    md = (tmp_path / "selection.md").read_text()
+    assert md.count("| Method | Task01 | Task02† | Avg |") == 3
+    assert f"† Task02_B: the fine-tuned Dice cannot rank the bank's models: {why}." in md
+    assert "† Avg includes the flagged target(s)." in md
+    stable_md = (tmp_path / "stability.md").read_text()
+    assert "| Method | Task01 | Task02† |" in stable_md and f"† Task02_B: the fine-tuned Dice" in stable_md
+    assert "Ranking of the methods by weighted τ" in stable_md
+    # the tables of before keep their columns
+    assert list(csv.DictReader((tmp_path / "statistics.csv").open()))[0].keys() == {
+        *"method metric kind target statistic value ci_low ci_high n_valid p_value ground_truth".split()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Larger model first: parameter counts of real saved bank models
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_bank_models(tmp_path_factory, tiny_dataset):
+    """Two randomly initialised U-Nets saved by the workflow's own code: the tiny plans, and the same plans
+    with twice the features per stage."""
+    import shutil
+
+    from ccfv.nnunet_paths import CONFIGURATION, PLANS_NAME
+    from ccfv.training import random_model
+
+    root = tmp_path_factory.mktemp("params")
+    wide = root / "wide_plans"
+    wide.mkdir()
+    shutil.copy(tiny_dataset.preprocessed / "dataset.json", wide / "dataset.json")
+    plans = json.loads((tiny_dataset.preprocessed / f"{PLANS_NAME}.json").read_text())
+    kwargs = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
+    kwargs["features_per_stage"] = [2 * f for f in kwargs["features_per_stage"]]
+    (wide / f"{PLANS_NAME}.json").write_text(json.dumps(plans))
+    small = random_model(tiny_dataset.preprocessed, "unet-random", root / "bank" / "unet-random", seed=0)
+    large = random_model(wide, "wide-random", root / "bank" / "wide-random", seed=0)
+    return {"unet-random": small, "wide-random": large}
+
+
+def test_parameter_count_of_saved_bank_models(two_bank_models):
+    from safetensors import safe_open
+
+    from ccfv.models.bank import load_bank_model, parameter_count
+    from ccfv.networks import is_head
+    from ccfv.results import parameter_counts_of
+
+    counts = parameter_counts_of(two_bank_models)
+    for model, folder in two_bank_models.items():
+        network, _ = load_bank_model(folder)
+        # independently: the network's distinct parameters, its segmentation heads left out
+        distinct = {id(p): p for name, p in network.named_parameters() if not is_head(name)}
+        assert counts[model] == sum(p.numel() for p in distinct.values()) > 0
+        # and with the heads: every tensor safetensors itself reads from the file
+        with safe_open(str(folder / "weights.safetensors"), framework="numpy") as f:
+            everything = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+        assert parameter_count(folder, include_heads=True) == everything > counts[model]
+    assert counts["wide-random"] > 3 * counts["unet-random"]  # twice the width: about four times the weights
+    ranker = baseline_scores(list(two_bank_models), {}, parameter_counts=counts)["larger_model_first"]
+    assert ranker == [counts["unet-random"], counts["wide-random"]]
+    assert top_k_hit(ranker, [0.3, 0.6], k=1) == 1.0 and relative_top1(ranker, [0.6, 0.3]) == 0.5
+
+
+def test_parameter_count_errors_name_the_file(tmp_path):
+    from ccfv.models.bank import parameter_count
+
+    with pytest.raises(FileNotFoundError, match="weights.safetensors: missing"):
+        parameter_count(tmp_path)
+    (tmp_path / "weights.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match=r"weights\.safetensors: not a safetensors file \(header is not JSON"):
+        parameter_count(tmp_path)
+    (tmp_path / "weights.safetensors").write_bytes(b"\xff" * 12)
+    with pytest.raises(ValueError, match="header length"):
+        parameter_count(tmp_path)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, "x"], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "weights.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(ValueError, match="tensor 'w' has no valid shape"):
+        parameter_count(tmp_path)
