@@ -14,8 +14,8 @@ The paper's question for one user, without Snakemake (docs/rank.md). For every m
 A model that cannot be applied (missing files, an unsafe or unreadable checkpoint, a bundle needing code,
 another number of input channels, a 2D configuration) is reported with the reason while the others are
 still ranked; a model trained on another modality (or channel order) than the target's is ranked with a
-warning. The output folder receives ``ranking.csv``, ``ranking.json``, ``ranking.png`` and the features
-files, each written atomically.
+warning. The output folder receives ``ranking.csv``, ``ranking.json``, ``ranking.png``, the features files
+and, with known Dice (``--dice``), ``agreement.csv``, each written atomically.
 """
 from __future__ import annotations
 
@@ -369,27 +369,113 @@ def ranks(values: Sequence[float]) -> list[int]:
     return [int(r) for r in rankdata(-np.asarray(values, dtype=float), method="min")]
 
 
+#: Bootstrap of the agreement with ``--dice``: resamples of the models with replacement, seeded.
+AGREEMENT_BOOTSTRAP = {"n_resamples": 1000, "seed": 0}
+
+
+def _finite_or_none(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def agreement(scores: Sequence[float], dice: Sequence[float], models: Sequence[str]) -> dict[str, Any]:
+    """How one ranking of the models with a known Dice agrees with that Dice (docs/rank.md), JSON-ready
+    (undefined values are None): weighted Kendall's tau and Pearson (as Table 1), Kendall's tau-b, Rel@1 and
+    the top-3 hit (:mod:`ccfv.results`), each with a 95% percentile bootstrap interval under ``<name>_ci``
+    (:data:`AGREEMENT_BOOTSTRAP`, the same resamples for every method), the top-1 regret, and the
+    leave-one-out stability of the weighted tau (``loo_tau_min``, ``loo_tau_max``, ``loo_max_change``,
+    ``most_influential``: the model whose removal moves it most). Needs at least 3 models (else only the
+    regret and a ``note``)."""
+    from .results import SELECTION_MEASURES, STATISTICS, bootstrap_interval, loo_stability, statistic, top1_regret
+
+    entry: dict[str, Any] = {"n": len(dice)}
+    if len(dice) < 3:
+        entry.update({name: None for name in (*STATISTICS, *SELECTION_MEASURES)})
+        entry["note"] = "needs the Dice of at least 3 ranked models"
+        if dice:
+            entry["top1_regret"] = top1_regret(scores, dice)["regret"]
+        return entry
+    indices = np.random.default_rng(AGREEMENT_BOOTSTRAP["seed"]).integers(
+        0, len(dice), size=(AGREEMENT_BOOTSTRAP["n_resamples"], len(dice)))
+    for name in (*STATISTICS, *SELECTION_MEASURES):
+        entry[name] = _finite_or_none(statistic(name, scores, dice))
+        ci = bootstrap_interval(scores, dice, name, indices=indices)
+        entry[f"{name}_ci"] = None if not math.isfinite(ci["low"]) else [ci["low"], ci["high"]]
+    entry["top1_regret"] = top1_regret(scores, dice)["regret"]
+    stable = loo_stability(scores, dice)
+    entry.update({k: _finite_or_none(stable[k]) for k in ("loo_tau_min", "loo_tau_max", "loo_max_change")})
+    entry["most_influential"] = None if stable["most_influential"] is None else models[stable["most_influential"]]
+    return entry
+
+
 def correlations(rows: list[dict], metrics: Sequence[str]) -> dict[str, dict]:
-    """Weighted Kendall's tau and Pearson between each metric and the known Dice, and the top-1 regret (Dice
-    of the best model minus Dice of the one the metric ranks first), over the models with a Dice."""
-    from .results import statistic, top1_regret
+    """{metric: :func:`agreement` of its scores with the known Dice}, over the models with a Dice:
+    weighted tau, Pearson, Kendall's tau-b, Rel@1, top-3 hit with bootstrap intervals, top-1 regret (Dice of
+    the best model minus Dice of the one the metric ranks first) and the leave-one-out stability."""
+    known = [r for r in rows if r.get("dice") is not None]
+    dice = [r["dice"] for r in known]
+    models = [r["model"] for r in known]
+    return {metric: agreement([r["scores"][metric] for r in known], dice, models) for metric in metrics}
+
+
+#: The static rankers ``ccfv rank --dice`` compares the metrics with. Pretrained-first and larger-source-first
+#: need what a user's model does not say (every model given is pretrained; its source's size is unknown).
+RANK_BASELINES = {"larger_model_first": "Larger model first", "random": "Random ranking (expected)"}
+
+
+def baseline_agreement(rows: list[dict]) -> dict[str, dict]:
+    """:func:`agreement` of the static rankers with the known Dice: ``larger_model_first`` (the models'
+    weights, ``parameters``, heads excluded; when every model with a Dice has a count) and ``random``
+    (every model tied: Rel@1 and the top-3 hit are their expectations over random orders; the correlations
+    are 0 in expectation and have no interval)."""
+    known = [r for r in rows if r.get("dice") is not None]
+    dice = [r["dice"] for r in known]
+    models = [r["model"] for r in known]
+    out = {}
+    if known and all(r.get("parameters") is not None for r in known):
+        out["larger_model_first"] = agreement([float(r["parameters"]) for r in known], dice, models)
+    random = agreement([0.0] * len(known), dice, models)
+    if len(known) >= 3:
+        for name in ("tau", "pearson", "kendall"):
+            random[name], random[f"{name}_ci"] = 0.0, None
+        random.update({"loo_tau_min": None, "loo_tau_max": None, "loo_max_change": None, "most_influential": None})
+    out["random"] = random
+    return out
+
+
+def method_ranking_stability(correlations_: dict[str, dict], baselines: dict[str, dict], rows: list[dict]) -> float | None:
+    """Mean Kendall's tau-b between the order of the metrics and ``larger_model_first`` by weighted tau on
+    all models with a Dice and with one of them left out (:func:`ccfv.results.method_ranking_stability`);
+    None when undefined (fewer than 2 methods with a weighted tau, or fewer than 4 models)."""
+    from .results import leave_one_out, statistic
+    from .results import method_ranking_stability as stability
 
     known = [r for r in rows if r.get("dice") is not None]
-    out = {}
-    for metric in metrics:
-        scores = [r["scores"][metric] for r in known]
-        dice = [r["dice"] for r in known]
-        entry: dict[str, Any] = {"n": len(known)}
-        if len(known) >= 3:
-            entry["tau"] = statistic("tau", scores, dice)
-            entry["pearson"] = statistic("pearson", scores, dice)
-        else:
-            entry["tau"] = entry["pearson"] = None
-            entry["note"] = "needs the Dice of at least 3 ranked models"
-        if known:
-            entry["top1_regret"] = top1_regret(scores, dice)["regret"]
-        out[metric] = entry
-    return out
+    if len(known) < 4:
+        return None
+    dice = [r["dice"] for r in known]
+    scores = {m: [r["scores"][m] for r in known] for m in correlations_}
+    if "larger_model_first" in baselines:
+        scores["larger_model_first"] = [float(r["parameters"]) for r in known]
+    full = {m: statistic("tau", s, dice) for m, s in scores.items()}
+    loo = {m: leave_one_out(s, dice) for m, s in scores.items()}
+    return _finite_or_none(stability(full, loo))
+
+
+def network_parameter_count(network) -> int:
+    """The number of weights of a loaded network: the elements of its distinct state-dict tensors (a tensor
+    reachable under two names, as nnU-Net's encoder is, counts once) without the segmentation heads
+    (:func:`ccfv.networks.is_head`: nnU-Net's ``seg_layers``, UNETR's ``out``; another network's head is
+    counted). For a ccfv bank model this equals :func:`ccfv.models.bank.parameter_count` of its folder."""
+    from .networks import is_head
+
+    seen, total = set(), 0
+    for name, tensor in network.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if is_head(name) or key in seen:
+            continue
+        seen.add(key)
+        total += tensor.numel()
+    return total
 
 
 def dice_health(rows: list[dict], dataset: str = "") -> dict:
@@ -420,6 +506,10 @@ class Ranking:
     meta: dict
     #: :func:`dice_health` of the ``--dice`` values (None without ``--dice``).
     ground_truth: dict | None = None
+    #: :func:`baseline_agreement` with ``--dice`` (None without).
+    baselines: dict | None = None
+    #: :func:`method_ranking_stability` with ``--dice`` (None without, or when undefined).
+    method_ranking_stability: float | None = None
 
     @property
     def exit_status(self) -> int:
@@ -539,7 +629,7 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
                          "features": str(features.relative_to(out)), "scores": scores,
                          "dice": None if dice is None else dice.get(name),
                          "source_dataset": model.source_dataset, "modalities": model.modalities,
-                         "warnings": model_warnings})
+                         "parameters": network_parameter_count(model.network), "warnings": model_warnings})
             del model
             if torch_device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -554,10 +644,13 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
         for row, r in zip(rows, ranks([row["scores"][metric] for row in rows]) if rows else []):
             row.setdefault("ranks", {})[metric] = r
     rows.sort(key=lambda row: (row["ranks"][metric_names[0]], row["model"]))
+    with_dice = dice is not None and bool(rows)
+    agreements = correlations(rows, metric_names) if with_dice else None
+    baselines = baseline_agreement(rows) if with_dice else None
     ranking = Ranking(
-        rows=rows, failed=failed, metrics=metric_names,
-        correlations=correlations(rows, metric_names) if dice is not None and rows else None,
-        ground_truth=dice_health(rows, dataset.name) if dice is not None and rows else None,
+        rows=rows, failed=failed, metrics=metric_names, correlations=agreements,
+        ground_truth=dice_health(rows, dataset.name) if with_dice else None, baselines=baselines,
+        method_ranking_stability=method_ranking_stability(agreements, baselines, rows) if with_dice else None,
         meta={"data": str(dataset.source), "dataset": dataset.name, "cases": case_ids, "classes": dataset.class_ids,
               "device": str(torch_device), "sampling": sampling, "metrics": definitions,
               "ranked_by": metric_names[0], "ccfv_version": __version__,
@@ -578,13 +671,14 @@ def ranking_csv(ranking: Ranking) -> str:
     header = ["rank", "model", "kind", "architecture"]
     for metric in ranking.metrics:
         header += [metric, f"{metric}_rank"]
-    header += ["dice", "path", "checkpoint_sha256", "warnings"]
+    header += ["dice", "parameters", "path", "checkpoint_sha256", "warnings"]
     writer.writerow(header)
     for row in ranking.rows:
         line = [row["ranks"][ranking.metrics[0]], row["model"], row["kind"], row["architecture"]]
         for metric in ranking.metrics:
             line += [repr(row["scores"][metric]), row["ranks"][metric]]
-        line += ["" if row["dice"] is None else repr(row["dice"]), row["path"], row["sha256"] or "",
+        line += ["" if row["dice"] is None else repr(row["dice"]),
+                 "" if row.get("parameters") is None else row["parameters"], row["path"], row["sha256"] or "",
                  "; ".join(row.get("warnings") or [])]
         writer.writerow(line)
     return buffer.getvalue()
@@ -592,7 +686,46 @@ def ranking_csv(ranking: Ranking) -> str:
 
 def ranking_json(ranking: Ranking) -> dict:
     return {**ranking.meta, "models": ranking.rows, "failed": ranking.failed,
-            "correlations": ranking.correlations, "ground_truth": ranking.ground_truth}
+            "correlations": ranking.correlations, "baselines": ranking.baselines,
+            "method_ranking_stability": ranking.method_ranking_stability,
+            "agreement_bootstrap": AGREEMENT_BOOTSTRAP if ranking.correlations else None,
+            "ground_truth": ranking.ground_truth}
+
+
+#: The measures of ``agreement.csv``, each a value and, but for the regret, a 95% bootstrap interval.
+AGREEMENT_MEASURES = ("tau", "pearson", "kendall", "rel_at_1", "top3")
+
+
+def agreement_csv(ranking: Ranking) -> str:
+    """With ``--dice``: one line per method (the metrics, then the static rankers) with every agreement
+    measure, its interval, the top-1 regret, the leave-one-out stability, the stability of the methods'
+    ranking (the same on every line) and ``ground_truth``: ``ok`` or ``cannot rank`` (the health check of
+    the known Dice, as in the workflow's tables)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["method", "kind", "n"]
+    for name in AGREEMENT_MEASURES:
+        header += [name, f"{name}_low", f"{name}_high"]
+    header += ["top1_regret", "loo_tau_min", "loo_tau_max", "loo_max_change", "most_influential",
+               "method_ranking_stability", "ground_truth"]
+    writer.writerow(header)
+    verdict = "ok" if ranking.ground_truth is None or ranking.ground_truth["can_rank"] else "cannot rank"
+    methods = [(m, "metric", c) for m, c in (ranking.correlations or {}).items()]
+    methods += [(m, "baseline", c) for m, c in (ranking.baselines or {}).items()]
+
+    def cell(value):
+        return "" if value is None else repr(value) if isinstance(value, float) else value
+
+    for name, kind, c in methods:
+        line = [name, kind, c["n"]]
+        for measure in AGREEMENT_MEASURES:
+            ci = c.get(f"{measure}_ci")
+            line += [cell(c.get(measure)), *(cell(v) for v in (ci or [None, None]))]
+        line += [cell(c.get(k)) for k in ("top1_regret", "loo_tau_min", "loo_tau_max", "loo_max_change",
+                                          "most_influential")]
+        line += [cell(ranking.method_ranking_stability), verdict]
+        writer.writerow(line)
+    return buffer.getvalue()
 
 
 def plot_ranking(ranking: Ranking, path: Path) -> Path:
@@ -651,12 +784,22 @@ def write_outputs(ranking: Ranking, out: Path) -> None:
     out = Path(out)
     write_text(out / "ranking.csv", ranking_csv(ranking))
     write_json(out / "ranking.json", ranking_json(ranking))
+    if ranking.correlations:
+        write_text(out / "agreement.csv", agreement_csv(ranking))
+    else:  # a rerun without --dice into the same folder: no agreement from an earlier run stays behind
+        (out / "agreement.csv").unlink(missing_ok=True)
     if ranking.rows:
         plot_ranking(ranking, out / "ranking.png")
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _with_interval(entry: dict, name: str) -> str:
+    """``0.4000 [0.10, 0.80]``: a measure and its bootstrap interval, when it has one."""
+    ci = entry.get(f"{name}_ci")
+    return _fmt(entry.get(name)) + ("" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
 def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
@@ -693,12 +836,20 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
         for warning in row.get("warnings") or []:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}", highlight=False)
     if ranking.correlations:
-        corr = Table(title="Agreement with the known Dice")
-        for column in ("metric", "weighted tau", "Pearson", "top-1 regret", "models"):
+        corr = Table(title="Agreement with the known Dice (95% bootstrap interval over the models)")
+        for column in ("metric", "weighted tau", "Pearson", "Kendall tau-b", "Rel@1", "top-3 hit", "top-1 regret",
+                       "LOO max change", "models"):
             corr.add_column(column, justify="right" if column != "metric" else "left")
-        for metric, c in ranking.correlations.items():
-            corr.add_row(metric, _fmt(c["tau"]), _fmt(c["pearson"]), _fmt(c.get("top1_regret")), str(c["n"]))
+        methods = [(m, c) for m, c in ranking.correlations.items()]
+        methods += [(RANK_BASELINES.get(m, m), c) for m, c in (ranking.baselines or {}).items()]
+        for name, c in methods:
+            corr.add_row(name, *(_with_interval(c, k) for k in ("tau", "pearson", "kendall", "rel_at_1", "top3")),
+                         _fmt(c.get("top1_regret")), _fmt(c.get("loo_max_change")), str(c["n"]))
         console.print(corr)
+        if ranking.method_ranking_stability is not None:
+            console.print(f"Leave one model out: the methods' order by weighted tau agrees with the full one at a "
+                          f"mean Kendall's tau-b of {ranking.method_ranking_stability:.2f} (1: no single model "
+                          "decides which method looks best; docs/rank.md).", highlight=False)
     health = ranking.ground_truth
     if health is not None:
         if health["can_rank"]:
@@ -710,9 +861,10 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
     for failure in ranking.failed:
         console.print(f"[red]not ranked[/red] {failure['model']}: {failure['error']}", highlight=False)
     console.print(f"written: {out / 'ranking.csv'}, {out / 'ranking.json'}"
+                  + (f", {out / 'agreement.csv'}" if ranking.correlations else "")
                   + (f", {out / 'ranking.png'}" if ranking.rows else "") + f", features in {out / 'features'}/")
 
 
 __all__ = ["RANK_METRICS", "DEFAULT_RANK_METRICS", "ModelError", "rank_models", "print_ranking", "read_dice",
-           "dice_health", "open_dataset", "load_model", "model_names", "parse_model_spec", "default_layer_ratios",
+           "dice_health", "agreement", "baseline_agreement", "network_parameter_count", "open_dataset", "load_model", "model_names", "parse_model_spec", "default_layer_ratios",
            "metric_definitions", "modality_warnings", "Ranking"]

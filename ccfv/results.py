@@ -587,7 +587,8 @@ def _batched_relative_top1(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     best = y.max(axis=1)
     with np.errstate(all="ignore"):
         rel = np.sum(np.where(top, y, 0.0), axis=1) / top.sum(axis=1) / best
-    return np.where(best > 0, rel, np.nan)
+    # a mean of values equal to the best can round to 1 + 1e-16
+    return np.where(best > 0, np.minimum(rel, 1.0), np.nan)
 
 
 def top_k_hit(scores, dice, k: int = 3) -> float:

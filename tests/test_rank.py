@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,8 @@ from scipy import stats
 
 from ccfv.cli import main
 from ccfv.rank import (
-    Ranking, correlations, default_layer_ratios, dice_health, metric_definitions, model_names, print_ranking,
-    ranking_json, read_dice,
+    Ranking, agreement_csv, baseline_agreement, correlations, default_layer_ratios, dice_health, metric_definitions,
+    method_ranking_stability, model_names, print_ranking, ranking_json, read_dice,
 )
 
 #: The two source tasks: Liver is prepared here, Spleen is conftest's session dataset (already preprocessed).
@@ -125,6 +126,20 @@ def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path)
     assert report["ground_truth"]["dice_median"] == pytest.approx(0.55)
     assert report["ground_truth"]["rule"]["zero_dice"] == 0.05
     assert "The known Dice can rank the models" in result.stdout
+    # larger model first: the weights of each model, heads excluded; the bank model's as counted from its file
+    from ccfv.models.bank import parameter_count
+
+    params = {r["model"]: int(r["parameters"]) for r in rows}
+    assert params["random"] == parameter_count(bank["ccfv"]) and all(v > 0 for v in params.values())
+    assert report["baselines"]["larger_model_first"]["n"] == 3 and "random" in report["baselines"]
+    agreement = list(csv.DictReader((out / "agreement.csv").open()))
+    assert [a["method"] for a in agreement] == ["ccfv", "logme", "leep", "larger_model_first", "random"]
+    assert {a["ground_truth"] for a in agreement} == {"ok"}
+    for metric in ("ccfv", "logme", "leep"):  # three models: any top 3 holds the best one
+        assert report["correlations"][metric]["top3"] == 1.0
+        scores = [float(r[metric]) for r in rows]
+        assert report["correlations"][metric]["kendall"] == pytest.approx(stats.kendalltau(scores, truth).statistic)
+    assert "Rel@1" in result.stdout and "top-3 hit" in result.stdout
     assert (out / "ranking.png").stat().st_size > 1000
     assert not list(out.glob(".work-*"))  # the preprocessed copies are gone
 
@@ -449,3 +464,83 @@ def test_matplotlib_warnings_stay_out_of_the_terminal(tmp_path):
         warnings.simplefilter("error")  # any warning would fail the test
         path = plot_ranking(ranking, tmp_path / "ranking.png")
     assert path.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Agreement with --dice beyond weighted tau: Kendall's tau-b, Rel@1, top-3 hit, intervals, larger model
+# first, leave-one-out stability (issue 14)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_agreement_with_dice_against_the_slow_references(tmp_path):
+    from test_results import slow_kendall_tau_b, slow_leave_one_out, slow_relative_top1, slow_top_k_hit
+
+    dice = [0.30, 0.62, 0.45, 0.62, 0.80, None, 0.51]
+    ccfv = [0.1, 0.9, 0.9, 0.3, 0.2, 5.0, 0.4]  # two tied for first, one model without a Dice
+    logme = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    params = [10, 10, 50, 50, 50, 99, 10]
+    rows = [{"model": f"m{i}", "architecture": "unet", "scores": {"ccfv": c, "logme": lg}, "dice": d,
+             "parameters": n, "ranks": {"ccfv": 1, "logme": 1}, "path": f"m{i}", "kind": "ccfv", "sha256": None}
+            for i, (c, lg, d, n) in enumerate(zip(ccfv, logme, dice, params))]
+    known = [i for i, d in enumerate(dice) if d is not None]
+    truth = [dice[i] for i in known]
+    corr = correlations(rows, ["ccfv", "logme"])
+    baselines = baseline_agreement(rows)
+    for name, values, entry in (("ccfv", ccfv, corr["ccfv"]), ("logme", logme, corr["logme"]),
+                                ("larger_model_first", params, baselines["larger_model_first"])):
+        x = [float(values[i]) for i in known]
+        assert entry["n"] == 6
+        assert entry["rel_at_1"] == pytest.approx(slow_relative_top1(x, truth)), name
+        assert entry["top3"] == pytest.approx(slow_top_k_hit(x, truth)), name
+        assert entry["kendall"] == pytest.approx(slow_kendall_tau_b(x, truth)), name
+        assert entry["tau"] == pytest.approx(stats.weightedtau(x, truth).statistic), name
+        loo = slow_leave_one_out(x, truth)
+        assert entry["loo_tau_min"] == pytest.approx(min(loo)) and entry["loo_tau_max"] == pytest.approx(max(loo))
+        changes = [abs(v - entry["tau"]) for v in loo]
+        assert entry["loo_max_change"] == pytest.approx(max(changes))
+        assert entry["most_influential"] == f"m{known[changes.index(max(changes))]}"
+        for measure in ("tau", "pearson", "kendall", "rel_at_1", "top3"):
+            low, high = entry[f"{measure}_ci"]
+            assert -1.0 <= low <= high <= 1.0, (name, measure)
+    # ccfv: m1 (0.62) and m2 (0.45) tie for first; the best (m4, 0.80) is 5th: never in the top 3
+    assert corr["ccfv"]["rel_at_1"] == pytest.approx((0.62 + 0.45) / 2 / 0.80) and corr["ccfv"]["top3"] == 0.0
+    random = baselines["random"]
+    assert random["rel_at_1"] == pytest.approx(np.mean(truth) / 0.80)
+    assert random["top3"] == pytest.approx(0.5) and random["tau"] == 0.0 and random["tau_ci"] is None
+    # the methods' order by weighted tau, all models vs one left out: the slow way
+    methods = {"ccfv": ccfv, "logme": logme, "larger_model_first": params}
+    full = {m: stats.weightedtau([float(v[i]) for i in known], truth).statistic for m, v in methods.items()}
+    per_left_out = []
+    for j in range(len(known)):
+        loo = {m: slow_leave_one_out([float(v[i]) for i in known], truth)[j] for m, v in methods.items()}
+        per_left_out.append(slow_kendall_tau_b([full[m] for m in methods], [loo[m] for m in methods]))
+    stability = method_ranking_stability(corr, baselines, rows)
+    assert stability == pytest.approx(np.mean([v for v in per_left_out if not math.isnan(v)]))
+    # outputs: agreement.csv with the ground-truth verdict, ranking.json, the printed summary
+    ranking = Ranking(rows=rows, failed=[], metrics=["ccfv", "logme"], correlations=corr,
+                      meta={"dataset": "Dataset093_X", "cases": ["a"]}, ground_truth=dice_health(rows, "Dataset093_X"),
+                      baselines=baselines, method_ranking_stability=stability)
+    table = list(csv.DictReader(io.StringIO(agreement_csv(ranking))))
+    assert [t["method"] for t in table] == ["ccfv", "logme", "larger_model_first", "random"]
+    assert float(table[0]["rel_at_1"]) == pytest.approx(corr["ccfv"]["rel_at_1"])
+    assert float(table[0]["top3_low"]) == corr["ccfv"]["top3_ci"][0] and table[3]["tau_low"] == ""
+    assert {t["ground_truth"] for t in table} == {"ok" if ranking.ground_truth["can_rank"] else "cannot rank"}
+    written = json.loads(json.dumps(ranking_json(ranking)))
+    assert written["baselines"]["larger_model_first"]["top3"] == baselines["larger_model_first"]["top3"]
+    assert written["method_ranking_stability"] == pytest.approx(stability)
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    print_ranking(ranking, tmp_path, console)
+    text = console.file.getvalue()
+    assert "Rel@1" in text and "Larger model first" in text and "Random ranking (expected)" in text
+    assert f"mean Kendall's tau-b of {stability:.2f}" in text
+
+
+def test_agreement_flags_a_dice_that_cannot_rank():
+    rows = [{"model": f"m{i}", "scores": {"ccfv": float(i)}, "dice": d, "parameters": 5}
+            for i, d in enumerate([0.0, 0.0, 0.01, 0.0, 0.35])]
+    ranking = Ranking(rows=rows, failed=[], metrics=["ccfv"], correlations=correlations(rows, ["ccfv"]), meta={},
+                      ground_truth=dice_health(rows), baselines=baseline_agreement(rows))
+    assert {t["ground_truth"] for t in csv.DictReader(io.StringIO(agreement_csv(ranking)))} == {"cannot rank"}
+    # fewer than 3 models with a Dice: no measure, a note; the regret still
+    two = correlations(rows[:2], ["ccfv"])["ccfv"]
+    assert two["rel_at_1"] is None and two["note"].startswith("needs the Dice") and two["top1_regret"] == 0.0
