@@ -130,15 +130,24 @@ def class_features(features_path: str | Path, class_id: int, layer: int = -1, pe
     return np.concatenate(rows), np.concatenate(cases)
 
 
+#: Panels per row of the t-SNE figure.
+TSNE_COLUMNS = 6
+
+
 def feature_tsne(features_files: Mapping[str, str | Path], target: str, stem: str | Path, class_id: int = 1,
                  per_case: int = 40, seed: int = 0, dice: Mapping[str, float] | None = None) -> list[Path]:
     """Fig. 3: t-SNE (scikit-learn, perplexity <= 30, PCA init, seeded) of class ``class_id``'s features
-    of each bank model on ``target``, one panel per model, points coloured by case."""
+    of each bank model on ``target``, one panel per model (at most ``TSNE_COLUMNS`` per row: a bank with
+    snapshots holds 20 models or more), points coloured by case."""
     from sklearn.manifold import TSNE
 
     models = sorted(features_files, key=model_order)
-    fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models), 2.8), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    columns = min(len(models), TSNE_COLUMNS)
+    n_rows = -(-len(models) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(2.6 * columns, 2.8 * n_rows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    for ax, model in zip(axes.flat, models):
         x, case = class_features(features_files[model], class_id, per_case=per_case, seed=seed)
         x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-12)
         perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))

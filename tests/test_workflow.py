@@ -29,6 +29,7 @@ STAGES = {
 # Every table and figure the report must hold (rules/results.smk marks them with report()).
 REPORT_FILES = [
     "ground_truth.html", "table1.csv", "table2.csv", "paper_comparison.csv", "statistics.csv", "regret.csv", "noise_ceiling.csv",
+    "selection.csv", "stability.csv",
     "costs_per_stage.csv", "costs_per_pair.csv", "scores_vs_dice.png", "dice_heatmap.png", "feature_tsne.png",
     "provenance.json",
 ]
@@ -53,7 +54,7 @@ def flagged_in_tables(tables: Path, targets: list[str]) -> set[str]:
         assert row[:2] == ["ground_truth", "verdict"], name
         found[f"{name}.csv"] = {t for t, v in zip(targets, row[2:]) if v == "cannot rank"}
         found[f"{name}.md"] = {t for t in targets if f"| {t.split('_')[0]}† |" in (tables / f"{name}.md").read_text()}
-    for name in ("statistics", "regret"):
+    for name in ("statistics", "regret", "selection", "stability"):
         found[f"{name}.csv"] = {r["target"] for r in csv.DictReader((tables / f"{name}.csv").open())
                                 if r["ground_truth"] == "cannot rank"}
     assert len({frozenset(v) for v in found.values()}) == 1, found
@@ -213,7 +214,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     assert rows[-1] == ["ground_truth", "verdict", "ok", "cannot rank", ""]
     for row in rows[1:-1]:  # the values stay
         assert all(math.isfinite(float(v)) for v in row[2:]), row
-    for name in ("table1.md", "table2.md", "statistics.md", "regret.md"):
+    for name in ("table1.md", "table2.md", "statistics.md", "regret.md", "selection.md", "stability.md"):
         text = (tables_dir / name).read_text()
         assert "| Task91 | Task94† |" in text, name
         assert f"† Task94_SynthSpleen: the fine-tuned Dice cannot rank the bank's models: {why}." in text, name
@@ -234,6 +235,12 @@ def test_whole_dag_on_tiny_config(tmp_path):
     for stem in ("scores_vs_dice", "dice_heatmap", "feature_tsne"):
         for ext in ("png", "svg"):
             assert (tmp_path / f"results/figures/{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    # beyond weighted tau: Kendall's tau-b, Rel@1 and the top-3 hit per target and Avg, larger model first
+    selection = list(csv.DictReader((tmp_path / "results/tables/selection.csv").open()))
+    assert {r["target"] for r in selection} == {*tasks, "Avg"}
+    assert {r["statistic"] for r in selection} == {"kendall", "rel_at_1", "top3"}
+    assert "larger_model_first" in {r["metric"] for r in selection}
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in selection if r["statistic"] != "kendall")
     ceiling = list(csv.DictReader((tmp_path / "results/tables/noise_ceiling.csv").open()))
     assert [r["available"] for r in ceiling] == ["False"] * 2  # one fine-tuning seed: not available
     pairs = list(csv.DictReader((tmp_path / "results/tables/costs_per_pair.csv").open()))
