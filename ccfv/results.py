@@ -5,6 +5,11 @@ transferability literature) and Pearson's r between the bank models' scores and 
 (mean over fine-tuning seeds). The table has one tau row and one Pearson row per metric, one column per
 target task and an ``Avg`` column, as in the paper.
 
+Beyond the paper (:func:`build_statistics`): bootstrap intervals and permutation p-values, top-1 regret,
+the noise ceiling, static rankers (larger model first among them), Kendall's tau-b, Rel@1 and the top-3 hit
+rate (``selection``) and the leave-one-out stability (``stability``); docs/report.md defines each one. Bank
+model ids are ``<architecture>-<source task>[@<snapshot iteration>]`` or ``<architecture>-random``.
+
 Every table takes ``flags``, {target: why its ground truth cannot rank its models} from the ground-truth
 health check (:mod:`ccfv.ground_truth`): a flagged target keeps its values but is marked with
 :data:`FLAG_MARK` in Markdown and LaTeX (with a footnote saying why) and in CSV by a ``ground_truth`` row
