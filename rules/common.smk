@@ -181,7 +181,8 @@ TABLES = list(config["scoring"]["tables"])
 
 def final_outputs():
     """Every table and figure of rules/results.smk, then the provenance record (which needs all of them)."""
-    tables = [*TABLES, "paper_comparison", "statistics", "regret", "noise_ceiling", "costs_per_stage", "costs_per_pair"]
+    tables = [*TABLES, "paper_comparison", "statistics", "selection", "stability", "regret", "noise_ceiling",
+              "costs_per_stage", "costs_per_pair"]
     return [
         *(f"{R}/tables/{name}.{ext}" for name in tables for ext in ("csv", "md")),
         *(f"{R}/tables/{name}.tex" for name in TABLES),
