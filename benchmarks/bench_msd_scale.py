@@ -255,7 +255,8 @@ def child_sample(config: dict, arch: str, args) -> dict:
         "windows_total": int(np.prod(steps)), "windows_used": int(len(used)), "batch_size": batch,
         "batches_total": total_batches, "batches_run": run_batches, "windows_run": samples.windows_run,
         "whole_case": whole, "t_choose": t_choose, "t_sample_part": t_sample, "batch_seconds": deltas,
-        "s_per_window": steady / batch, "s_per_case": s_case,
+        # a single batch may hold fewer windows than the batch size; later batches are always full
+        "s_per_window": steady / (batch if run_batches > 1 else samples.windows_run), "s_per_case": s_case,
         "peak_rss_gib_measured": peak, "rest_of_case_gib": rest / GIB, "peak_rss_gib": peak + rest / GIB,
         "gpu_peak_gib": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None,
     }
@@ -531,14 +532,14 @@ def report(config: dict, args, sample: dict, train: dict, score: dict, projectio
     print(f"  ({args.train_iterations} timed iteration(s) after 1 warm-up; random tensors, no data loading)")
 
     print(f"\nScoring one (model, target) with {args.cases} cases (synthetic features of the real shapes), seconds:")
-    print(f"  {'metric':26s}" + "".join(f" {a:>12s}" for a in archs))
+    print(f"  {'metric':26s}" + "".join(f" {a:>18s}" for a in archs))
     for name in list(args.metrics) + ["class_consistency"]:
         label = "  of which class_consistency" if name == "class_consistency" else name
-        print(f"  {label:26s}" + "".join(f" {score[a]['seconds'][name]:12.3g}" for a in archs))
-    print(f"  {'peak RSS GiB':26s}" + "".join(f" {score[a]['peak_rss_gib']:12.2f}" for a in archs))
-    print(f"  {'stage channels':26s}" + "".join(f" {','.join(map(str, score[a]['channels'])):>12s}" for a in archs))
+        print(f"  {label:26s}" + "".join(f" {score[a]['seconds'][name]:18.3g}" for a in archs))
+    print(f"  {'peak RSS GiB':26s}" + "".join(f" {score[a]['peak_rss_gib']:18.2f}" for a in archs))
+    print(f"  {'stage channels':26s}" + "".join(f" {','.join(map(str, score[a]['channels'])):>18s}" for a in archs))
     print(f"  {'baselines rows x channels':26s}"
-          + "".join(f" {str(score[a]['head_rows']) + 'x' + str(score[a]['channels'][-1]):>12s}" for a in archs))
+          + "".join(f" {str(score[a]['head_rows']) + ' x ' + str(score[a]['channels'][-1]):>18s}" for a in archs))
     print("  (class_consistency: the part of ccfv spent in eq. 2 over every stage; not timed: "
           + ", ".join(sorted(set(config["scoring"]["metrics"]) - set(args.metrics))) + ")")
 
