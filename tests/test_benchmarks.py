@@ -4,11 +4,12 @@ Python (.venv's), and its last line, the machine-readable figures its docstring 
 They keep the benchmarks from rotting silently (bench_sampling.py once failed in its child process after
 ``sampling.layer_ratios`` became per-architecture, and nothing noticed). The figures of a tiny run mean
 little, so the checks are on format and on what must hold at any size: the two implementations of
-bench_scoring agree, bench_training's projection follows from its measured rates, and
-source_vs_seed_spread's ratios equal an independent computation on a hand-made results folder.
+bench_scoring agree, bench_training's and bench_msd_scale's projections follow from their measured figures,
+and source_vs_seed_spread's ratios equal an independent computation on a hand-made results folder.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -48,7 +49,8 @@ def figures(line: str) -> dict[str, str]:
 
 
 def test_every_benchmark_script_has_a_smoke_test():
-    tested = {"bench_sampling.py", "bench_scoring.py", "bench_training.py", "source_vs_seed_spread.py"}
+    tested = {"bench_msd_scale.py", "bench_sampling.py", "bench_scoring.py", "bench_training.py",
+              "source_vs_seed_spread.py"}
     assert {p.name for p in BENCHMARKS.glob("*.py")} == tested, "a new benchmark script needs a smoke test here"
 
 
@@ -87,6 +89,10 @@ def test_bench_scoring_smoke():
     assert float(match.group(1)) > 0
     assert float(match.group(2)) <= 1e-8  # the script's own bound (exit status 1 above it)
     assert "all 12 unordered pairs, measured" in result.stdout  # 2 classes x 4*3/2
+    floor = re.search(r"^floor: class consistency runs at (\d+\.\d{3}) of the exact-SVD floor's speed",
+                      result.stdout, re.MULTILINE)
+    assert floor, result.stdout
+    assert float(floor.group(1)) > 0
 
 
 # --- bench_training.py --------------------------------------------------------------------------------------
@@ -143,6 +149,98 @@ def test_bench_training_smoke(tmp_path):
         assert float(values["gpu_hours"]) == pytest.approx(float(values["cpu_hours"]) / 50, rel=1e-4)
     assert len(values) == 4 * len(devices) + len(devices) + 2
     assert (tmp_path / "out.json").is_file()
+
+
+# --- bench_msd_scale.py -------------------------------------------------------------------------------------
+
+#: MSD's numTraining per task, through the config's split (test_fraction 0.2, round half up): train cases.
+MSD_TRAIN = {"Task03_Liver": 131 - 26, "Task06_Lung": 63 - 13, "Task07_Pancreas": 281 - 56,
+             "Task09_Spleen": 41 - 8, "Task10_Colon": 126 - 25}
+
+
+def test_bench_msd_scale_smoke(tmp_path):
+    paper = yaml.safe_load((ROOT / "config" / "msd.yaml").read_text())
+    sampling = {**paper["sampling"], "layer_ratios": {"unet": [0.5, 1.0], "unetr": [0.125, 0.25, 0.5, 1.0]}}
+    config = tiny_config(tmp_path / "paper.yaml", "msd.yaml", sampling=sampling)  # the paper's 5 tasks
+    out = tmp_path / "out.json"
+    # 24^3 with a 16^3 patch and step 0.5: 2 x 2 x 2 windows, 4 batches of 2; 2 of them run.
+    result = run_script("bench_msd_scale.py", "--config", config, "--shape", 24, 24, 24, "--cases", 4,
+                        "--json", out, timeout=300)
+    line = last_line(result)
+    match = re.fullmatch(rf"s_per_case=({NUMBER}) peak_rss_gib=({NUMBER}) te_over_finetune=({NUMBER})", line)
+    assert match, line
+    for value in match.groups():
+        assert float(value) > 0 and f"{float(value):.6g}" == value, line  # 6 significant digits
+    data = json.loads(out.read_text())
+    sample, train, score = data["sample"], data["train"], data["score"]
+    for arch in ("unet", "unetr"):
+        assert sample[arch]["batches_total"] == 4 and sample[arch]["batches_run"] == 2
+        assert not sample[arch]["whole_case"]
+        assert sample[arch]["windows_total"] == 8
+        # the whole case from its parts, as the docstring defines it
+        steady = sample[arch]["batch_seconds"][1]
+        assert sample[arch]["s_per_window"] == pytest.approx(steady / 2)
+        assert sample[arch]["s_per_case"] == pytest.approx(
+            sample[arch]["t_choose"] + sample[arch]["t_sample_part"] + 2 * steady)
+        assert not train[arch]["extrapolated"]  # the tiny patch (16^3) is already UNETR's smallest
+        assert set(score[arch]["seconds"]) == {"logme", "transrate", "leep", "gbc", "nce", "hscore", "ccfv",
+                                               "class_consistency"}
+        assert 0 < score[arch]["seconds"]["class_consistency"] <= score[arch]["seconds"]["ccfv"]
+    assert sample["unet"]["channels"] == [4, 2] and sample["unetr"]["channels"] == [16, 8, 4, 2]
+    assert "EXTRAPOLATED" in result.stdout
+
+    # The projection recomputed from the measured figures: per target 5 models of each architecture
+    # (4 sources + random); class consistency scaled by the number of case pairs, the rest of ccfv by cases.
+    estimation = finetuning = 0.0
+    for n in MSD_TRAIN.values():
+        for arch in ("unet", "unetr"):
+            seconds = score[arch]["seconds"]
+            ccfv = (seconds["class_consistency"] * n * (n - 1) / (4 * 3)
+                    + (seconds["ccfv"] - seconds["class_consistency"]) * n / 4)
+            estimation += 5 * (n * sample[arch]["s_per_case"] + ccfv)
+            finetuning += 5 * paper["finetune"]["iterations"] * train[arch]["s_per_it"]
+    assert float(match.group(3)) == pytest.approx(estimation / finetuning, rel=1e-5)
+    s_per_case = (sample["unet"]["s_per_case"] + sample["unetr"]["s_per_case"]) / 2  # 25 models of each
+    assert float(match.group(1)) == pytest.approx(s_per_case, rel=1e-5)
+    assert float(match.group(2)) == pytest.approx(max(sample[a]["peak_rss_gib"] for a in sample), rel=1e-5)
+
+
+def test_bench_msd_scale_extrapolates_training_from_a_smaller_patch(tmp_path):
+    """--train-patch below the config's patch: the iteration time is scaled by the voxel ratio."""
+    paper = yaml.safe_load((ROOT / "config" / "msd.yaml").read_text())
+    network = {**TINY_NETWORK, "patch_size": [32, 32, 32]}
+    sampling = {**paper["sampling"], "layer_ratios": {"unet": [0.5, 1.0]}}
+    config = tiny_config(tmp_path / "paper.yaml", "msd.yaml", architectures=["unet"], sampling=sampling)
+    text = yaml.safe_load(config.read_text())
+    text["network"] = network
+    config.write_text(yaml.safe_dump(text))
+    out = tmp_path / "out.json"
+    result = run_script("bench_msd_scale.py", "--config", config, "--shape", 32, 32, 32, "--cases", 3,
+                        "--batches", 0, "--train-patch", 16, 16, 16, "--metrics", "ccfv", "logme",
+                        "--json", out, timeout=300)
+    last_line(result)
+    data = json.loads(out.read_text())
+    train = data["train"]["unet"]
+    assert train["extrapolated"] and train["voxel_factor"] == 8
+    assert train["s_per_it"] == pytest.approx(8 * train["s_per_it_measured"])
+    assert data["sample"]["unet"]["whole_case"]  # --batches 0: the one window of a 32^3 case, run whole
+    assert data["sample"]["unet"]["peak_rss_gib"] == data["sample"]["unet"]["peak_rss_gib_measured"]
+    assert "extrapolated (x8 voxels)" in result.stdout
+
+
+@pytest.mark.parametrize("problem", ["unknown task", "bad train patch", "no ccfv"])
+def test_bench_msd_scale_bad_input(tmp_path, problem):
+    config = tiny_config(tmp_path / "paper.yaml", "msd.yaml",
+                         tasks=["Task91_SynthLiver", "Task03_Liver"] if problem == "unknown task" else
+                         yaml.safe_load((ROOT / "config" / "msd.yaml").read_text())["tasks"])
+    extra = {"bad train patch": ["--train-patch", 8, 8, 8], "no ccfv": ["--metrics", "logme"]}.get(problem, [])
+    result = run_script("bench_msd_scale.py", "--config", config, *extra, timeout=60)
+    assert result.returncode == 2 if problem != "unknown task" else result.returncode == 1
+    message = {"unknown task": "no case count for task 'Task91_SynthLiver': pass --train-cases N",
+               "bad train patch": "UNETR needs a multiple of 16",
+               "no ccfv": "--metrics must include ccfv"}[problem]
+    assert message in result.stderr
+    assert result.stdout == ""
 
 
 # --- source_vs_seed_spread.py -------------------------------------------------------------------------------
