@@ -20,6 +20,13 @@ the output then says so and the value check is per pair only. Both implementatio
 same BLAS / torch thread count (``--threads``, default 1: the reference machine has 2 shared cores
 where more threads only add contention).
 
+It also times the floor of any exact method of this kind, the "exact-SVD floor": per unordered pair one
+product of two d x min(n, d) covariance factors and one values-only SVD, batched per row as ours is,
+without the per-set QR, means and traces (on random factors of the same shapes; the time does not
+depend on their values). ``--floor-repeats`` interleaved runs of the floor and of our numpy backend,
+the minimum of each, give the line ``floor: class consistency runs at <r> of the exact-SVD floor's
+speed ...`` with r = floor time / our time; keep r >= 0.8 (a benchmark line, not a test).
+
 The last line is ``speedup=<x> max_rel_err=<y>``: x = released time (measured or extrapolated) /
 time of our selected backend (``--backend auto``: torch on CUDA if available, else numpy); y = the
 largest relative difference between the two implementations over the compared pairs and the class
@@ -27,7 +34,7 @@ consistency. Exit status 1 if y > 1e-8.
 
     python benchmarks/bench_scoring.py [--cases 100] [--classes 2] [--dim 128] [--samples 500]
                                        [--baseline-pairs all|N] [--threads 1]
-                                       [--backend auto|numpy|torch] [--seed 0]
+                                       [--backend auto|numpy|torch] [--seed 0] [--floor-repeats 3]
 """
 from __future__ import annotations
 
@@ -79,6 +86,23 @@ def released_pair(f1: np.ndarray, f2: np.ndarray) -> tuple[float, float, float]:
     return value, t1 - t0, t2 - t1
 
 
+def exact_svd_floor(n_classes: int, n_sets: int, dim: int, width: int, seed: int) -> float:
+    """Seconds of the pair step alone: for every class and unordered pair (i, j), B = F_j^T F_i of two
+    [dim, width] factors and the singular values of B, one batched GEMM and one stacked SVD per row i
+    (blocks of at most 64 MiB of B). The factors are random: the time does not depend on their values."""
+    factors = np.random.default_rng(seed).normal(size=(n_sets, dim, width))
+    factors_t = np.ascontiguousarray(factors.transpose(0, 2, 1))
+    block = max(1, (64 * 2**20) // (8 * width * width))
+    start = time.perf_counter()
+    for _ in range(n_classes):
+        for i in range(n_sets - 1):
+            for lo in range(i + 1, n_sets, block):
+                hi = min(n_sets, lo + block)
+                b = (factors_t[lo:hi].reshape((hi - lo) * width, dim) @ factors[i]).reshape(hi - lo, width, width)
+                np.linalg.svd(b, compute_uv=False)
+    return time.perf_counter() - start
+
+
 def thread_limits(threads: int):
     try:
         from threadpoolctl import threadpool_limits
@@ -106,7 +130,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backend", choices=("auto", "numpy", "torch"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--floor-repeats", type=int, default=3,
+                        help="interleaved runs of the exact-SVD floor and of ours (numpy) for the floor ratio")
     args = parser.parse_args()
+    if args.floor_repeats < 1:
+        parser.error("--floor-repeats must be at least 1")
 
     cases = make_cases(args.cases, args.classes, args.dim, args.samples, args.seed)
     n, classes = args.cases, list(range(1, args.classes + 1))
@@ -148,6 +176,23 @@ def main() -> int:
                 f"fits included); C_cons = {values[name]:.12g}"
             )
         ours_pairs = {k: gaussian_w2_matrix([case[k] for case in cases]) for k in classes}
+
+        # The floor against our numpy backend, interleaved so that background load hits both alike.
+        floor_times, ours_times = [], [timings["numpy"]]
+        for repeat in range(args.floor_repeats):
+            floor_times.append(exact_svd_floor(args.classes, n, args.dim, min(args.samples, args.dim),
+                                               args.seed + 2))
+            if repeat:
+                start = time.perf_counter()
+                class_consistency(cases, backend="numpy")
+                ours_times.append(time.perf_counter() - start)
+        floor_ratio = min(floor_times) / min(ours_times)
+        print(
+            f"floor: class consistency runs at {floor_ratio:.3f} of the exact-SVD floor's speed "
+            f"(floor {min(floor_times):.2f} s / ours [numpy] {min(ours_times):.2f} s, the minimum of "
+            f"{args.floor_repeats} each; the floor is one d x d product and one values-only SVD per "
+            "unordered pair, batched; keep >= 0.8)"
+        )
 
         if args.baseline_pairs == "all":
             chosen = all_pairs
