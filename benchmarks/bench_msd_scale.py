@@ -2,8 +2,8 @@
 benchmark's transferability estimation costs against its fine-tuning.
 
 Every measured piece runs in a fresh child process (this script with ``--child PIECE``), so that its peak
-resident memory (the child's ``VmHWM``, read from /proc/self/status at its end) is its own; this process
-never imports torch or numpy. Networks have random weights and are built with the project's own code, as
+resident memory (the child's ``VmHWM``, read from /proc/self/status at its end: the high-water mark of its
+own address space, which starts afresh at exec) is its own; this process never imports torch. Networks have random weights and are built with the project's own code, as
 the workflow builds them: the U-Net with ``ccfv.networks.build`` from the plans' architecture entry that
 ``ccfv.preprocessing.shared_plans`` writes for the config's ``network:`` section (the entry is
 ``bench_training.unet_architecture``), UNETR from the ``unetr:`` section with
