@@ -3,11 +3,11 @@ benchmark's transferability estimation costs against its fine-tuning.
 
 Every measured piece runs in a fresh child process (this script with ``--child PIECE``), so that its peak
 resident memory (the child's ``VmHWM``, read from /proc/self/status at its end: the high-water mark of its
-own address space, which starts afresh at exec) is its own; this process never imports torch. Networks have random weights and are built with the project's own code, as
-the workflow builds them: the U-Net with ``ccfv.networks.build`` from the plans' architecture entry that
-``ccfv.preprocessing.shared_plans`` writes for the config's ``network:`` section (the entry is
-``bench_training.unet_architecture``), UNETR from the ``unetr:`` section with
-``ccfv.networks.unetr_architecture`` (``img_size`` = the patch size).
+own address space, which starts afresh at exec) is its own; this process never imports torch. Networks
+have random weights and are built with the project's own code, as the workflow builds them: the U-Net
+with ``ccfv.networks.build`` from the plans' architecture entry that ``ccfv.preprocessing.shared_plans``
+writes for the config's ``network:`` section (the entry is ``bench_training.unet_architecture``), UNETR
+from the ``unetr:`` section with ``ccfv.networks.unetr_architecture`` (``img_size`` = the patch size).
 
 Pieces, per architecture of the config's ``architectures:``:
 
@@ -450,7 +450,8 @@ def project(config: dict, sample: dict, train: dict, score: dict, cases_measured
             consistency = seconds["class_consistency"]
             pairs = (n * (n - 1)) / (cases_measured * (cases_measured - 1))
             ccfv = consistency * pairs + (seconds["ccfv"] - consistency) * n / cases_measured
-            baselines = sum(v for k, v in seconds.items() if k not in ("ccfv", "class_consistency")) * n / cases_measured
+            baselines = (sum(v for k, v in seconds.items() if k not in ("ccfv", "class_consistency"))
+                         * n / cases_measured)
             rows.append({
                 "target": target, "arch": arch, "members": members, "cases": n,
                 "sampling_s": members * n * sample[arch]["s_per_case"], "ccfv_s": members * ccfv,
@@ -509,7 +510,8 @@ def report(config: dict, args, sample: dict, train: dict, score: dict, projectio
         how = "measured" if r["whole_case"] else "extrapolated"
         rss = (f"{r['peak_rss_gib']:.2f}" if r["whole_case"]
                else f"{r['peak_rss_gib_measured']:.2f}+{r['rest_of_case_gib']:.3f}")
-        line = (f"  {arch:8s} {','.join(map(str, r['channels'])):24s} {r['batches_run']:>5d} of {r['batches_total']:<3d} "
+        line = (f"  {arch:8s} {','.join(map(str, r['channels'])):24s} "
+                f"{r['batches_run']:>5d} of {r['batches_total']:<3d} "
                 f"{r['s_per_window']:9.3g} {r['s_per_case']:9.4g} {how:13s} {rss:>12s}")
         if args.device != "cpu":
             line += f" {r['gpu_peak_gib']:12.2f}"
