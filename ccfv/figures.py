@@ -56,9 +56,17 @@ def _model_label(model: str) -> str:
     return label if snapshot is None else f"{label}@{snapshot}"
 
 
+#: Banks up to this size get every point labelled in Fig. 2.
+LABEL_ALL_UP_TO = 8
+
+
 def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str], stem: str | Path,
                    labels: Mapping[str, str] | None = None) -> list[Path]:
-    """Fig. 2: one panel per (metric row, target column), standardised score on x, mean Dice on y."""
+    """Fig. 2: one panel per (metric row, target column), standardised score on x, mean Dice on y.
+
+    Points are labelled beside the marker. In a bank of more than ``LABEL_ALL_UP_TO`` models only the three
+    best by Dice and the metric's first pick are labelled: twenty labels per panel overlap into noise.
+    """
     labels = {**METRIC_LABELS, **(labels or {})}
     fig, axes = plt.subplots(len(metrics), len(targets), figsize=(2.4 * len(targets), 2.0 * len(metrics)),
                              squeeze=False, sharey="col")
@@ -73,8 +81,13 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
                 slope, intercept = np.polyfit(x, dice, 1)
                 xs = np.array([x.min(), x.max()])
                 ax.plot(xs, slope * xs + intercept, lw=0.8, color="grey")
-            for xi, di, r in zip(x, dice, mine):
-                ax.annotate(_model_label(r["model"]), (xi, di), fontsize=5, alpha=0.7)
+            if len(mine) <= LABEL_ALL_UP_TO:
+                shown = range(len(mine))
+            else:
+                shown = {*np.argsort(dice)[::-1][:3].tolist(), int(np.argmax(x))}
+            for k in shown:
+                ax.annotate(_model_label(mine[k]["model"]), (x[k], dice[k]), xytext=(3, 2),
+                            textcoords="offset points", fontsize=5, alpha=0.8)
             if i == 0:
                 ax.set_title(_short(target), fontsize=9)
             if j == 0:

@@ -168,3 +168,30 @@ def test_figures_png_and_svg(tmp_path):
     assert not standardise([2.0, 2.0]).any()
     with pytest.raises(ValueError, match="no voxel of class 1"):
         class_features(_features(tmp_path / "f/empty.h5", rng, with_class=False), 1)
+
+
+def test_scores_vs_dice_labels_every_point_of_a_small_bank_and_the_picks_of_a_large_one(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    labelled = []
+    annotate = Axes.annotate
+
+    def counting(self, text, *args, **kwargs):
+        labelled.append(text)
+        return annotate(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "annotate", counting)
+
+    def bank(n):
+        models = [f"unet-Task02_B@{i}" for i in range(1, n)] + ["unet-random"]
+        # Dice falls with the index; the score's first pick is the last model
+        return [{"target": "Task01_A", "model": m, "dice": 0.9 - 0.01 * i, "scores": {"leep": float(i)}}
+                for i, m in enumerate(models)]
+
+    scores_vs_dice(bank(6), ["leep"], ["Task01_A"], tmp_path / "small")
+    assert sorted(labelled) == sorted(["unet:Task02@1", "unet:Task02@2", "unet:Task02@3", "unet:Task02@4",
+                                       "unet:Task02@5", "unet:random"])
+    labelled.clear()
+    scores_vs_dice(bank(20), ["leep"], ["Task01_A"], tmp_path / "large")
+    # the three best by Dice (the first three models) and the score's first pick (the random member)
+    assert sorted(labelled) == ["unet:Task02@1", "unet:Task02@2", "unet:Task02@3", "unet:random"]
