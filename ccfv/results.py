@@ -140,7 +140,7 @@ def to_markdown(rows: list[dict], targets: list[str], flags: Mapping[str, str] |
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         name = row["method"] if row["statistic"] == "tau" else ""
-        stat = "τ" if row["statistic"] == "tau" else "pearson"
+        stat = "weighted τ" if row["statistic"] == "tau" else "Pearson"
         cells = [name, stat, *(f"{row[t]:.4f}" for t in targets), f"{row['Avg']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" + flag_footnote(flags, targets)
@@ -299,7 +299,7 @@ def paper_comparison_markdown(rows: list[dict], flags: Mapping[str, str] | None 
                 f"and 2) reports {', '.join(PAPER_TARGETS)} only.\n")
     lines = ["| Table | Method | Metric | Target | Ours | Paper | Ours − paper |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        stat = "τ" if r["statistic"] == "tau" else "pearson"
+        stat = "weighted τ" if r["statistic"] == "tau" else "Pearson"
         target = r["target"] if r["target"] == "Avg" else _flagged_header(r["target"], flags)
         lines.append(f"| {r['table']} | {r['method']} | {stat} | {target} | {r['ours']:.4f} | "
                      f"{r['paper']:.4f} | {r['difference']:+.4f} |")
@@ -334,7 +334,7 @@ def to_latex(rows: list[dict], targets: list[str], caption: str = "", flags: Map
         paper_columns.add("Avg")
     for row in rows:
         name = _latex_escape(row["method"]) if row["statistic"] == "tau" else ""
-        stat = r"$\tau$" if row["statistic"] == "tau" else "pearson"
+        stat = r"weighted $\tau$" if row["statistic"] == "tau" else "Pearson"
         cells = []
         for column in columns:
             cell = _latex_number(row[column])

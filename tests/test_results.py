@@ -170,7 +170,7 @@ def test_to_markdown_contents():
     assert lines[1] == "|---|---|---|---|---|---|"
     assert len(lines) == 2 + len(rows)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert [c[:2] for c in cells] == [["CC-FV", "τ"], ["", "pearson"], ["LogME", "τ"], ["", "pearson"]]
+    assert [c[:2] for c in cells] == [["CC-FV", "weighted τ"], ["", "Pearson"], ["LogME", "weighted τ"], ["", "Pearson"]]
     for row_cells, row in zip(cells, rows):
         for cell, key in zip(row_cells[2:], [*TARGETS, "Avg"]):
             assert NUMBER.match(cell), cell
