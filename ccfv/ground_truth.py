@@ -21,6 +21,14 @@ m the mean over its defined fine-tuning seeds:
   1.0) times the seed noise;
 - fewer than 3 models: no rank correlation is defined, the target fails.
 
+Beside the verdict, with 2 or more seeds, the **reliability** of the mean Dice (shown, not part of the
+rule): the share of the variance of the models' mean Dice that is not seed noise, 1 - E / SD(means)^2
+with E the mean over models of (variance over seeds / number of seeds), the squared standard error of a
+model's mean. It says how far the ranking by mean Dice can be trusted when the spread rule fails: more
+seeds shrink E, while the spread rule compares with a single seed's noise and cannot be passed by adding
+seeds. 1: no seed noise; 0.5: half the variance is noise; at or below 0: the means differ no more than
+noise alone would make them.
+
 A target that fails any of these "cannot rank": its values stay in every table, marked with a dagger and
 a footnote saying why (:mod:`ccfv.results`).
 """
@@ -97,8 +105,8 @@ def check_target(models: Sequence[str], dice_per_seed: Sequence[Sequence[float |
         A row: ``target``, ``n_models``, ``n_seeds`` (fewest defined seeds of any model), ``dice_min``,
         ``dice_median``, ``dice_max`` (over the models' mean Dice), ``best``, ``n_near_zero``,
         ``near_zero_share``, ``near_zero``, ``n_tied_top``, ``tied_top`` (models, ``;``-separated),
-        ``source_spread``, ``seed_sd``, ``spread_ratio`` (NaN with fewer than 2 seeds), ``can_rank`` and
-        ``reasons`` (a list of sentences, empty when it can rank).
+        ``source_spread``, ``seed_sd``, ``spread_ratio``, ``reliability`` (NaN with fewer than 2 seeds;
+        see the module docstring), ``can_rank`` and ``reasons`` (a list of sentences, empty when it can rank).
 
     Raises:
         ValueError: models and Dice of different lengths, a model without any defined Dice.
@@ -116,7 +124,8 @@ def check_target(models: Sequence[str], dice_per_seed: Sequence[Sequence[float |
     if n == 0:
         return {**row, "dice_min": math.nan, "dice_median": math.nan, "dice_max": math.nan, "best": "",
                 "n_near_zero": 0, "near_zero_share": math.nan, "near_zero": "", "n_tied_top": 0, "tied_top": "",
-                "source_spread": math.nan, "seed_sd": math.nan, "spread_ratio": math.nan, "can_rank": False,
+                "source_spread": math.nan, "seed_sd": math.nan, "spread_ratio": math.nan, "reliability": math.nan,
+                "can_rank": False,
                 "reasons": [f"no models (a rank correlation needs at least {MIN_MODELS})"]}
     near_zero = [m for m, v in zip(models, means) if v < rule.zero_dice]
     best = float(means.max())
@@ -127,6 +136,7 @@ def check_target(models: Sequence[str], dice_per_seed: Sequence[Sequence[float |
         ratio = math.nan
     else:
         ratio = spread / seed_sd if seed_sd > 0 else math.inf
+    reliability = _reliability(d, spread) if math.isfinite(seed_sd) and math.isfinite(spread) else math.nan
     reasons = []
     if n < MIN_MODELS:
         reasons.append(f"only {n} model(s) (a rank correlation needs at least {MIN_MODELS})")
@@ -145,7 +155,17 @@ def check_target(models: Sequence[str], dice_per_seed: Sequence[Sequence[float |
             "best": models[int(np.argmax(means))], "n_near_zero": len(near_zero),
             "near_zero_share": len(near_zero) / n, "near_zero": ";".join(near_zero), "n_tied_top": len(tied),
             "tied_top": ";".join(tied), "source_spread": spread, "seed_sd": seed_sd, "spread_ratio": ratio,
-            "can_rank": not reasons, "reasons": reasons}
+            "reliability": reliability, "can_rank": not reasons, "reasons": reasons}
+
+
+def _reliability(d: np.ndarray, spread: float) -> float:
+    """1 - (mean squared standard error of the models' mean Dice) / spread^2; ``d`` is [models, seeds] with
+    NaN for undefined seeds, every model with >= 2 defined seeds. 1.0 when neither varies."""
+    counts = np.sum(np.isfinite(d), axis=1)
+    error = float(np.mean(np.nanvar(d, axis=1, ddof=1) / counts))
+    if spread == 0:
+        return 1.0 if error == 0 else -math.inf
+    return 1.0 - error / spread**2
 
 
 def check_ground_truth(records: Sequence[Mapping], targets: Sequence[str],
@@ -178,7 +198,7 @@ def verdict(rows: Sequence[Mapping]) -> list[str]:
 
 CSV_COLUMNS = ["target", "n_models", "n_seeds", "dice_min", "dice_median", "dice_max", "best", "n_near_zero",
                "near_zero_share", "near_zero", "n_tied_top", "tied_top", "source_spread", "seed_sd", "spread_ratio",
-               "can_rank", "reasons"]
+               "reliability", "can_rank", "reasons"]
 
 
 def to_csv(rows: Sequence[Mapping]) -> str:
@@ -236,18 +256,26 @@ def _spread(r: Mapping) -> str:
     return f"{_fmt(r['source_spread'], 3)} / {_fmt(r['seed_sd'], 3)} = {_fmt(r['spread_ratio'], 2)}"
 
 
+def _reliability_cell(r: Mapping) -> str:
+    value = r.get("reliability", math.nan)
+    return "n/a" if not math.isfinite(value) else _fmt(value, 2)
+
+
 def to_markdown(rows: Sequence[Mapping], rule: HealthRule) -> str:
     lines = ["Ground truth: can the fine-tuned Dice rank each target's bank? A target cannot rank (its column is "
              f"marked {FLAG_MARK} in every table) when", "", *(f"- {s}" for s in _rule_sentences(rule)), "",
              f"| Target | Models | Seeds | Dice min / median / max | Below {rule.zero_dice:g} | Tied at the top "
-             f"(within {rule.tie_tolerance:g}) | Source SD / seed SD | Can rank |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"(within {rule.tie_tolerance:g}) | Source SD / seed SD | Reliability of the mean Dice | Can rank |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "" if r["can_rank"] else FLAG_MARK
         lines.append(f"| {_short(r['target'])}{mark} | {r['n_models']} | {r['n_seeds']} | {_fmt(r['dice_min'], 3)} / "
                      f"{_fmt(r['dice_median'], 3)} / {_fmt(r['dice_max'], 3)} | {r['n_near_zero']} | "
-                     f"{r['n_tied_top']} | {_spread(r)} | {'yes' if r['can_rank'] else 'no'} |")
-    return "\n".join(lines) + "\n\n" + "\n".join(verdict(rows)) + "\n"
+                     f"{r['n_tied_top']} | {_spread(r)} | {_reliability_cell(r)} | "
+                     f"{'yes' if r['can_rank'] else 'no'} |")
+    return ("\n".join(lines) + "\n\nReliability (shown, not part of the rule): the share of the variance of the "
+            "models' mean Dice that is not seed noise, 1 - (mean squared standard error of a model's mean) / "
+            "(SD of the means)^2; more seeds raise it.\n\n" + "\n".join(verdict(rows)) + "\n")
 
 
 def to_html(rows: Sequence[Mapping], rule: HealthRule) -> str:
@@ -264,12 +292,13 @@ def to_html(rows: Sequence[Mapping], rule: HealthRule) -> str:
         summary = ("<p><strong>The fine-tuned Dice can rank the bank's models on every target</strong> ("
                    + e(", ".join(r["target"] for r in rows)) + ").</p>")
     head = ["Target", "Models", "Seeds", "Dice min", "median", "max", f"Below {rule.zero_dice:g}",
-            f"Tied at the top (within {rule.tie_tolerance:g})", "Source SD / seed SD", "Can rank"]
+            f"Tied at the top (within {rule.tie_tolerance:g})", "Source SD / seed SD",
+            "Reliability of the mean Dice", "Can rank"]
     body = "".join(
         "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in (
             r["target"] + ("" if r["can_rank"] else FLAG_MARK), r["n_models"], r["n_seeds"], _fmt(r["dice_min"], 3),
             _fmt(r["dice_median"], 3), _fmt(r["dice_max"], 3), r["n_near_zero"], r["n_tied_top"], _spread(r),
-            "yes" if r["can_rank"] else "no")) + "</tr>" for r in rows)
+            _reliability_cell(r), "yes" if r["can_rank"] else "no")) + "</tr>" for r in rows)
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Ground truth</title></head><body>\n"
             "<h3>Can the fine-tuned Dice rank the models?</h3>\n" + summary + "\n"
             "<p>A target cannot rank when</p><ul>" + "".join(f"<li>{e(s)}</li>" for s in _rule_sentences(rule))

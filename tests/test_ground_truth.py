@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ccfv.ground_truth import (
-    HealthRule, build_ground_truth, check_ground_truth, check_target, flags, read_csv, verdict,
+    HealthRule, build_ground_truth, check_ground_truth, check_target, flags, read_csv, to_markdown, verdict,
 )
 from ccfv.results import build_statistics, build_tables
 
@@ -111,6 +111,33 @@ def test_source_spread_against_seed_noise():
     assert not check_target(models, borderline, HealthRule(min_spread_ratio=2.0))["can_rank"]
     # identical seeds: no seed noise, the spread criterion passes
     assert check_target(models, [[v, v] for v in (0.3, 0.5, 0.7, 0.4)])["spread_ratio"] == math.inf
+    assert check_target(models, [[v, v] for v in (0.3, 0.5, 0.7, 0.4)])["reliability"] == 1.0
+
+
+def test_reliability_of_the_mean_dice_rises_with_seeds_where_the_spread_rule_cannot():
+    # independent arithmetic: 1 - mean over models of (seed variance / seeds) / variance of the means
+    def reference(table):
+        means = [statistics.fmean(s) for s in table]
+        error = statistics.fmean(statistics.variance(s) / len(s) for s in table)
+        return 1 - error / statistics.variance(means)
+
+    models = MODELS[:4]
+    two = [[0.30, 0.40], [0.45, 0.35], [0.60, 0.50], [0.50, 0.40]]
+    # four seeds around the same means with the same sample variance (m +- d: 2 d^2; m-a, m-a, m+a, m+a: 4 a^2 / 3)
+    a = 0.05 * math.sqrt(1.5)
+    four = [[m - a, m - a, m + a, m + a] for m in (0.35, 0.40, 0.55, 0.45)]
+    for table in (two, four):
+        assert check_target(models, table)["reliability"] == pytest.approx(reference(table))
+    low, high = check_target(models, two), check_target(models, four)
+    assert high["reliability"] > low["reliability"]
+    assert high["spread_ratio"] == pytest.approx(low["spread_ratio"])  # the spread rule does not see the extra seeds
+    # unequal seed counts: each model's squared standard error with its own count; one seed: not defined
+    ragged = [[0.30, 0.40, None], [0.45, 0.35, 0.40], [0.60, 0.50, 0.55], [0.50, 0.40, None]]
+    defined = [[v for v in s if v is not None] for s in ragged]
+    assert check_target(models, ragged)["reliability"] == pytest.approx(reference(defined))
+    assert math.isnan(check_target(models, [[0.3], [0.5], [0.7], [0.4]])["reliability"])
+    # reported, not part of the verdict
+    assert check_target(models, two)["can_rank"] and "Reliability of the mean Dice" in to_markdown([low], HealthRule())
 
 
 def test_undefined_seeds_and_missing_dice():
@@ -236,7 +263,7 @@ def test_a_broken_target_is_flagged_in_every_written_table(broken_run):
     assert "On 1 of 2 targets the fine-tuned Dice cannot rank the bank's models." in page
     assert "<strong>Task02_B</strong>: 5 of 6 models fine-tune to a mean Dice below 0.05" in page
     md = (out / "ground_truth.md").read_text()
-    assert "| Task02† | 6 | 2 | 0.005 / 0.005 / 0.125 | 5 | 1 | 0.049 / 0.007 = 6.93 | no |" in md and md.rstrip().endswith(
+    assert "| Task02† | 6 | 2 | 0.005 / 0.005 / 0.125 | 5 | 1 | 0.049 / 0.007 = 6.93 | 0.99 | no |" in md and md.rstrip().endswith(
         "  Task02_B: " + why)
     assert "| Task01 | 6 | 2 |" in md and "| yes |" in md
 
