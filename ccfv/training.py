@@ -61,8 +61,14 @@ class TrainingBudget:
     #: Iterations after which the network's weights are also kept (pretraining only): each becomes an extra
     #: bank member ``<model>@<iteration>`` (issue 4's training snapshots; docs/models.md). Empty: none.
     snapshots: tuple[int, ...] = ()
+    #: Patches per training iteration; None: the plans' (the config's ``network.batch_size``). A larger
+    #: fine-tuning batch averages out more of the patch sampling's noise per step (docs/models.md).
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         snapshots = tuple(self.snapshots)
@@ -73,9 +79,11 @@ class TrainingBudget:
         object.__setattr__(self, "snapshots", tuple(sorted(snapshots)))
 
     def identity(self) -> dict:
-        """The budget as resume identity; without ``snapshots`` when there are none, so that checkpoints of
-        runs before snapshots existed stay resumable."""
+        """The budget as resume identity; without ``snapshots`` when there are none and without ``batch_size``
+        when it is the plans', so that checkpoints of runs before these options existed stay resumable."""
         out = asdict(self)
+        if self.batch_size is None:
+            del out["batch_size"]
         if not self.snapshots:
             del out["snapshots"]
         else:
@@ -511,6 +519,9 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
     torch.set_num_threads(threads)
     seed_everything(seed)
     plans, dataset_json = _load_plans_and_dataset(preprocessed_dataset)
+    if budget.batch_size is not None:
+        # nnU-Net's trainer reads its batch size from the plans' configuration; this copy is this job's only
+        plans["configurations"][CONFIGURATION]["batch_size"] = budget.batch_size
     if init_model is not None:
         card = read_model_card(init_model)
         spec = (card.get("network", networks.UNET), card["architecture"])

@@ -749,3 +749,30 @@ def test_pretrain_refuses_snapshot_folders_that_do_not_match_the_budget(tmp_path
                                          r"snapshots are \[2\]"):
         pretrain(tmp_path / "missing", tmp_path / "split.json", "Task94_SynthSpleen", "m", tmp_path / "m", budget,
                  seed=0, snapshot_dirs={3: tmp_path / "m@3"})
+
+
+# --------------------------------------------------------------------------------------------------
+# A budget's own batch size (finetune.batch_size / pretrain.batch_size)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [0, -2, 2.5, True])
+def test_batch_size_must_be_a_positive_integer(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer or None"):
+        TrainingBudget(iterations=2, batch_size=batch_size)
+
+
+def test_batch_size_is_left_out_of_the_identity_when_it_is_the_plans():
+    assert "batch_size" not in TrainingBudget(iterations=2).identity()
+    assert TrainingBudget(iterations=2, batch_size=3).identity()["batch_size"] == 3
+
+
+@pytest.mark.slow
+def test_training_uses_the_budgets_batch_size(tiny_dataset, split_file, tmp_path):
+    budget = TrainingBudget(iterations=1, iterations_per_epoch=1, val_iterations_per_epoch=1, batch_size=3)
+    trainer = train(tiny_dataset.preprocessed, split_file, tmp_path / "work", budget, seed=0, device="cpu")
+    assert trainer.batch_size == 3
+    assert next(trainer.dataloader_train)["data"].shape[0] == 3
+    plans = json.loads(next(tiny_dataset.preprocessed.glob("*Plans.json")).read_text())
+    assert all(c.get("batch_size") != 3 for c in plans["configurations"].values())  # the plans file is untouched
+    default = train(tiny_dataset.preprocessed, split_file, tmp_path / "work2", TINY_BUDGET, seed=0, device="cpu")
+    assert default.batch_size == 2
