@@ -658,9 +658,9 @@ def loo_stability(scores, dice) -> dict:
 
 def method_ranking_stability(full: Mapping[str, float], loo: Mapping[str, np.ndarray]) -> float:
     """Mean Kendall's tau-b between the methods' ranking by weighted tau on the whole bank and on the bank
-    with one model left out, over the n models left out (the issue's "mean Kendall's tau between the full
-    and leave-one-out rankings", applied to the verdict that the tables report: which method ranks the
-    models best). 1: leaving out any one model keeps the order of the methods.
+    with one model left out, over the n models left out (the mean Kendall's tau between the full and
+    leave-one-out rankings, applied to the verdict that the tables report: which method ranks the models
+    best). 1: leaving out any one model keeps the order of the methods.
 
     ``full``: {method: weighted tau on the whole bank}; ``loo``: {method: [n] weighted taus without each
     model} (:func:`leave_one_out`). For each left-out model, the methods with a finite tau on both banks

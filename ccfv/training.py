@@ -173,6 +173,11 @@ def _trainer_class(augmentation: str = "nnunet"):
             elif enabled:
                 raise ValueError(f"{self.network_spec[0]} has no deep supervision")
 
+        def _bare_network(self):
+            """The network itself: without DDP's ``module`` and torch.compile's ``_orig_mod`` wrappers."""
+            network = getattr(self.network, "module", self.network)
+            return getattr(network, "_orig_mod", network)
+
         def save_checkpoint(self, filename: str) -> None:
             """nnU-Net's checkpoint contents, made loadable with ``weights_only=True``, plus the RNG states.
 
@@ -185,8 +190,7 @@ def _trainer_class(augmentation: str = "nnunet"):
 
             if Path(filename).name == "checkpoint_best.pth":
                 return
-            network = getattr(self.network, "module", self.network)
-            network = getattr(network, "_orig_mod", network)
+            network = self._bare_network()
             checkpoint = {
                 "format": CHECKPOINT_FORMAT,
                 "identity": json.dumps(self.resume_identity, sort_keys=True),
@@ -206,8 +210,7 @@ def _trainer_class(augmentation: str = "nnunet"):
         def load_resume_checkpoint(self, checkpoint: dict) -> None:
             """Restore what ``save_checkpoint`` wrote; the RNG states are restored when training starts
             (after nnU-Net has built its data loaders, which draw a first batch)."""
-            network = getattr(self.network, "module", self.network)
-            network = getattr(network, "_orig_mod", network)
+            network = self._bare_network()
             network.load_state_dict(checkpoint["network_weights"])
             self.optimizer.load_state_dict(checkpoint["optimizer_state"])
             if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
@@ -239,8 +242,7 @@ def _trainer_class(augmentation: str = "nnunet"):
             identically and overwrites it)."""
             import torch
 
-            network = getattr(self.network, "module", self.network)
-            network = getattr(network, "_orig_mod", network)
+            network = self._bare_network()
             path = snapshot_path(Path(self.output_folder), iteration)
             path.parent.mkdir(parents=True, exist_ok=True)
             scratch = path.with_name(path.name + ".partial")
