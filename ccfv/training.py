@@ -44,6 +44,7 @@ CHECKPOINT_FORMAT = "ccfv-resume-1"
 
 
 AUGMENTATIONS = ("nnunet", "none")
+HEAD_INITS = ("random", "zero")
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,15 @@ class TrainingBudget:
     #: Patches per training iteration; None: the plans' (the config's ``network.batch_size``). A larger
     #: fine-tuning batch averages out more of the patch sampling's noise per step (docs/models.md).
     batch_size: int | None = None
+    #: Fine-tuning only: how the target's fresh segmentation heads start. "random": nnU-Net's initialisation,
+    #: drawn from the fine-tuning seed. "zero": weights and biases zero (as Big Transfer fine-tunes,
+    #: Kolesnikov et al., ECCV 2020), so every seed starts the same network and seeds differ only in the
+    #: patches drawn: the ground truth then measures the source, not the head's draw (docs/models.md).
+    head_init: str = "random"
 
     def __post_init__(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or self.batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
@@ -79,11 +87,14 @@ class TrainingBudget:
         object.__setattr__(self, "snapshots", tuple(sorted(snapshots)))
 
     def identity(self) -> dict:
-        """The budget as resume identity; without ``snapshots`` when there are none and without ``batch_size``
-        when it is the plans', so that checkpoints of runs before these options existed stay resumable."""
+        """The budget as resume identity; without ``snapshots`` when there are none, without ``batch_size``
+        when it is the plans' and without ``head_init`` when it is "random", so that checkpoints of runs
+        before these options existed stay resumable."""
         out = asdict(self)
         if self.batch_size is None:
             del out["batch_size"]
+        if self.head_init == "random":
+            del out["head_init"]
         if not self.snapshots:
             del out["snapshots"]
         else:
@@ -356,12 +367,13 @@ def _load_plans_and_dataset(preprocessed_dataset: Path) -> tuple[dict, dict]:
 from .models.bank import build_network, load_bank_model, read_model_card  # noqa: E402
 
 
-def transfer_weights(network, source_state: dict, source_name: str) -> list[str]:
+def transfer_weights(network, source_state: dict, source_name: str, zero_heads: bool = False) -> list[str]:
     """Load every parameter of ``source_state`` into ``network`` except the segmentation heads.
 
     Every non-head key of the network must be present in the source with the same shape; any
     mismatch is an error listing the offending keys (never silently random weights). Returns the
-    names of the head tensors that keep their fresh initialisation.
+    names of the head tensors, which keep their fresh initialisation, or are set to zero with
+    ``zero_heads`` (``TrainingBudget.head_init="zero"``).
     """
     # nnU-Net compiles the network on CUDA (torch.compile prefixes keys with ``_orig_mod.``) and wraps it
     # in DDP for multi-GPU runs: load into the plain module underneath.
@@ -381,6 +393,8 @@ def transfer_weights(network, source_state: dict, source_name: str) -> list[str]
         )
     kept = [k for k in own if networks.is_head(k)]
     own.update({k: v for k, v in source_state.items() if k in own and not networks.is_head(k)})
+    if zero_heads:
+        own.update({k: own[k].new_zeros(own[k].shape) for k in kept})
     network.load_state_dict(own)
     return kept
 
@@ -518,6 +532,9 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
     import torch
 
     preprocessed_dataset, work_dir = Path(preprocessed_dataset), Path(work_dir)
+    if init_model is None and budget.head_init != "random":
+        raise ValueError(f"head_init={budget.head_init!r} is for fine-tuning (a network started from a bank "
+                         "model); a network trained from scratch keeps nnU-Net's initialisation")
     torch.set_num_threads(threads)
     seed_everything(seed)
     plans, dataset_json = _load_plans_and_dataset(preprocessed_dataset)
@@ -548,7 +565,8 @@ def train(preprocessed_dataset: Path, split_file: Path, work_dir: Path, budget: 
         trainer.initialize()
         if init_model is not None:
             source, _ = load_bank_model(init_model)
-            transfer_weights(trainer.network, source.state_dict(), str(Path(init_model) / WEIGHTS))
+            transfer_weights(trainer.network, source.state_dict(), str(Path(init_model) / WEIGHTS),
+                             zero_heads=budget.head_init == "zero")
             # The optimizer was built on the same parameter objects, so it sees the loaded values.
         path, checkpoint = _resumable_checkpoint(Path(trainer.output_folder), identity)
         trainer.resumed_from_epoch = 0

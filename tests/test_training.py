@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -776,3 +777,90 @@ def test_training_uses_the_budgets_batch_size(tiny_dataset, split_file, tmp_path
     assert all(c.get("batch_size") != 3 for c in plans["configurations"].values())  # the plans file is untouched
     default = train(tiny_dataset.preprocessed, split_file, tmp_path / "work2", TINY_BUDGET, seed=0, device="cpu")
     assert default.batch_size == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# How a fine-tuning's fresh heads start (finetune.head_init)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head_init", ["zeros", "", None])
+def test_head_init_must_be_random_or_zero(head_init):
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        TrainingBudget(iterations=2, head_init=head_init)
+
+
+def test_head_init_is_left_out_of_the_identity_when_random():
+    assert "head_init" not in TrainingBudget(iterations=2).identity()
+    assert TrainingBudget(iterations=2, head_init="zero").identity()["head_init"] == "zero"
+
+
+def test_transfer_weights_can_zero_the_heads():
+    source_state = clone_state(seeded_network(tiny_card(num_classes=3), 10))
+    target = seeded_network(tiny_card(num_classes=2), 20)
+    kept = transfer_weights(target, source_state, "src", zero_heads=True)
+    after = target.state_dict()
+    assert kept == [k for k in after if HEAD_KEY in k] and len(kept) == 4
+    for key, value in after.items():
+        if HEAD_KEY in key:
+            assert not value.any(), key
+        else:
+            assert torch.equal(value, source_state[key]), key
+    # the head's output is the same logit for every class: softmax is uniform before the first step
+    with torch.no_grad():
+        out = target(INPUT)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_zero_heads_are_for_fine_tuning_only(tiny_dataset, split_file, tmp_path):
+    budget = TrainingBudget(iterations=1, iterations_per_epoch=1, val_iterations_per_epoch=1, head_init="zero")
+    with pytest.raises(ValueError, match="head_init='zero' is for fine-tuning"):
+        train(tiny_dataset.preprocessed, split_file, tmp_path / "work", budget, seed=0, device="cpu")
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_with_zero_heads_every_seed_starts_the_same_network(tiny_dataset, split_file, pretrained, tmp_path,
+                                                             monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    # The network as training would start it: everything up to the first step, then stop.
+    monkeypatch.setattr(nnUNetTrainer, "run_training", lambda self: None)
+
+    def start(head_init, seed):
+        budget = TrainingBudget(iterations=2, iterations_per_epoch=2, val_iterations_per_epoch=1,
+                                head_init=head_init)
+        trainer = train(tiny_dataset.preprocessed, split_file, tmp_path / f"{head_init}{seed}", budget, seed=seed,
+                        init_model=pretrained, device="cpu")
+        return clone_state(trainer.network)
+
+    zero = [start("zero", seed) for seed in (0, 1)]
+    assert all(torch.equal(zero[0][k], zero[1][k]) for k in zero[0])
+    heads = [k for k in zero[0] if HEAD_KEY in k]
+    assert heads and not any(zero[0][k].any() for k in heads)
+    source = clone_state(load_bank_model(pretrained)[0])
+    assert all(torch.equal(zero[0][k], source[k]) for k in zero[0] if HEAD_KEY not in k)
+    # the default draws the heads from the seed: two seeds start two networks
+    drawn = [start("random", seed) for seed in (0, 1)]
+    assert not all(torch.equal(drawn[0][k], drawn[1][k]) for k in heads)
+
+
+def test_the_schema_takes_head_init_for_fine_tuning_only():
+    import yaml
+    from snakemake.utils import validate
+
+    root = Path(__file__).resolve().parents[1]
+    schema = str(root / "config/schemas/config.schema.yaml")
+    base = yaml.safe_load((root / "config/config.yaml").read_text())
+    for change in ({"finetune": {"head_init": "zero"}}, {"finetune": {"head_init": "random"}},
+                   {"finetune": {"per_task": {"Task94_SynthSpleen": {"head_init": "random"}}}}):
+        cfg = json.loads(json.dumps(base))
+        for section, values in change.items():
+            cfg[section].update(values)
+        validate(cfg, schema)
+    for change in ({"pretrain": {"head_init": "zero"}}, {"finetune": {"head_init": "zeros"}},
+                   {"pretrain": {"per_task": {"Task91_SynthLiver": {"head_init": "zero"}}}}):
+        cfg = json.loads(json.dumps(base))
+        for section, values in change.items():
+            cfg[section].update(values)
+        with pytest.raises(Exception, match="head_init|zeros"):
+            validate(cfg, schema)
