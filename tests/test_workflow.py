@@ -94,6 +94,17 @@ def test_default_config_dry_run_contains_every_stage():
     assert counts["finetune"] == n * n * archs * len(cfg["finetune"]["seeds"])
 
 
+def test_seeds3_config_adds_two_fine_tuning_seeds_to_the_demo():
+    # config/seeds3.yaml is layered over the default config (docs/demo-data.md): the same bank, seeds 0-2
+    result = snakemake("-n", "--configfile", "config/config.yaml", "config/seeds3.yaml")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["pretrain"] == 6 and counts["finetune"] == 3 * 6 * 3
+    seeds = set(re.findall(r"finetune/Task94_SynthSpleen/unet-random/seed(\d+)\.json", out))
+    assert seeds == {"0", "1", "2"}
+
+
 def test_msd_config_lays_out_the_papers_dag():
     cfg = yaml.safe_load((ROOT / "config/msd.yaml").read_text())
     assert cfg["tasks"] == ["Task03_Liver", "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon"]
