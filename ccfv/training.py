@@ -5,7 +5,8 @@ A bank model is a folder with ``weights.safetensors`` (tensors only: loading it 
 channels and classes, the source task). Pretraining and fine-tuning both run ``nnUNetTrainer`` (subclassed
 only to take the iteration budget, the seed and our recorded split); fine-tuning starts from a bank model
 with every weight but the segmentation heads (``.seg_layers.``, the final 1x1x1 convolutions) transferred
-and nothing frozen, as in the paper.
+and nothing frozen, as in the paper; the heads start from nnU-Net's initialisation or at zero
+(``TrainingBudget.head_init``).
 
 Resuming (docs/models.md): ``train`` keeps nnU-Net's work folder in a stable place outside the Snakemake
 output, writes a checkpoint after every epoch (network, optimizer, logging, the epoch, and the torch, numpy
