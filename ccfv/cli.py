@@ -73,7 +73,9 @@ def _rank(args) -> int:
     ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
                           sampling={"seed": args.seed, "total": args.samples},
-                          features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code)
+                          features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code,
+                          # bars redraw with carriage returns and escape codes: only for a terminal, not a log file
+                          progress=sys.stderr.isatty())
     print_ranking(ranking, args.out)
     return ranking.exit_status
 

@@ -98,6 +98,9 @@ def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Models ranked on Dataset093_SynthPancreas by ccfv" in result.stdout
     assert "Agreement with the known Dice" in result.stdout
+    # stderr is a pipe here, as in a job's log file: messages without progress bars' redraws
+    assert "\r" not in result.stderr and "\x1b[" not in result.stderr, result.stderr[-500:]
+    assert "ccfv rank: 3 model(s)" in result.stderr
 
     rows = list(csv.DictReader((out / "ranking.csv").open()))
     assert sorted(r["model"] for r in rows) == ["liver", "random", "spleen"]
