@@ -100,15 +100,17 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
 
 
 def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -> list[Path]:
-    """Source (bank model) x target heatmap of the mean fine-tuned Dice; blank where a model is not in
-    the target's bank (a task is never its own source)."""
+    """Source (bank model) x target heatmap of the mean fine-tuned Dice on a fixed 0-1 colour scale; blank
+    where a model is not in the target's bank (a task is never its own source)."""
     models = sorted({r["model"] for r in records}, key=model_order)
     grid = np.full((len(models), len(targets)), np.nan)
     for r in records:
         if r["target"] in targets:
             grid[models.index(r["model"]), targets.index(r["target"])] = r["dice"]
     fig, ax = plt.subplots(figsize=(1.3 * len(targets) + 2.5, 0.45 * len(models) + 1.5))
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    # The colour scale is Dice's own range: scaled to the data, the worst model of a healthy bank (say 0.25)
+    # would be drawn in the colour of a Dice of 0.
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(targets)), [_short(t) for t in targets], fontsize=8)
     ax.set_yticks(range(len(models)), models, fontsize=7)
     ax.set_xlabel("target")
@@ -116,7 +118,7 @@ def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -
     for (i, j), value in np.ndenumerate(grid):
         if math.isfinite(value):
             ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < np.nanmean(grid) else "black")
+                    color="white" if value < 0.5 else "black")  # viridis is dark below the middle
     fig.colorbar(image, ax=ax, label="mean fine-tuned Dice")
     fig.tight_layout()
     return save(fig, stem)

@@ -148,6 +148,21 @@ def _features(path: Path, rng, n_cases=3, with_class=True) -> Path:
     return write_features(path, meta, cases)
 
 
+def test_dice_heatmap_colours_dice_on_its_own_zero_to_one_scale(tmp_path, monkeypatch):
+    from ccfv import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
+    records = [{"target": "Task01_A", "model": m, "dice": d}
+               for m, d in (("unet-Task02_B", 0.81), ("unet-Task03_C", 0.62), ("unet-random", 0.25))]
+    dice_heatmap(records, ["Task01_A"], tmp_path / "heatmap")
+    ax = drawn[0].axes[0]
+    image = ax.images[0]
+    assert image.get_clim() == (0.0, 1.0)  # a Dice of 0.25 is not drawn in the colour of 0
+    colours = {t.get_text(): t.get_color() for t in ax.texts}
+    assert colours == {"0.810": "black", "0.620": "black", "0.250": "white"}
+
+
 def test_figures_png_and_svg(tmp_path):
     results = _make_results(tmp_path)
     records = json.loads((results / "tables/records.json").read_text())
