@@ -4,6 +4,17 @@ from pathlib import Path
 from snakemake.utils import validate
 
 
+# The schema refuses these too, but its message ("should not be valid under {'required': ['head_init']}")
+# does not say why.
+for _where, _section in [("pretrain", config.get("pretrain"))] + [
+        (f"pretrain.per_task.{_task}", _entry) for _task, _entry in
+        ((config.get("pretrain") or {}).get("per_task") or {}).items()]:
+    if isinstance(_section, dict) and "head_init" in _section:
+        raise ValueError(
+            f"config ({', '.join(str(f) for f in workflow.configfiles) or 'config'}): {_where}.head_init: "
+            "head_init is for fine-tuning only (finetune.head_init: how the target's fresh segmentation heads "
+            "start); a pretraining starts from nnU-Net's initialisation"
+        )
 validate(config, schema="../config/schemas/config.schema.yaml")
 
 R = config["results"]

@@ -105,6 +105,21 @@ def test_seeds3_config_adds_two_fine_tuning_seeds_to_the_demo():
     assert seeds == {"0", "1", "2"}
 
 
+@pytest.mark.parametrize("where", ["pretrain", "pretrain.per_task.Task91_SynthLiver"])
+def test_head_init_under_pretrain_is_refused_with_the_reason(tmp_path, where):
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    if where == "pretrain":
+        cfg["pretrain"]["head_init"] = "zero"
+    else:
+        cfg["pretrain"]["per_task"] = {"Task91_SynthLiver": {"head_init": "zero"}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    result = snakemake("-n", "--configfile", str(bad))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{where}.head_init: head_init is for fine-tuning only" in out and str(bad) in out, out[-2000:]
+
+
 def test_msd_config_lays_out_the_papers_dag():
     cfg = yaml.safe_load((ROOT / "config/msd.yaml").read_text())
     assert cfg["tasks"] == ["Task03_Liver", "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon"]
