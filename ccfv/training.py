@@ -185,11 +185,6 @@ def _trainer_class(augmentation: str = "nnunet"):
             elif enabled:
                 raise ValueError(f"{self.network_spec[0]} has no deep supervision")
 
-        def _bare_network(self):
-            """The network itself: without DDP's ``module`` and torch.compile's ``_orig_mod`` wrappers."""
-            network = getattr(self.network, "module", self.network)
-            return getattr(network, "_orig_mod", network)
-
         def save_checkpoint(self, filename: str) -> None:
             """nnU-Net's checkpoint contents, made loadable with ``weights_only=True``, plus the RNG states.
 
@@ -202,7 +197,7 @@ def _trainer_class(augmentation: str = "nnunet"):
 
             if Path(filename).name == "checkpoint_best.pth":
                 return
-            network = self._bare_network()
+            network = bare_network(self.network)
             checkpoint = {
                 "format": CHECKPOINT_FORMAT,
                 "identity": json.dumps(self.resume_identity, sort_keys=True),
@@ -222,7 +217,7 @@ def _trainer_class(augmentation: str = "nnunet"):
         def load_resume_checkpoint(self, checkpoint: dict) -> None:
             """Restore what ``save_checkpoint`` wrote; the RNG states are restored when training starts
             (after nnU-Net has built its data loaders, which draw a first batch)."""
-            network = self._bare_network()
+            network = bare_network(self.network)
             network.load_state_dict(checkpoint["network_weights"])
             self.optimizer.load_state_dict(checkpoint["optimizer_state"])
             if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
@@ -254,7 +249,7 @@ def _trainer_class(augmentation: str = "nnunet"):
             identically and overwrites it)."""
             import torch
 
-            network = self._bare_network()
+            network = bare_network(self.network)
             path = snapshot_path(Path(self.output_folder), iteration)
             path.parent.mkdir(parents=True, exist_ok=True)
             scratch = path.with_name(path.name + ".partial")
@@ -368,6 +363,13 @@ def _load_plans_and_dataset(preprocessed_dataset: Path) -> tuple[dict, dict]:
 from .models.bank import build_network, load_bank_model, read_model_card  # noqa: E402
 
 
+def bare_network(network):
+    """The network itself, under the wrappers nnU-Net may put around it: DDP's ``module`` (multi-GPU runs) and
+    torch.compile's ``_orig_mod`` (CUDA runs), whose state-dict keys carry those prefixes."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
 def transfer_weights(network, source_state: dict, source_name: str, zero_heads: bool = False) -> list[str]:
     """Load every parameter of ``source_state`` into ``network`` except the segmentation heads.
 
@@ -376,10 +378,7 @@ def transfer_weights(network, source_state: dict, source_name: str, zero_heads: 
     names of the head tensors, which keep their fresh initialisation, or are set to zero with
     ``zero_heads`` (``TrainingBudget.head_init="zero"``).
     """
-    # nnU-Net compiles the network on CUDA (torch.compile prefixes keys with ``_orig_mod.``) and wraps it
-    # in DDP for multi-GPU runs: load into the plain module underneath.
-    network = getattr(network, "module", network)
-    network = getattr(network, "_orig_mod", network)
+    network = bare_network(network)
     own = network.state_dict()
     missing = [k for k in own if not networks.is_head(k) and k not in source_state]
     mismatched = [
@@ -605,7 +604,7 @@ def pretrain(preprocessed_dataset: Path, split_file: Path, source_task: str, mod
     trainer = train(preprocessed_dataset, split_file, work, budget, seed, device=device, threads=threads,
                     spec=spec)
     card = _card(model_id, plans, dataset_json, source_task, spec=spec, seed=seed, iterations=budget.iterations)
-    network = getattr(trainer.network, "_orig_mod", trainer.network)  # unwrap torch.compile (CUDA runs)
+    network = bare_network(trainer.network)
     network.eval()
     saved = save_bank_model(network, card, out_dir)
     for iteration, folder in snapshot_dirs.items():
@@ -627,7 +626,7 @@ def finetune(preprocessed_dataset: Path, raw_dataset: Path, split_file: Path, in
     work = out_file.parent / f".{out_file.stem}-nnunet"  # outside the output: kept for resuming
     trainer = train(preprocessed_dataset, split_file, work, budget, seed, init_model=init_model,
                     device=device, threads=threads)
-    network = getattr(trainer.network, "_orig_mod", trainer.network)
+    network = bare_network(trainer.network)
     if trainer.enable_deep_supervision:
         trainer.set_deep_supervision_enabled(False)
     network.eval()

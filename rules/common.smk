@@ -6,9 +6,10 @@ from snakemake.utils import validate
 
 # The schema refuses these too, but its message ("should not be valid under {'required': ['head_init']}")
 # does not say why.
-for _where, _section in [("pretrain", config.get("pretrain"))] + [
-        (f"pretrain.per_task.{_task}", _entry) for _task, _entry in
-        ((config.get("pretrain") or {}).get("per_task") or {}).items()]:
+_pretrain = config.get("pretrain") or {}
+_sections = {"pretrain": _pretrain,
+             **{f"pretrain.per_task.{t}": e for t, e in (_pretrain.get("per_task") or {}).items()}}
+for _where, _section in _sections.items():
     if isinstance(_section, dict) and "head_init" in _section:
         raise ValueError(
             f"config ({', '.join(str(f) for f in workflow.configfiles) or 'config'}): {_where}.head_init: "
