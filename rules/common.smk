@@ -1,22 +1,46 @@
 # Config validation, wildcard constraints, paths and input functions shared by every stage.
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+try:
+    # Errors that name the config file holding the bad value need the ccfv package in the Python that runs
+    # Snakemake (true for make demo); without it they name the key only.
+    from ccfv.workflow import config_error_message, config_layers, config_origin
+except ImportError:
+    config_layers = None
+
+# Where each config value came from, lowest precedence first (config/config.yaml, --configfile, --config).
+CONFIG_LAYERS = (config_layers(workflow.configfiles, workflow.config_settings.configfiles,
+                               workflow.config_settings.config) if config_layers else [])
+
+
+def config_source(*key):
+    """The file (or "--config") that sets the config value at ``key``, for error messages."""
+    return config_origin(key, CONFIG_LAYERS) if config_layers else "config"
 
 
 # The schema refuses these too, but its message ("should not be valid under {'required': ['head_init']}")
 # does not say why.
 _pretrain = config.get("pretrain") or {}
-_sections = {"pretrain": _pretrain,
-             **{f"pretrain.per_task.{t}": e for t, e in (_pretrain.get("per_task") or {}).items()}}
+_sections = {("pretrain",): _pretrain,
+             **{("pretrain", "per_task", t): e for t, e in (_pretrain.get("per_task") or {}).items()}}
 for _where, _section in _sections.items():
     if isinstance(_section, dict) and "head_init" in _section:
         raise ValueError(
-            f"config ({', '.join(str(f) for f in workflow.configfiles) or 'config'}): {_where}.head_init: "
+            f"config ({config_source(*_where, 'head_init')}): {'.'.join(_where)}.head_init: "
             "head_init is for fine-tuning only (finetune.head_init: how the target's fresh segmentation heads "
             "start); a pretraining starts from nnU-Net's initialisation"
         )
-validate(config, schema="../config/schemas/config.schema.yaml")
+try:
+    validate(config, schema="../config/schemas/config.schema.yaml")
+except WorkflowError as err:
+    # Snakemake raises it while handling jsonschema's ValidationError, which holds the key path.
+    _invalid = err.__context__
+    if not hasattr(_invalid, "absolute_path") or not config_layers:
+        raise
+    raise ValueError(config_error_message(_invalid, CONFIG_LAYERS)) from None
 
 R = config["results"]
 TASKS = list(config["tasks"])
@@ -38,16 +62,18 @@ for _task in TASKS:
     _late = [i for i in SNAPSHOTS if i >= _iterations]
     if _late:
         raise ValueError(
-            f"config: pretrain.snapshots {_late} are not before the end of {_task}'s pretraining "
-            f"({_iterations} iterations); a snapshot must be taken at an iteration between 1 and {_iterations - 1}"
+            f"config ({config_source('pretrain', 'snapshots')}): pretrain.snapshots {_late} are not before the end "
+            f"of {_task}'s pretraining ({_iterations} iterations); a snapshot must be taken at an iteration "
+            f"between 1 and {_iterations - 1}"
         )
 # A rank correlation over fewer than three models says nothing.
 # Per architecture: the other tasks (each with its snapshots) and a random member.
 _bank_size = len(ARCHITECTURES) * ((len(TASKS) - 1) * (1 + len(SNAPSHOTS)) + 1)
 if _bank_size < 3:
     raise ValueError(
-        f"config: each target's bank would hold {_bank_size} models ({len(TASKS) - 1} other task(s) + a random "
-        f"member, for each of {ARCHITECTURES}); correlations need at least 3: add a task or an architecture"
+        f"config ({config_source('tasks')}): each target's bank would hold {_bank_size} models "
+        f"({len(TASKS) - 1} other task(s) + a random member, for each of {ARCHITECTURES}); correlations need "
+        f"at least 3: add a task or an architecture"
     )
 
 # Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.
@@ -57,24 +83,26 @@ for _arch in ARCHITECTURES:
     _given = _ratios.get(_arch) if isinstance(_ratios, dict) else _ratios
     if _given is None or len(_given) != DECODER_STAGES[_arch]:
         raise ValueError(
-            f"config: sampling.layer_ratios gives {'no' if _given is None else len(_given)} entries for {_arch}, "
-            f"whose network has {DECODER_STAGES[_arch]} hooked decoder stages (U-Net: features_per_stage minus "
-            f"one; UNETR: 4); give one ratio per stage, as a mapping architecture -> list (docs/models.md)"
+            f"config ({config_source('sampling', 'layer_ratios')}): sampling.layer_ratios gives "
+            f"{'no' if _given is None else len(_given)} entries for {_arch}, whose network has "
+            f"{DECODER_STAGES[_arch]} hooked decoder stages (U-Net: features_per_stage minus one; UNETR: 4); "
+            f"give one ratio per stage, as a mapping architecture -> list (docs/models.md)"
         )
 if "unetr" in ARCHITECTURES:
     _bad = [p for p in config["network"]["patch_size"] if p % 16]
     if _bad:
         raise ValueError(
-            f"config: network.patch_size {config['network']['patch_size']} is UNETR's img_size and must be a "
-            f"multiple of 16 (its ViT patch) on every axis; {_bad} is not. Change the patch size or drop "
-            f"unetr from architectures"
+            f"config ({config_source('network', 'patch_size')}): network.patch_size "
+            f"{config['network']['patch_size']} is UNETR's img_size and must be a multiple of 16 (its ViT patch) "
+            f"on every axis; {_bad} is not. Change the patch size or drop unetr from architectures"
         )
 
 METRICS = config["scoring"]["metrics"]
 for table, names in config["scoring"]["tables"].items():
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise ValueError(f"config: scoring.tables.{table} names {unknown}, which scoring.metrics does not define")
+        raise ValueError(f"config ({config_source('scoring', 'tables', table)}): scoring.tables.{table} names "
+                         f"{unknown}, which scoring.metrics does not define")
 try:
     # A misspelt metric option must fail now, not after hours of pretraining. The check needs the ccfv
     # package in the Python that runs Snakemake (true for make demo); jobs check again in any case.
@@ -86,7 +114,8 @@ if check_metric is not None:
         try:
             check_metric(name, definition)
         except ValueError as err:
-            raise ValueError(f"config: scoring.metrics: {err}") from None
+            raise ValueError(f"config ({config_source('scoring', 'metrics', name)}): scoring.metrics: {err}") \
+                from None
 
 
 def metric_definitions():

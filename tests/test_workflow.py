@@ -137,14 +137,57 @@ def test_msd_config_lays_out_the_papers_dag():
         "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon", "random")}
 
 
-def test_bad_config_is_refused_with_a_clear_message(tmp_path):
-    bad = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    bad["pretrain"]["iterations"] = 0
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
-    result = snakemake("-n", "--configfile", str(path))
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ({"pretrain": {"iterations": 0}}, "pretrain.iterations: 0 is less than the minimum of 1"),
+        # a misspelt key is reported at the key, in the file that misspells it
+        ({"finetune": {"batchsize": 4}}, "finetune.batchsize: Additional properties are not allowed"),
+        ({"finetune": {"seeds": ["a"]}}, "finetune.seeds.0: 'a' is not of type 'integer'"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_file_and_the_key(tmp_path, layer, message):
+    # Layered as a user does (--configfile over the demo's), with a correct layer in between: the message
+    # must name the file that holds the bad value, not the first or every config file.
+    good, bad = tmp_path / "seeds.yaml", tmp_path / "mine.yaml"
+    good.write_text(yaml.safe_dump({"finetune": {"seeds": [0, 1]}, "pretrain": {"iterations": 5}}))
+    bad.write_text(yaml.safe_dump(layer))
+    result = snakemake("-n", "--configfile", "config/config.yaml", str(good), str(bad))
+    out = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "iterations" in result.stdout + result.stderr
+    assert f"config ({bad}): {message}" in out, out[-2000:]
+
+
+def test_config_origin_names_the_last_layer_that_sets_a_key(tmp_path):
+    from ccfv.workflow import config_layers, config_origin
+
+    base, mine = tmp_path / "config.yaml", tmp_path / "mine.yaml"
+    base.write_text("finetune: {seeds: [0], batch_size: 2}\ntasks: [a, b]\n")
+    mine.write_text("finetune: {seeds: [0, 1]}\n")
+    # Snakemake lists the --configfile files in workflow.configfiles too: they must not count twice
+    layers = config_layers([mine, base], [mine], {"network": {"patch_size": [8, 8, 8]}})
+    assert [name for name, _ in layers] == [str(base), str(mine), "--config"]
+    assert config_origin(["finetune", "seeds"], layers) == str(mine)
+    assert config_origin(["finetune", "seeds", 1], layers) == str(mine)
+    assert config_origin(["finetune", "batch_size"], layers) == str(base)
+    assert config_origin(["network", "patch_size"], layers) == "--config"
+    # set nowhere (a missing required key): every source, since any of them could add it
+    assert config_origin(["finetune", "iterations"], layers) == f"{base} + {mine} + --config"
+    # a Snakefile's configfile: that does not exist is no source
+    assert [name for name, _ in config_layers([tmp_path / "absent.yaml", mine], [mine])] == [str(mine)]
+
+
+def test_a_missing_required_key_names_every_config_file(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    del cfg["results"]
+    path = tmp_path / "whole.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("finetune: {seeds: [0, 1]}\n")
+    result = snakemake("-n", "--configfile", str(path), str(extra))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"config ({path} + {extra}): results: 'results' is a required property" in out, out[-2000:]
 
 
 def test_a_bank_of_fewer_than_three_models_is_refused(tmp_path):
