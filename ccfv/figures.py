@@ -18,7 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import METRIC_LABELS, model_architecture, model_order, model_snapshot, model_source  # noqa: E402
+from .results import (  # noqa: E402
+    METRIC_LABELS, correlations, model_architecture, model_order, model_snapshot, model_source,
+)
 
 #: The formats every figure is written in.
 FORMATS = ("png", "svg")
@@ -45,57 +47,105 @@ def standardise(values: Sequence[float]) -> np.ndarray:
     return np.zeros_like(x) if sd == 0 or not np.isfinite(sd) else (x - x.mean()) / sd
 
 
-def _short(task: str) -> str:
-    return task.split("_")[0]
+def _task_label(task: str) -> str:
+    """``Task91\nSynthLiver`` for ``Task91_SynthLiver``: the id the tables use, then the name."""
+    return task.replace("_", "\n", 1)
 
 
-def _model_label(model: str) -> str:
-    """``unet:Task91`` for ``unet-Task91_SynthLiver``, ``unet:Task91@150`` for its snapshot."""
-    source, snapshot = model_source(model), model_snapshot(model)
-    label = f"{model_architecture(model)}:{'random' if source is None else _short(source)}"
-    return label if snapshot is None else f"{label}@{snapshot}"
+#: Marker per architecture in Fig. 2; an architecture not named here takes the next of ``OTHER_MARKERS``.
+ARCHITECTURE_MARKERS = {"unet": "o", "unetr": "^"}
+OTHER_MARKERS = ("s", "D", "v", "P", "X")
+#: How the legend names an architecture.
+ARCHITECTURE_NAMES = {"unet": "U-Net", "unetr": "UNETR"}
+#: Colour of the randomly initialised members (sources take tab10's colours in task order).
+RANDOM_COLOUR = "0.35"
+#: Marker area (points^2) of a fully pretrained or random model; a source's snapshots are drawn hollow and
+#: smaller, the earliest smallest.
+MARKER_SIZE = 30.0
 
 
-#: Banks up to this size get every point labelled in Fig. 2.
-LABEL_ALL_UP_TO = 8
+def model_styles(models: Sequence[str]) -> tuple[dict[str, dict], list]:
+    """How Fig. 2 draws each bank model, so that a point needs no text label: colour = source task (grey for
+    a random member), marker = architecture, filled = fully pretrained, hollow and smaller = a snapshot
+    (smaller the earlier). The same source has the same colour in every panel.
+
+    Returns ``{model: {"marker", "color", "filled", "size"}}`` and the legend's handles (matplotlib
+    ``Line2D``), one per source, per architecture and, when the bank has snapshots, one for them.
+    """
+    from matplotlib.lines import Line2D
+
+    parsed = {m: (model_architecture(m), model_source(m), model_snapshot(m)) for m in models}
+    sources = sorted({s for _, s, _ in parsed.values() if s is not None})
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sources)}
+    architectures = sorted({a for a, _, _ in parsed.values()}, key=lambda a: (a not in ARCHITECTURE_MARKERS, a))
+    extra = iter(OTHER_MARKERS * (1 + len(architectures) // len(OTHER_MARKERS)))
+    markers = {a: ARCHITECTURE_MARKERS.get(a) or next(extra) for a in architectures}
+    styles = {}
+    for model, (arch, source, snapshot) in parsed.items():
+        size = MARKER_SIZE
+        if snapshot is not None:
+            # the k-th of a source's K snapshots (k = 1 the earliest): from a third to two thirds of full size
+            own = sorted({p[2] for p in parsed.values() if p[1] == source and p[0] == arch and p[2] is not None})
+            size = MARKER_SIZE * (1 + own.index(snapshot) + 1) / (len(own) + 2)
+        styles[model] = {"marker": markers[arch], "color": RANDOM_COLOUR if source is None else colours[source],
+                         "filled": snapshot is None, "size": size}
+    handles = [Line2D([], [], ls="", marker="s", color=colours[s], label=s) for s in sources]
+    if any(s is None for _, s, _ in parsed.values()):
+        handles.append(Line2D([], [], ls="", marker="s", color=RANDOM_COLOUR, label="random init"))
+    handles += [Line2D([], [], ls="", marker=markers[a], color="black", label=ARCHITECTURE_NAMES.get(a, a))
+                for a in architectures]
+    if any(p[2] is not None for p in parsed.values()):
+        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", color="black",
+                              label="hollow: pretraining snapshot (smaller: earlier)"))
+    return styles, handles
 
 
 def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str], stem: str | Path,
                    labels: Mapping[str, str] | None = None) -> list[Path]:
-    """Fig. 2: one panel per (metric row, target column), standardised score on x, mean Dice on y.
+    """Fig. 2: one panel per (metric row, target column), standardised score on x, mean fine-tuned Dice on
+    y, a least-squares line, and the panel's weighted Kendall's tau (as in Table 1,
+    :func:`ccfv.results.correlations`) in its corner.
 
-    Points are labelled beside the marker. In a bank of more than ``LABEL_ALL_UP_TO`` models only the three
-    best by Dice and the metric's first pick are labelled: twenty labels per panel overlap into noise.
+    Each point is a bank model drawn as :func:`model_styles` says (colour = source, marker = architecture,
+    hollow = snapshot), explained by one legend above the panels: text labels beside twenty points
+    overlap into noise, and a source keeps its colour from panel to panel.
     """
     labels = {**METRIC_LABELS, **(labels or {})}
+    styles, handles = model_styles(sorted({r["model"] for r in records if r["target"] in targets}))
     fig, axes = plt.subplots(len(metrics), len(targets), figsize=(2.4 * len(targets), 2.0 * len(metrics)),
                              squeeze=False, sharey="col")
     for j, target in enumerate(targets):
-        mine = sorted((r for r in records if r["target"] == target), key=lambda r: r["model"])
+        mine = sorted((r for r in records if r["target"] == target), key=lambda r: model_order(r["model"]))
         dice = [r["dice"] for r in mine]
         for i, metric in enumerate(metrics):
             ax = axes[i, j]
-            x = standardise([r["scores"][metric] for r in mine])
-            ax.scatter(x, dice, s=18)
+            scores = [r["scores"][metric] for r in mine]
+            x = standardise(scores)
+            for k, record in enumerate(mine):
+                style = styles[record["model"]]
+                ax.scatter([x[k]], [dice[k]], s=style["size"], marker=style["marker"], linewidths=0.9,
+                           facecolors=style["color"] if style["filled"] else "none", edgecolors=style["color"])
             if np.ptp(x) > 0 and len(x) > 1:
                 slope, intercept = np.polyfit(x, dice, 1)
                 xs = np.array([x.min(), x.max()])
                 ax.plot(xs, slope * xs + intercept, lw=0.8, color="grey")
-            if len(mine) <= LABEL_ALL_UP_TO:
-                shown = range(len(mine))
-            else:
-                shown = {*np.argsort(dice)[::-1][:3].tolist(), int(np.argmax(x))}
-            for k in shown:
-                ax.annotate(_model_label(mine[k]["model"]), (x[k], dice[k]), xytext=(3, 2),
-                            textcoords="offset points", fontsize=5, alpha=0.8)
+            if len(mine) >= 2 and all(math.isfinite(v) for v in [*scores, *dice]):
+                tau = correlations(scores, dice)["tau"]
+                ax.text(0.03, 0.96, "τw n/a" if math.isnan(tau) else f"τw {tau:+.2f}", transform=ax.transAxes,
+                        ha="left", va="top", fontsize=6, color="0.2")
             if i == 0:
-                ax.set_title(_short(target), fontsize=9)
+                ax.set_title(target, fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"{labels.get(metric, metric)}\nDice", fontsize=7)
             if i == len(metrics) - 1:
                 ax.set_xlabel("standardised score", fontsize=7)
             ax.tick_params(labelsize=6)
+        # an empty band at the top of the column (its panels share y) for the tau, clear of the points
+        low, high = axes[0, j].get_ylim()
+        axes[0, j].set_ylim(low, high + 0.15 * (high - low))
     fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 4),
+               fontsize=7, frameon=False)
     return save(fig, stem)
 
 
@@ -111,7 +161,7 @@ def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -
     # The colour scale is Dice's own range: scaled to the data, the worst model of a healthy bank (say 0.25)
     # would be drawn in the colour of a Dice of 0.
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(targets)), [_short(t) for t in targets], fontsize=8)
+    ax.set_xticks(range(len(targets)), [_task_label(t) for t in targets], fontsize=8)
     ax.set_yticks(range(len(models)), models, fontsize=7)
     ax.set_xlabel("target")
     ax.set_ylabel("bank model (source)")
@@ -169,12 +219,12 @@ def feature_tsne(features_files: Mapping[str, str | Path], target: str, stem: st
         embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                         max_iter=300).fit_transform(x)
         ax.scatter(embedded[:, 0], embedded[:, 1], c=case, cmap="tab10", s=6)
-        title = _model_label(model)
+        title = model
         if dice and model in dice:
             title += f"\nDice {dice[model]:.3f}"
         ax.set_title(title, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{_short(target)}: class {class_id} features (last decoder layer), colour = case", fontsize=9)
+    fig.suptitle(f"{target}: class {class_id} features (last decoder layer), colour = case", fontsize=9)
     fig.tight_layout()
     return save(fig, stem)

@@ -185,28 +185,47 @@ def test_figures_png_and_svg(tmp_path):
         class_features(_features(tmp_path / "f/empty.h5", rng, with_class=False), 1)
 
 
-def test_scores_vs_dice_labels_every_point_of_a_small_bank_and_the_picks_of_a_large_one(tmp_path, monkeypatch):
-    from matplotlib.axes import Axes
+def test_model_styles_tell_every_model_of_a_bank_apart_without_labels():
+    from ccfv.figures import MARKER_SIZE, RANDOM_COLOUR, model_styles
 
-    labelled = []
-    annotate = Axes.annotate
+    models = ["unet-Task02_B", "unet-Task02_B@150", "unet-Task02_B@300", "unetr-Task02_B", "unet-Task03_C",
+              "unetr-Task03_C", "unet-random", "unetr-random"]
+    styles, handles = model_styles(models)
+    key = {m: (s["marker"], str(s["color"]), s["filled"], s["size"]) for m, s in styles.items()}
+    assert len(set(key.values())) == len(models)  # no two models drawn alike
+    # colour = source, marker = architecture
+    assert styles["unet-Task02_B"]["color"] == styles["unetr-Task02_B"]["color"] != styles["unet-Task03_C"]["color"]
+    assert styles["unet-random"]["color"] == styles["unetr-random"]["color"] == RANDOM_COLOUR
+    assert styles["unet-Task02_B"]["marker"] == styles["unet-random"]["marker"] != styles["unetr-random"]["marker"]
+    # snapshots hollow and smaller, the earlier the smaller; the pretrained model full size
+    sizes = [styles[m]["size"] for m in ("unet-Task02_B@150", "unet-Task02_B@300", "unet-Task02_B")]
+    assert sizes[0] < sizes[1] < sizes[2] == MARKER_SIZE
+    assert [styles[m]["filled"] for m in ("unet-Task02_B@150", "unet-Task02_B")] == [False, True]
+    assert [h.get_label() for h in handles] == ["Task02_B", "Task03_C", "random init", "U-Net", "UNETR",
+                                                "hollow: pretraining snapshot (smaller: earlier)"]
+    # a source keeps its colour whatever else the bank holds (the same task in two panels)
+    assert model_styles(["unet-Task02_B", "unet-Task03_C"])[0]["unet-Task03_C"]["color"] == \
+        styles["unet-Task03_C"]["color"]
 
-    def counting(self, text, *args, **kwargs):
-        labelled.append(text)
-        return annotate(self, text, *args, **kwargs)
 
-    monkeypatch.setattr(Axes, "annotate", counting)
+def test_scores_vs_dice_gives_each_panel_the_weighted_tau_of_table_1(tmp_path, monkeypatch):
+    from ccfv import figures
+    from ccfv.results import correlations
 
-    def bank(n):
-        models = [f"unet-Task02_B@{i}" for i in range(1, n)] + ["unet-random"]
-        # Dice falls with the index; the score's first pick is the last model
-        return [{"target": "Task01_A", "model": m, "dice": 0.9 - 0.01 * i, "scores": {"leep": float(i)}}
-                for i, m in enumerate(models)]
-
-    scores_vs_dice(bank(6), ["leep"], ["Task01_A"], tmp_path / "small")
-    assert sorted(labelled) == sorted(["unet:Task02@1", "unet:Task02@2", "unet:Task02@3", "unet:Task02@4",
-                                       "unet:Task02@5", "unet:random"])
-    labelled.clear()
-    scores_vs_dice(bank(20), ["leep"], ["Task01_A"], tmp_path / "large")
-    # the three best by Dice (the first three models) and the score's first pick (the random member)
-    assert sorted(labelled) == ["unet:Task02@1", "unet:Task02@2", "unet:Task02@3", "unet:random"]
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
+    models = ["unet-Task02_B", "unetr-Task02_B", "unet-Task03_C", "unetr-Task03_C", "unet-random"]
+    dice = [0.8, 0.7, 0.6, 0.65, 0.3]
+    leep = [3.0, 1.0, 2.0, 0.5, -1.0]
+    records = [{"target": "Task01_A", "model": m, "dice": d, "scores": {"leep": s, "ccfv": -s}}
+               for m, d, s in zip(models, dice, leep)]
+    scores_vs_dice(records, ["leep", "ccfv"], ["Task01_A"], tmp_path / "fig")
+    fig = drawn[0]
+    texts = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    assert texts == [[f"τw {correlations(leep, dice)['tau']:+.2f}"],
+                     [f"τw {correlations([-v for v in leep], dice)['tau']:+.2f}"]]
+    assert texts[0] != texts[1]
+    # one point per model, no text label beside any (the legend says which is which)
+    assert [len(ax.collections) for ax in fig.axes] == [len(models)] * 2
+    assert not [c for ax in fig.axes for c in ax.get_children() if type(c).__name__ == "Annotation"]
+    assert len(fig.legends) == 1
