@@ -798,6 +798,42 @@ def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architec
     return out
 
 
+def static_rankers_note(records: list[Mapping], targets: list[str], source_sizes: Mapping[str, int],
+                        parameter_counts: Mapping[str, int] | None = None) -> str:
+    """Markdown lines below the statistics, regret and selection tables: what each static ranker of
+    :func:`baseline_scores` orders by on these targets' banks, and when one of them cannot differ from
+    another (every source of equal size: "Larger source dataset first" is "Pretrained first"; one
+    architecture: "Same architecture first" and "Larger model first" tie every model), so that a reader
+    does not take two equal rows for two findings."""
+    banks = {t: sorted({r["model"] for r in records if r["target"] == t}) for t in targets}
+    banks = {t: m for t, m in banks.items() if m}
+    if not banks:
+        return ""
+    references = {t: reference_architecture(m) for t, m in banks.items()}
+    reference = ", ".join(f"{a} on {', '.join(_short(t) for t in references if references[t] == a)}"
+                          for a in dict.fromkeys(references.values())) if len(set(references.values())) > 1 \
+        else next(iter(references.values()))
+    parts = [f"**{BASELINE_LABELS['pretrained_first']}**: every pretrained model (snapshots included) above the "
+             "randomly initialised ones",
+             f"**{BASELINE_LABELS['same_architecture_first']}**: the bank's most common architecture first "
+             f"({reference}; equally common ones: the alphabetically first)"]
+    sources = sorted({s for m in banks.values() for s in map(model_source, m) if s is not None})
+    sizes = ", ".join(f"{_short(s)} {source_sizes[s]}" for s in sources if s in source_sizes)
+    text = f"**{BASELINE_LABELS['larger_source_first']}**: by the source task's training cases ({sizes})"
+    equal = [t for t, m in banks.items()
+             if len({source_sizes.get(s) for s in map(model_source, m) if s is not None}) == 1]
+    if equal:
+        text += (f"; on {', '.join(_short(t) for t in equal)} every source has the same number, so there it "
+                 f"orders exactly as {BASELINE_LABELS['pretrained_first']} and its values repeat that row's")
+    parts.append(text)
+    if parameter_counts:
+        counts = {model_architecture(m): parameter_counts[m] for m in (x for b in banks.values() for x in b)
+                  if m in parameter_counts}
+        parts.append(f"**{BASELINE_LABELS['larger_model_first']}**: by the number of weights, heads excluded ("
+                     + ", ".join(f"{a} {n:,}" for a, n in sorted(counts.items())) + "; models of one architecture tie)")
+    return "\nStatic rankers (they look at no image): " + "; ".join(parts) + ".\n"
+
+
 def analyse(records: list[Mapping], metrics: list[str], targets: list[str], source_sizes: Mapping[str, int],
             labels: Mapping[str, str] | None = None, n_bootstrap: int = 1000, n_permutations: int = 2000,
             n_simulations: int = 1000, seed: int = 0,
@@ -1043,13 +1079,16 @@ def build_statistics(records_file: Path, tables: Mapping[str, list[str]], target
                      parameter_counts=parameter_counts)
     out_dir = Path(out_dir)
     write_text(out_dir / "statistics.csv", rows_to_csv(result["statistics"], STATISTICS_COLUMNS, flags))
-    write_text(out_dir / "statistics.md", statistics_markdown(result["statistics"], targets, n_bootstrap, flags))
+    note = static_rankers_note(records, targets, source_sizes, parameter_counts)
+    write_text(out_dir / "statistics.md",
+               statistics_markdown(result["statistics"], targets, n_bootstrap, flags) + note)
     write_text(out_dir / "regret.csv", rows_to_csv(result["regret"], REGRET_COLUMNS, flags))
-    write_text(out_dir / "regret.md", regret_markdown(result["regret"], targets, flags))
+    write_text(out_dir / "regret.md", regret_markdown(result["regret"], targets, flags) + note)
     write_text(out_dir / "noise_ceiling.csv", rows_to_csv(result["noise_ceiling"], CEILING_COLUMNS))
     write_text(out_dir / "noise_ceiling.md", noise_ceiling_markdown(result["noise_ceiling"]))
     write_text(out_dir / "selection.csv", rows_to_csv(result["selection"], SELECTION_COLUMNS, flags))
-    write_text(out_dir / "selection.md", selection_markdown(result["selection"], targets, n_bootstrap, flags))
+    write_text(out_dir / "selection.md",
+               selection_markdown(result["selection"], targets, n_bootstrap, flags) + note)
     write_text(out_dir / "stability.csv", rows_to_csv(result["stability"], STABILITY_COLUMNS, flags))
     write_text(out_dir / "stability.md", stability_markdown(result["stability"], targets, flags))
     return result

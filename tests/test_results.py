@@ -742,3 +742,23 @@ def test_parameter_count_errors_name_the_file(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
     with pytest.raises(ValueError, match="tensor 'w' has no valid shape"):
         parameter_count(tmp_path)
+
+
+def test_static_rankers_note_says_when_two_rankers_cannot_differ():
+    from ccfv.results import static_rankers_note
+
+    def records(target, models):
+        return [{"target": target, "model": m} for m in models]
+
+    bank = ["unet-Task02_B", "unet-Task03_C", "unetr-Task02_B", "unet-random", "unetr-random"]
+    recs = records("Task01_A", bank) + records("Task04_D", ["unet-Task02_B", "unetr-Task03_C", "unet-random"])
+    same = static_rankers_note(recs, ["Task01_A", "Task04_D"], {"Task02_B": 12, "Task03_C": 12})
+    assert "Larger source dataset first**: by the source task's training cases (Task02 12, Task03 12)" in same
+    assert "on Task01, Task04 every source has the same number, so there it orders exactly as Pretrained first" \
+        in same
+    assert "most common architecture first (unet;" in same and "Larger model first" not in same
+    counts = {m: 1000 if m.startswith("unet-") else 5000 for m in [*bank, "unetr-Task03_C"]}
+    differ = static_rankers_note(recs, ["Task01_A", "Task04_D"], {"Task02_B": 30, "Task03_C": 12}, counts)
+    assert "exactly as" not in differ
+    assert "**Larger model first**: by the number of weights, heads excluded (unet 1,000, unetr 5,000;" in differ
+    assert static_rankers_note([], ["Task01_A"], {}) == ""

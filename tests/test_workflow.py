@@ -287,6 +287,9 @@ def test_whole_dag_on_tiny_config(tmp_path):
         text = (tables_dir / name).read_text()
         assert "| Task91 | Task94† |" in text, name
         assert f"† Task94_SynthSpleen: the fine-tuned Dice cannot rank the bank's models: {why}." in text, name
+    for name in ("statistics.md", "regret.md", "selection.md"):
+        # one source per bank: "Larger source dataset first" cannot differ from "Pretrained first", and says so
+        assert "exactly as Pretrained first" in (tables_dir / name).read_text(), name
     assert r"Task94\textsuperscript{\dag}" in (tables_dir / "table1.tex").read_text()
     console = Console(file=io.StringIO(), width=300, color_system=None)
     print_ground_truth(tmp_path / "results", console)
