@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .results import (  # noqa: E402
-    METRIC_LABELS, correlations, model_architecture, model_order, model_snapshot, model_source,
+    FLAG_MARK, METRIC_LABELS, correlations, model_architecture, model_order, model_snapshot, model_source,
 )
 
 #: The formats every figure is written in.
@@ -100,15 +100,31 @@ def model_styles(models: Sequence[str]) -> tuple[dict[str, dict], list]:
     return styles, handles
 
 
+def _flag_footnote(fig, flags: Mapping[str, str] | None, targets: Sequence[str]) -> None:
+    """Below the figure, one line per target whose ground truth cannot rank (ground_truth.md), as the
+    tables' footnotes say it; its column title or tick carries the same mark."""
+    flagged = [t for t in targets if flags and t in flags]
+    if flagged:
+        text = "\n".join(f"{FLAG_MARK} {t}: the fine-tuned Dice cannot rank the bank's models: {flags[t]}"
+                         for t in flagged)
+        fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=7, color="firebrick", wrap=True)
+
+
+def _target_title(target: str, flags: Mapping[str, str] | None, text: str | None = None) -> str:
+    return (text or target) + (FLAG_MARK if flags and target in flags else "")
+
+
 def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str], stem: str | Path,
-                   labels: Mapping[str, str] | None = None) -> list[Path]:
+                   labels: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None) -> list[Path]:
     """Fig. 2: one panel per (metric row, target column), standardised score on x, mean fine-tuned Dice on
     y, a least-squares line, and the panel's weighted Kendall's tau (as in Table 1,
     :func:`ccfv.results.correlations`) in its corner.
 
     Each point is a bank model drawn as :func:`model_styles` says (colour = source, marker = architecture,
     hollow = snapshot), explained by one legend above the panels: text labels beside twenty points
-    overlap into noise, and a source keeps its colour from panel to panel.
+    overlap into noise, and a source keeps its colour from panel to panel. The targets of ``flags``
+    ({target: why its ground truth cannot rank}, :func:`ccfv.ground_truth.flags`) are marked as in the
+    tables: a dagger in the column title and the reason below the figure.
     """
     labels = {**METRIC_LABELS, **(labels or {})}
     styles, handles = model_styles(sorted({r["model"] for r in records if r["target"] in targets}))
@@ -134,7 +150,8 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
                 ax.text(0.03, 0.96, "τw n/a" if math.isnan(tau) else f"τw {tau:+.2f}", transform=ax.transAxes,
                         ha="left", va="top", fontsize=6, color="0.2")
             if i == 0:
-                ax.set_title(target, fontsize=8)
+                ax.set_title(_target_title(target, flags), fontsize=8,
+                             color="firebrick" if flags and target in flags else "black")
             if j == 0:
                 ax.set_ylabel(f"{labels.get(metric, metric)}\nDice", fontsize=7)
             if i == len(metrics) - 1:
@@ -146,12 +163,15 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
     fig.tight_layout()
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 4),
                fontsize=7, frameon=False)
+    _flag_footnote(fig, flags, targets)
     return save(fig, stem)
 
 
-def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -> list[Path]:
+def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path,
+                 flags: Mapping[str, str] | None = None) -> list[Path]:
     """Source (bank model) x target heatmap of the mean fine-tuned Dice on a fixed 0-1 colour scale; blank
-    where a model is not in the target's bank (a task is never its own source)."""
+    where a model is not in the target's bank (a task is never its own source). The targets of ``flags``
+    are marked as in :func:`scores_vs_dice`."""
     models = sorted({r["model"] for r in records}, key=model_order)
     grid = np.full((len(models), len(targets)), np.nan)
     for r in records:
@@ -161,7 +181,10 @@ def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -
     # The colour scale is Dice's own range: scaled to the data, the worst model of a healthy bank (say 0.25)
     # would be drawn in the colour of a Dice of 0.
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(targets)), [_task_label(t) for t in targets], fontsize=8)
+    ax.set_xticks(range(len(targets)), [_target_title(t, flags, _task_label(t)) for t in targets], fontsize=8)
+    for tick, target in zip(ax.get_xticklabels(), targets):
+        if flags and target in flags:
+            tick.set_color("firebrick")
     ax.set_yticks(range(len(models)), models, fontsize=7)
     ax.set_xlabel("target")
     ax.set_ylabel("bank model (source)")
@@ -171,6 +194,7 @@ def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path) -
                     color="white" if value < 0.5 else "black")  # viridis is dark below the middle
     fig.colorbar(image, ax=ax, label="mean fine-tuned Dice")
     fig.tight_layout()
+    _flag_footnote(fig, flags, targets)
     return save(fig, stem)
 
 

@@ -163,6 +163,7 @@ rule statistics:
 rule figures:
     input:
         records=f"{R}/tables/records.json",
+        ground_truth=f"{R}/tables/ground_truth.csv",
     output:
         scores_vs_dice=report(
             f"{R}/figures/scores_vs_dice.png",

@@ -1,14 +1,17 @@
-"""Snakemake script: the paper's Fig. 2 (standardised score vs Dice) and the source x target Dice heatmap."""
+"""Snakemake script: the paper's Fig. 2 (standardised score vs Dice) and the source x target Dice heatmap, the
+targets whose ground truth cannot rank (ground_truth.csv) marked."""
 import json
 from pathlib import Path
 
 from ccfv.figures import dice_heatmap, scores_vs_dice
+from ccfv.ground_truth import flags, read_csv
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         p = snakemake.params
         records = json.loads(Path(snakemake.input.records).read_text())
+        flagged = flags(read_csv(snakemake.input.ground_truth))
         scores_vs_dice(records, list(p.metrics), list(p.targets), Path(snakemake.output.scores_vs_dice).with_suffix(""),
-                       labels=dict(p.labels))
-        dice_heatmap(records, list(p.targets), Path(snakemake.output.heatmap).with_suffix(""))
+                       labels=dict(p.labels), flags=flagged)
+        dice_heatmap(records, list(p.targets), Path(snakemake.output.heatmap).with_suffix(""), flags=flagged)

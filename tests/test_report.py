@@ -229,3 +229,25 @@ def test_scores_vs_dice_gives_each_panel_the_weighted_tau_of_table_1(tmp_path, m
     assert [len(ax.collections) for ax in fig.axes] == [len(models)] * 2
     assert not [c for ax in fig.axes for c in ax.get_children() if type(c).__name__ == "Annotation"]
     assert len(fig.legends) == 1
+
+
+def test_figures_mark_a_target_whose_ground_truth_cannot_rank(tmp_path, monkeypatch):
+    from ccfv import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
+    records = [{"target": t, "model": m, "dice": d, "scores": {"leep": d}}
+               for t in ("Task01_A", "Task02_B")
+               for m, d in (("unet-Task03_C", 0.8), ("unetr-Task03_C", 0.5), ("unet-random", 0.02))]
+    why = "2 of 3 models fine-tune to a mean Dice below 0.05"
+    scores_vs_dice(records, ["leep"], ["Task01_A", "Task02_B"], tmp_path / "a", flags={"Task02_B": why})
+    dice_heatmap(records, ["Task01_A", "Task02_B"], tmp_path / "b", flags={"Task02_B": why})
+    scatter, heatmap = drawn
+    assert [ax.get_title() for ax in scatter.axes] == ["Task01_A", "Task02_B†"]
+    assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["Task01\nA", "Task02\nB†"]
+    for fig in drawn:
+        footnote = f"† Task02_B: the fine-tuned Dice cannot rank the bank's models: {why}"
+        assert [t.get_text() for t in fig.texts] == [footnote]
+    drawn.clear()
+    scores_vs_dice(records, ["leep"], ["Task01_A", "Task02_B"], tmp_path / "c")
+    assert [ax.get_title() for ax in drawn[0].axes] == ["Task01_A", "Task02_B"] and not drawn[0].texts
