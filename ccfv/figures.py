@@ -84,7 +84,7 @@ def model_styles(models: Sequence[str]) -> tuple[dict[str, dict], list]:
     for model, (arch, source, snapshot) in parsed.items():
         size = MARKER_SIZE
         if snapshot is not None:
-            # the k-th of a source's K snapshots (k = 1 the earliest): from a third to two thirds of full size
+            # the k-th of a source's K snapshots (k = 1 the earliest): (k + 1) / (K + 2) of full size
             own = sorted({p[2] for p in parsed.values() if p[1] == source and p[0] == arch and p[2] is not None})
             size = MARKER_SIZE * (1 + own.index(snapshot) + 1) / (len(own) + 2)
         styles[model] = {"marker": markers[arch], "color": RANDOM_COLOUR if source is None else colours[source],
