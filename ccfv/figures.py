@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -57,11 +58,31 @@ ARCHITECTURE_MARKERS = {"unet": "o", "unetr": "^"}
 OTHER_MARKERS = ("s", "D", "v", "P", "X")
 #: How the legend names an architecture.
 ARCHITECTURE_NAMES = {"unet": "U-Net", "unetr": "UNETR"}
-#: Colour of the randomly initialised members (sources take tab10's colours in task order).
+#: Colour of the randomly initialised members (a source task takes tab10's colour of its task number, see
+#: :func:`source_colours`).
 RANDOM_COLOUR = "0.35"
 #: Marker area (points^2) of a fully pretrained or random model; a source's snapshots are drawn hollow and
 #: smaller, the earliest smallest.
 MARKER_SIZE = 30.0
+
+
+def source_colours(sources: Sequence[str]) -> dict[str, tuple]:
+    """{source task: colour}: tab10's colour number (task number mod 10) of ``TaskNN_Name``, so that a task
+    keeps its colour in every figure and every config (the demo's and the study's banks hold different
+    tasks); a task whose colour is taken, or without a number, gets the next free one; tab10's grey is
+    left to the random members (``RANDOM_COLOUR``)."""
+    palette = plt.get_cmap("tab10")
+    taken, out = {7}, {}  # tab10's 7 is grey, the random members' colour
+    for source in sorted(sources):
+        match = re.match(r"Task(\d+)", source)
+        index = int(match.group(1)) % 10 if match else 0
+        for step in range(10):
+            if (index + step) % 10 not in taken or len(taken) >= 10:
+                index = (index + step) % 10
+                break
+        taken.add(index)
+        out[source] = palette(index)
+    return out
 
 
 def model_styles(models: Sequence[str]) -> tuple[dict[str, dict], list]:
@@ -76,7 +97,7 @@ def model_styles(models: Sequence[str]) -> tuple[dict[str, dict], list]:
 
     parsed = {m: (model_architecture(m), model_source(m), model_snapshot(m)) for m in models}
     sources = sorted({s for _, s, _ in parsed.values() if s is not None})
-    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sources)}
+    colours = source_colours(sources)
     architectures = sorted({a for a, _, _ in parsed.values()}, key=lambda a: (a not in ARCHITECTURE_MARKERS, a))
     extra = iter(OTHER_MARKERS * (1 + len(architectures) // len(OTHER_MARKERS)))
     markers = {a: ARCHITECTURE_MARKERS.get(a) or next(extra) for a in architectures}
@@ -162,7 +183,9 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
         axes[0, j].set_ylim(low, high + 0.15 * (high - low))
     fig.tight_layout()
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 4),
-               fontsize=7, frameon=False)
+               fontsize=7, frameon=False, title_fontsize=7,
+               title="each point a bank model: colour = its source task, marker = its architecture; "
+                     "grey line: least-squares fit")
     _flag_footnote(fig, flags, targets)
     return save(fig, stem)
 
@@ -186,7 +209,7 @@ def dice_heatmap(records: list[Mapping], targets: list[str], stem: str | Path,
         if flags and target in flags:
             tick.set_color("firebrick")
     ax.set_yticks(range(len(models)), models, fontsize=7)
-    ax.set_xlabel("target")
+    ax.set_xlabel("target (blank: a task is never its own source)")
     ax.set_ylabel("bank model (source)")
     for (i, j), value in np.ndenumerate(grid):
         if math.isfinite(value):
@@ -242,7 +265,8 @@ def feature_tsne(features_files: Mapping[str, str | Path], target: str, stem: st
         perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
         embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                         max_iter=300).fit_transform(x)
-        ax.scatter(embedded[:, 0], embedded[:, 1], c=case, cmap="tab10", s=6)
+        # tab10 repeats colours beyond 10 cases; tab20 holds 20
+        ax.scatter(embedded[:, 0], embedded[:, 1], c=case, cmap="tab10" if case.max() < 10 else "tab20", s=6)
         title = model
         if dice and model in dice:
             title += f"\nDice {dice[model]:.3f}"

@@ -251,3 +251,17 @@ def test_figures_mark_a_target_whose_ground_truth_cannot_rank(tmp_path, monkeypa
     drawn.clear()
     scores_vs_dice(records, ["leep"], ["Task01_A", "Task02_B"], tmp_path / "c")
     assert [ax.get_title() for ax in drawn[0].axes] == ["Task01_A", "Task02_B"] and not drawn[0].texts
+
+
+def test_a_source_task_keeps_its_colour_in_every_bank():
+    from ccfv.figures import source_colours
+
+    demo = source_colours(["Task91_SynthLiver", "Task93_SynthPancreas", "Task94_SynthSpleen"])
+    study = source_colours(["Task91_SynthLiver", "Task92_SynthLung", "Task93_SynthPancreas", "Task94_SynthSpleen"])
+    assert all(demo[t] == study[t] for t in demo)
+    # tasks whose numbers share a last digit still get distinct colours
+    clash = source_colours(["Task01_A", "Task11_B", "Task21_C", "Other"])
+    assert len(set(clash.values())) == 4
+    # the MSD Pancreas (Task07) is not drawn in the random members' grey
+    import matplotlib.pyplot as plt
+    assert source_colours(["Task07_Pancreas"])["Task07_Pancreas"] != plt.get_cmap("tab10")(7)
