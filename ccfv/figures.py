@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .results import (  # noqa: E402
-    FLAG_MARK, METRIC_LABELS, correlations, model_architecture, model_order, model_snapshot, model_source,
+    FLAG_MARK, METRIC_LABELS, correlations, flag_reason, model_architecture, model_order, model_snapshot,
+    model_source,
 )
 
 #: The formats every figure is written in.
@@ -75,11 +76,9 @@ def source_colours(sources: Sequence[str]) -> dict[str, tuple]:
     taken, out = {7}, {}  # tab10's 7 is grey, the random members' colour
     for source in sorted(sources):
         match = re.match(r"Task(\d+)", source)
-        index = int(match.group(1)) % 10 if match else 0
-        for step in range(10):
-            if (index + step) % 10 not in taken or len(taken) >= 10:
-                index = (index + step) % 10
-                break
+        wanted = int(match.group(1)) % 10 if match else 0
+        # the first free colour from the wanted one on; with all ten taken, the wanted one again
+        index = next(((wanted + step) % 10 for step in range(10) if (wanted + step) % 10 not in taken), wanted)
         taken.add(index)
         out[source] = palette(index)
     return out
@@ -126,8 +125,7 @@ def _flag_footnote(fig, flags: Mapping[str, str] | None, targets: Sequence[str])
     tables' footnotes say it; its column title or tick carries the same mark."""
     flagged = [t for t in targets if flags and t in flags]
     if flagged:
-        text = "\n".join(f"{FLAG_MARK} {t}: the fine-tuned Dice cannot rank the bank's models: {flags[t]}"
-                         for t in flagged)
+        text = "\n".join(f"{FLAG_MARK} {flag_reason(t, flags[t])}" for t in flagged)
         fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=7, color="firebrick", wrap=True)
 
 

@@ -58,14 +58,20 @@ def _flagged_header(target: str, flags: Mapping[str, str] | None) -> str:
     return _short(target) + (FLAG_MARK if flags and target in flags else "")
 
 
+def flag_reason(target: str, why: str) -> str:
+    """The sentence every table and figure gives for a flagged target: ``<target>: the fine-tuned Dice cannot
+    rank the bank's models: <why>``."""
+    return f"{target}: the fine-tuned Dice cannot rank the bank's models: {why}"
+
+
 def flag_footnote(flags: Mapping[str, str] | None, targets: list[str], avg: bool = True) -> str:
     """Markdown lines below a table: one per flagged target of ``targets``, saying why (empty if none), and
     that the table's Avg column includes them (``avg``)."""
     flagged = [t for t in targets if flags and t in flags]
     if not flagged:
         return ""
-    lines = [f"{FLAG_MARK} {t}: the fine-tuned Dice cannot rank the bank's models: {flags[t]}. Its values are "
-             "shown but do not measure the metrics (ground_truth.md)." for t in flagged]
+    lines = [f"{FLAG_MARK} {flag_reason(t, flags[t])}. Its values are shown but do not measure the metrics "
+             "(ground_truth.md)." for t in flagged]
     if avg and len(targets) > 1:
         lines.append(f"{FLAG_MARK} Avg includes the flagged target(s).")
     return "\n" + "\n\n".join(lines) + "\n"
@@ -346,8 +352,7 @@ def to_latex(rows: list[dict], targets: list[str], caption: str = "", flags: Map
     lines += [r"\bottomrule", r"\end{tabular}"]
     for t in (t for t in targets if flags and t in flags):
         lines.append(r"\par\smallskip{\footnotesize\textsuperscript{\dag}" + _latex_escape(
-            f" {t}: the fine-tuned Dice cannot rank the bank's models: {flags[t]}. Its values are shown but do "
-            "not measure the metrics.") + "}")
+            f" {flag_reason(t, flags[t])}. Its values are shown but do not measure the metrics.") + "}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -810,9 +815,11 @@ def static_rankers_note(records: list[Mapping], targets: list[str], source_sizes
     if not banks:
         return ""
     references = {t: reference_architecture(m) for t, m in banks.items()}
-    reference = ", ".join(f"{a} on {', '.join(_short(t) for t in references if references[t] == a)}"
-                          for a in dict.fromkeys(references.values())) if len(set(references.values())) > 1 \
-        else next(iter(references.values()))
+    if len(set(references.values())) == 1:
+        reference = next(iter(references.values()))
+    else:  # which architecture goes first on which targets
+        reference = ", ".join(f"{a} on {', '.join(_short(t) for t, r in references.items() if r == a)}"
+                              for a in dict.fromkeys(references.values()))
     parts = [f"**{BASELINE_LABELS['pretrained_first']}**: every pretrained model (snapshots included) above the "
              "randomly initialised ones",
              f"**{BASELINE_LABELS['same_architecture_first']}**: the bank's most common architecture first "
