@@ -122,7 +122,7 @@ def architectures(config: dict) -> list[str]:
 
 def architecture_entry(config: dict, arch: str, patch: list[int] | None = None) -> dict:
     """The architecture entry the workflow builds ``arch`` from (at ``patch``, default the config's)."""
-    from ccfv import networks
+    from ccfv.bank import networks
 
     network = dict(config["network"], patch_size=list(patch or config["network"]["patch_size"]))
     if arch == networks.UNET:
@@ -181,17 +181,19 @@ def child_sample(config: dict, arch: str, args) -> dict:
     import numpy as np
     import torch
 
-    from ccfv import networks
-    from ccfv.features_file import BACKGROUND_KEY, class_key
-    from ccfv.sampling import (assign_windows, case_rng, choose_voxels, layer_sample_count, pad_to_patch,
-                               sample_case, window_starts)
+    from ccfv.bank import networks
+    from ccfv.features.file import BACKGROUND_KEY, class_key
+    from ccfv.features.settings import layer_ratios_for
+    from ccfv.features.windows import assign_windows, pad_to_patch, window_starts
+    from ccfv.features.sampler import case_rng, sample_case
+    from ccfv.features.voxels import choose_voxels, layer_sample_count
 
     device = torch.device(args.device)
     torch.manual_seed(SEED)
     net = networks.build(arch, architecture_entry(config, arch), 1, SOURCE_CLASSES).to(device).eval()
     layers = networks.decoder_layers(net)
     s = config["sampling"]
-    ratios = networks.layer_ratios_for(s["layer_ratios"], arch, len(layers))
+    ratios = layer_ratios_for(s["layer_ratios"], arch, len(layers))
     patch = [int(p) for p in config["network"]["patch_size"]]
     step, batch = float(s["step_size"]), int(s["batch_size"])
     image, seg = case_volume(tuple(args.shape))
@@ -287,9 +289,11 @@ def synthetic_features(config: dict, arch: str, n_cases: int, shape):
     """(layers for ccfv_score, head features, labels, probs) shaped as sampling ``n_cases`` cases gives."""
     import numpy as np
 
-    from ccfv import networks
-    from ccfv.features_file import BACKGROUND_KEY, GLOBAL_KEY, class_key
-    from ccfv.sampling import case_rng, choose_voxels, labels_at, layer_sample_count
+    from ccfv.bank import networks
+    from ccfv.features.file import BACKGROUND_KEY, GLOBAL_KEY, class_key
+    from ccfv.features.settings import layer_ratios_for
+    from ccfv.features.sampler import case_rng
+    from ccfv.features.voxels import choose_voxels, labels_at, layer_sample_count
 
     _, seg = case_volume(shape)
     coords = choose_voxels(seg, CLASS_IDS, rng=case_rng(int(config["sampling"]["seed"]), "bench_msd_case"),
@@ -298,7 +302,7 @@ def synthetic_features(config: dict, arch: str, n_cases: int, shape):
     del seg
     stages = networks.decoder_stages(arch, architecture_entry(config, arch))
     channels = [c for _, c, _ in stages]
-    ratios = networks.layer_ratios_for(config["sampling"]["layer_ratios"], arch, len(stages))
+    ratios = layer_ratios_for(config["sampling"]["layer_ratios"], arch, len(stages))
     rng = np.random.default_rng(SEED)
     class_keys = [class_key(c) for c in CLASS_IDS if class_key(c) in coords]
     layers = []
@@ -338,8 +342,8 @@ def synthetic_features(config: dict, arch: str, n_cases: int, shape):
 def child_score(config: dict, arch: str, args) -> dict:
     import numpy as np
 
-    from ccfv import metrics
-    from ccfv.scoring import METHODS, check_metric
+    from ccfv.scores.metrics import ccfv as metrics  # the module whose ccfv_score calls class_consistency
+    from ccfv.scores.scoring import METHODS, check_metric
 
     if args.threads:
         from threadpoolctl import threadpool_limits
@@ -423,7 +427,7 @@ def bank_members(config: dict, target: str) -> dict[str, int]:
 
 
 def train_cases(config: dict, target: str, override: int | None) -> int:
-    from ccfv.splits import make_split
+    from ccfv.preprocess.splits import make_split
 
     n = override if override is not None else MSD_TRAINING_CASES.get(target)
     if n is None:

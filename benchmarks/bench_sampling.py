@@ -122,9 +122,11 @@ def decoder_layers(net) -> list[str]:
 
 
 def run_sampling(net, image, seg, config):
-    from ccfv.features_file import BACKGROUND_KEY, class_key
-    from ccfv.networks import UNET, layer_ratios_for
-    from ccfv.sampling import case_rng, choose_voxels, labels_at, sample_case
+    from ccfv.features.file import BACKGROUND_KEY, class_key
+    from ccfv.bank.networks import UNET
+    from ccfv.features.settings import layer_ratios_for
+    from ccfv.features.sampler import case_rng, sample_case
+    from ccfv.features.voxels import choose_voxels, labels_at
 
     s = config["sampling"]
     budgets = {k: int(s[k]) for k in ("total", "minimum", "n_global", "n_background")}
@@ -168,7 +170,7 @@ def import_for(task: str, imports: str) -> None:
         import acvl_utils.cropping_and_padding.padding  # noqa: F401  (the sampler's lazy imports)
         import nnunetv2.inference.sliding_window_prediction  # noqa: F401
 
-        import ccfv.sampling  # noqa: F401
+        import ccfv.features.sampler  # noqa: F401
     if task == "infer" or imports == "both":
         import monai.inferers  # noqa: F401
 
@@ -217,7 +219,7 @@ def check_same_windows(config, shape: tuple[int, int, int]) -> int:
     """nnU-Net's window starts (the sampler's) equal MONAI's scan starts on this volume."""
     from monai.inferers.utils import _get_scan_interval, dense_patch_slices
 
-    from ccfv.sampling import window_starts
+    from ccfv.features.windows import window_starts
 
     patch = tuple(config["network"]["patch_size"])
     step = float(config["sampling"]["step_size"])

@@ -46,7 +46,8 @@ import time
 import numpy as np
 import scipy.linalg
 
-from ccfv.metrics import class_consistency, gaussian_w2_matrix
+from ccfv.scores.metrics.ccfv import class_consistency
+from ccfv.scores.metrics.gaussian import gaussian_w2_matrix
 
 RTOL = 1e-8
 

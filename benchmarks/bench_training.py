@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ccfv import networks  # noqa: E402
+from ccfv.bank import networks  # noqa: E402
 
 #: Only used when no GPU was measured, and printed as an assumption: a data-centre GPU against this CPU.
 ASSUMED_GPU_SPEEDUP = 50.0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ccfv.evaluation import read_mean_dice
+from ccfv.finetune.evaluation import read_mean_dice
 
 
 def spreads(results: Path) -> dict[str, dict[str, float]]:

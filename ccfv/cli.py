@@ -42,7 +42,7 @@ def _msd_validate(args) -> int:
 
 
 def _score(args) -> int:
-    from .scoring import DEFAULT_METRICS, METHODS, compute_scores, features_as_given
+    from .scores.scoring import DEFAULT_METRICS, METHODS, compute_scores, features_as_given
 
     known = {**{m: {"method": m} for m in METHODS}, **DEFAULT_METRICS}
     names = args.metric or list(DEFAULT_METRICS)
@@ -58,7 +58,7 @@ def _score(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import print_ground_truth, print_report
+    from .results.console import print_ground_truth, print_report
 
     if args.ground_truth:
         print_ground_truth(args.results)
@@ -68,7 +68,8 @@ def _report(args) -> int:
 
 
 def _rank(args) -> int:
-    from .rank import print_ranking, rank_models
+    from .rank.outputs import print_ranking
+    from .rank.run import rank_models
 
     ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,

@@ -1,12 +1,13 @@
 """Glue for the Snakefile and its scripts: logs that catch everything a job prints, including its
-subprocesses, and config errors that name the file holding the bad value."""
+subprocesses; config errors that name the file holding the bad value; and the config checks a JSON Schema
+cannot express (rules/common.smk runs them before any job)."""
 from __future__ import annotations
 
 import os
 import re
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -108,3 +109,92 @@ def config_error_message(error, layers: Sequence[tuple[str, Mapping]]) -> str:
             key = [*key, unknown[0]]
     where = ".".join(str(part) for part in key) or "(top level)"
     return f"config ({config_origin(key, layers)}): {where}: {error.message}"
+
+
+#: Where a config error is: ``source(*key)`` names the file (or ``--config``) that sets the value at ``key``.
+ConfigSource = Callable[..., str]
+
+
+def _where(source: ConfigSource | None, *key) -> str:
+    return source(*key) if source is not None else "config"
+
+
+def check_config_before_schema(config: Mapping, source: ConfigSource | None = None) -> None:
+    """What the JSON Schema refuses too but cannot explain: ``head_init`` in ``pretrain`` (or one of its
+    ``per_task`` entries), where its message (``should not be valid under {'required': ['head_init']}``)
+    does not say why. Raises ValueError naming the file, the key and the reason."""
+    pretrain = config.get("pretrain") or {}
+    sections = {("pretrain",): pretrain,
+                **{("pretrain", "per_task", t): e for t, e in (pretrain.get("per_task") or {}).items()}}
+    for where, section in sections.items():
+        if isinstance(section, Mapping) and "head_init" in section:
+            raise ValueError(
+                f"config ({_where(source, *where, 'head_init')}): {'.'.join(where)}.head_init: "
+                "head_init is for fine-tuning only (finetune.head_init: how the target's fresh segmentation heads "
+                "start); a pretraining starts from nnU-Net's initialisation"
+            )
+
+
+def check_config(config: Mapping, source: ConfigSource | None = None) -> None:
+    """The workflow's checks that a JSON Schema cannot express, run on a schema-valid config before any job:
+    snapshots inside every task's pretraining, a bank of at least 3 models per target, one layer ratio per
+    hooked decoder stage, UNETR's patch size, tables that name defined metrics, and every metric's method
+    and options. Raises ValueError: ``config (<file>): <dotted key>: <problem>`` (``source``: see
+    :data:`ConfigSource`; without it the file is named "config")."""
+    from .bank.networks import UNETR, UNETR_STAGES, VIT_PATCH
+    from .scores.scoring import check_metric
+
+    tasks, architectures = list(config["tasks"]), list(config["architectures"])
+    pretrain = config["pretrain"]
+    snapshots = sorted(pretrain.get("snapshots", []))
+    for task in tasks:
+        iterations = pretrain.get("per_task", {}).get(task, {}).get("iterations", pretrain["iterations"])
+        late = [i for i in snapshots if i >= iterations]
+        if late:
+            raise ValueError(
+                f"config ({_where(source, 'pretrain', 'snapshots')}): pretrain.snapshots {late} are not before the "
+                f"end of {task}'s pretraining ({iterations} iterations); a snapshot must be taken at an iteration "
+                f"between 1 and {iterations - 1}"
+            )
+    # A rank correlation over fewer than three models says nothing.
+    # Per architecture: the other tasks (each with its snapshots) and a random member.
+    bank_size = len(architectures) * ((len(tasks) - 1) * (1 + len(snapshots)) + 1)
+    if bank_size < 3:
+        raise ValueError(
+            f"config ({_where(source, 'tasks')}): each target's bank would hold {bank_size} models "
+            f"({len(tasks) - 1} other task(s) + a random member, for each of {architectures}); correlations need "
+            f"at least 3: add a task or an architecture"
+        )
+    # Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.
+    decoder_stages = {"unet": len(config["network"]["features_per_stage"]) - 1, UNETR: len(UNETR_STAGES)}
+    ratios = config["sampling"]["layer_ratios"]
+    for arch in architectures:
+        given = ratios.get(arch) if isinstance(ratios, Mapping) else ratios
+        if given is None or len(given) != decoder_stages[arch]:
+            raise ValueError(
+                f"config ({_where(source, 'sampling', 'layer_ratios')}): sampling.layer_ratios gives "
+                f"{'no' if given is None else len(given)} entries for {arch}, whose network has "
+                f"{decoder_stages[arch]} hooked decoder stages (U-Net: features_per_stage minus one; UNETR: 4); "
+                f"give one ratio per stage, as a mapping architecture -> list (docs/models.md)"
+            )
+    if UNETR in architectures:
+        bad = [p for p in config["network"]["patch_size"] if p % VIT_PATCH]
+        if bad:
+            raise ValueError(
+                f"config ({_where(source, 'network', 'patch_size')}): network.patch_size "
+                f"{config['network']['patch_size']} is UNETR's img_size and must be a multiple of {VIT_PATCH} (its "
+                f"ViT patch) on every axis; {bad} is not. Change the patch size or drop unetr from architectures"
+            )
+    metrics = config["scoring"]["metrics"]
+    for table, names in config["scoring"]["tables"].items():
+        unknown = [m for m in names if m not in metrics]
+        if unknown:
+            raise ValueError(f"config ({_where(source, 'scoring', 'tables', table)}): scoring.tables.{table} names "
+                             f"{unknown}, which scoring.metrics does not define")
+    # A misspelt metric option must fail now, not after hours of pretraining (jobs check again in any case).
+    for name, definition in metrics.items():
+        try:
+            check_metric(name, definition)
+        except ValueError as err:
+            raise ValueError(f"config ({_where(source, 'scoring', 'metrics', name)}): scoring.metrics: {err}") \
+                from None

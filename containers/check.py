@@ -777,7 +777,7 @@ def make_features(path: Path) -> Path:
 
     import numpy as np
 
-    from ccfv.features_file import write_features
+    from ccfv.features.file import write_features
 
     spec = importlib.util.spec_from_file_location("ccfv_test_scoring", ROOT / "tests" / "test_scoring.py")
     helpers = importlib.util.module_from_spec(spec)

@@ -4,48 +4,37 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-try:
-    # Errors that name the config file holding the bad value need the ccfv package in the Python that runs
-    # Snakemake (true for make demo); without it they name the key only.
-    from ccfv.workflow import config_error_message, config_layers, config_origin
-except ImportError:
-    config_layers = None
+# The config checks and the model-id format live in the ccfv package (tests reach them there), which the
+# Python running Snakemake must import (true for make demo, the cluster's .venv and the container).
+from ccfv.bank.model_ids import (TASK_PATTERN, model_architecture, model_id_pattern, pretrained_model_id, random_model_id,
+                                 snapshot_model_id)
+from ccfv.workflow import check_config, check_config_before_schema, config_error_message, config_layers, config_origin
 
 # Where each config value came from, lowest precedence first (config/config.yaml, --configfile, --config).
-CONFIG_LAYERS = (config_layers(workflow.configfiles, workflow.config_settings.configfiles,
-                               workflow.config_settings.config) if config_layers else [])
+CONFIG_LAYERS = config_layers(workflow.configfiles, workflow.config_settings.configfiles,
+                              workflow.config_settings.config)
 
 
 def config_source(*key):
     """The file (or "--config") that sets the config value at ``key``, for error messages."""
-    return config_origin(key, CONFIG_LAYERS) if config_layers else "config"
+    return config_origin(key, CONFIG_LAYERS)
 
 
-# The schema refuses these too, but its message ("should not be valid under {'required': ['head_init']}")
-# does not say why.
-_pretrain = config.get("pretrain") or {}
-_sections = {("pretrain",): _pretrain,
-             **{("pretrain", "per_task", t): e for t, e in (_pretrain.get("per_task") or {}).items()}}
-for _where, _section in _sections.items():
-    if isinstance(_section, dict) and "head_init" in _section:
-        raise ValueError(
-            f"config ({config_source(*_where, 'head_init')}): {'.'.join(_where)}.head_init: "
-            "head_init is for fine-tuning only (finetune.head_init: how the target's fresh segmentation heads "
-            "start); a pretraining starts from nnU-Net's initialisation"
-        )
+check_config_before_schema(config, config_source)
 try:
     validate(config, schema="../config/schemas/config.schema.yaml")
 except WorkflowError as err:
     # Snakemake raises it while handling jsonschema's ValidationError, which holds the key path.
     _invalid = err.__context__
-    if not hasattr(_invalid, "absolute_path") or not config_layers:
+    if not hasattr(_invalid, "absolute_path"):
         raise
     raise ValueError(config_error_message(_invalid, CONFIG_LAYERS)) from None
+check_config(config, config_source)
 
 R = config["results"]
 TASKS = list(config["tasks"])
 # The bank's architectures (docs/models.md); a bank model is named <architecture>-<source task> or
-# <architecture>-random.
+# <architecture>-random (ccfv.bank.model_ids).
 ARCHITECTURES = list(config["architectures"])
 UNETR = config.get("unetr", {})
 CONTAINER = "containers/ccfv.sif"
@@ -57,65 +46,7 @@ FT_SEEDS = list(config["finetune"]["seeds"])
 # Pretraining iterations after which each pretrained network is also kept as a bank member
 # (<architecture>-<source task>@<iteration>; docs/models.md). Sorted: the order of the pretrain rule's outputs.
 SNAPSHOTS = sorted(config["pretrain"].get("snapshots", []))
-for _task in TASKS:
-    _iterations = config["pretrain"].get("per_task", {}).get(_task, {}).get("iterations", config["pretrain"]["iterations"])
-    _late = [i for i in SNAPSHOTS if i >= _iterations]
-    if _late:
-        raise ValueError(
-            f"config ({config_source('pretrain', 'snapshots')}): pretrain.snapshots {_late} are not before the end "
-            f"of {_task}'s pretraining ({_iterations} iterations); a snapshot must be taken at an iteration "
-            f"between 1 and {_iterations - 1}"
-        )
-# A rank correlation over fewer than three models says nothing.
-# Per architecture: the other tasks (each with its snapshots) and a random member.
-_bank_size = len(ARCHITECTURES) * ((len(TASKS) - 1) * (1 + len(SNAPSHOTS)) + 1)
-if _bank_size < 3:
-    raise ValueError(
-        f"config ({config_source('tasks')}): each target's bank would hold {_bank_size} models "
-        f"({len(TASKS) - 1} other task(s) + a random member, for each of {ARCHITECTURES}); correlations need "
-        f"at least 3: add a task or an architecture"
-    )
-
-# Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.
-DECODER_STAGES = {"unet": len(config["network"]["features_per_stage"]) - 1, "unetr": 4}
-_ratios = config["sampling"]["layer_ratios"]
-for _arch in ARCHITECTURES:
-    _given = _ratios.get(_arch) if isinstance(_ratios, dict) else _ratios
-    if _given is None or len(_given) != DECODER_STAGES[_arch]:
-        raise ValueError(
-            f"config ({config_source('sampling', 'layer_ratios')}): sampling.layer_ratios gives "
-            f"{'no' if _given is None else len(_given)} entries for {_arch}, whose network has "
-            f"{DECODER_STAGES[_arch]} hooked decoder stages (U-Net: features_per_stage minus one; UNETR: 4); "
-            f"give one ratio per stage, as a mapping architecture -> list (docs/models.md)"
-        )
-if "unetr" in ARCHITECTURES:
-    _bad = [p for p in config["network"]["patch_size"] if p % 16]
-    if _bad:
-        raise ValueError(
-            f"config ({config_source('network', 'patch_size')}): network.patch_size "
-            f"{config['network']['patch_size']} is UNETR's img_size and must be a multiple of 16 (its ViT patch) "
-            f"on every axis; {_bad} is not. Change the patch size or drop unetr from architectures"
-        )
-
 METRICS = config["scoring"]["metrics"]
-for table, names in config["scoring"]["tables"].items():
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise ValueError(f"config ({config_source('scoring', 'tables', table)}): scoring.tables.{table} names "
-                         f"{unknown}, which scoring.metrics does not define")
-try:
-    # A misspelt metric option must fail now, not after hours of pretraining. The check needs the ccfv
-    # package in the Python that runs Snakemake (true for make demo); jobs check again in any case.
-    from ccfv.scoring import check_metric
-except ImportError:
-    check_metric = None
-if check_metric is not None:
-    for name, definition in METRICS.items():
-        try:
-            check_metric(name, definition)
-        except ValueError as err:
-            raise ValueError(f"config ({config_source('scoring', 'metrics', name)}): scoring.metrics: {err}") \
-                from None
 
 
 def metric_definitions():
@@ -128,23 +59,11 @@ def metric_labels():
 
 
 wildcard_constraints:
-    task="Task[0-9]+_[A-Za-z0-9]+",
-    target="Task[0-9]+_[A-Za-z0-9]+",
-    model=f"({'|'.join(ARCHITECTURES)})-(random|Task[0-9]+_[A-Za-z0-9]+(@[0-9]+)?)",
+    task=TASK_PATTERN,
+    target=TASK_PATTERN,
+    model=model_id_pattern(ARCHITECTURES),
     arch="|".join(ARCHITECTURES),
     seed="[0-9]+",
-
-
-def pretrained_model(arch, task):
-    return f"{arch}-{task}"
-
-
-def snapshot_model(arch, task, iteration):
-    return f"{pretrained_model(arch, task)}@{iteration}"
-
-
-def random_model(arch):
-    return f"{arch}-random"
 
 
 def bank(target):
@@ -155,14 +74,14 @@ def bank(target):
         for a in ARCHITECTURES
         for t in TASKS
         if t != target
-        for m in [pretrained_model(a, t), *(snapshot_model(a, t, i) for i in SNAPSHOTS)]
-    ] + [random_model(a) for a in ARCHITECTURES]
+        for m in [pretrained_model_id(a, t), *(snapshot_model_id(pretrained_model_id(a, t), i) for i in SNAPSHOTS)]
+    ] + [random_model_id(a) for a in ARCHITECTURES]
 
 
 def sampling_for(model):
     """The sampling settings of one bank model, with layer_ratios resolved for its architecture (so that
     the ratios of one architecture never rerun the other's sampling)."""
-    arch = model.split("-", 1)[0]
+    arch = model_architecture(model)
     ratios = config["sampling"]["layer_ratios"]
     return canonical({**config["sampling"], "layer_ratios": ratios[arch] if isinstance(ratios, dict) else ratios})
 

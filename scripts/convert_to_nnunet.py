@@ -1,7 +1,7 @@
 """Snakemake script: MSD task -> nnU-Net v2 raw dataset."""
 from pathlib import Path
 
-from ccfv.preprocessing import convert_msd_task
+from ccfv.preprocess.nnunet import convert_msd_task
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from

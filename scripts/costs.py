@@ -1,7 +1,7 @@
 """Snakemake script: runtime and peak memory per stage, and estimation vs fine-tuning cost per pair."""
 from pathlib import Path
 
-from ccfv.report import build_costs
+from ccfv.results.costs import build_costs
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

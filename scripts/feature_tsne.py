@@ -1,7 +1,7 @@
 """Snakemake script: the paper's Fig. 3, a t-SNE of one class's features of every model of one bank."""
 from pathlib import Path
 
-from ccfv.figures import feature_tsne
+from ccfv.results.figures import feature_tsne
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ targets whose ground truth cannot rank (ground_truth.csv) marked."""
 import json
 from pathlib import Path
 
-from ccfv.figures import dice_heatmap, scores_vs_dice
-from ccfv.ground_truth import flags, read_csv
+from ccfv.results.figures import dice_heatmap, scores_vs_dice
+from ccfv.results.ground_truth import flags, read_csv
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

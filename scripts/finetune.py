@@ -1,6 +1,7 @@
 """Snakemake script: fine-tune a bank model on a target and measure Dice on the held-out split."""
-from ccfv.nnunet_paths import dataset_folder
-from ccfv.training import TrainingBudget, finetune
+from ccfv.preprocess.paths import dataset_folder
+from ccfv.bank.training import TrainingBudget
+from ccfv.finetune.nnunet import finetune
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from

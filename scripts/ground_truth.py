@@ -2,7 +2,7 @@
 and its thresholds in docs/report.md)"""
 from pathlib import Path
 
-from ccfv.ground_truth import HealthRule, build_ground_truth, verdict
+from ccfv.results.ground_truth import HealthRule, build_ground_truth, verdict
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Snakemake script: the seeded train/test split of a task, made once and recorded."""
-from ccfv.nnunet_paths import dataset_folder
-from ccfv.splits import split_preprocessed_task
+from ccfv.preprocess.paths import dataset_folder
+from ccfv.preprocess.splits import split_preprocessed_task
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from

@@ -1,8 +1,8 @@
 """Snakemake script: nnU-Net fingerprint, planning with the shared architecture, preprocessing."""
 from pathlib import Path
 
-from ccfv.nnunet_paths import dataset_folder
-from ccfv.preprocessing import plan_and_preprocess
+from ccfv.preprocess.paths import dataset_folder
+from ccfv.preprocess.nnunet import plan_and_preprocess
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from

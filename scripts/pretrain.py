@@ -1,6 +1,6 @@
 """Snakemake script: pretrain a bank network (U-Net or UNETR) on a source task through nnU-Net's trainer."""
-from ccfv.nnunet_paths import dataset_folder
-from ccfv.training import TrainingBudget, pretrain
+from ccfv.preprocess.paths import dataset_folder
+from ccfv.bank.training import TrainingBudget, pretrain
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from

@@ -1,7 +1,7 @@
 """Snakemake script: results/provenance.json (ccfv.provenance; fields in docs/report.md)."""
 from pathlib import Path
 
-from ccfv.provenance import write_provenance
+from ccfv.results.provenance import write_provenance
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

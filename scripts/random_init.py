@@ -1,7 +1,7 @@
 """Snakemake script: the randomly initialised member of every bank."""
 from pathlib import Path
 
-from ccfv.training import random_model
+from ccfv.bank.training import random_model
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from

@@ -1,6 +1,7 @@
 """Snakemake script: sample decoder features of one bank model over a target's training split."""
-from ccfv.features import sample_target
-from ccfv.nnunet_paths import dataset_folder
+from ccfv.features.settings import SamplingSettings
+from ccfv.features.target import sample_target
+from ccfv.preprocess.paths import dataset_folder
 from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
@@ -9,4 +10,4 @@ if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         sample_target(snakemake.input.model, dataset_folder(snakemake.input.preprocessed, snakemake.wildcards.target),
                       snakemake.input.split, snakemake.output.features, target=snakemake.wildcards.target,
-                      sampling=dict(snakemake.params.sampling), threads=snakemake.threads)
+                      sampling=SamplingSettings.from_mapping(snakemake.params.sampling), threads=snakemake.threads)

@@ -1,5 +1,5 @@
 """Snakemake script: every configured transferability score of one (model, target) pair."""
-from ccfv.scoring import score_pair
+from ccfv.scores.scoring import score_pair
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

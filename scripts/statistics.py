@@ -4,8 +4,9 @@ leave-one-out stability (ccfv.results.build_statistics; definitions in docs/repo
 ground truth cannot rank (ground_truth.csv) marked."""
 from pathlib import Path
 
-from ccfv.ground_truth import flags, read_csv
-from ccfv.results import build_statistics, parameter_counts_of, source_sizes_from_splits
+from ccfv.results.ground_truth import flags, read_csv
+from ccfv.results.statistics import build_statistics
+from ccfv.results.static_rankers import parameter_counts_of, source_sizes_from_splits
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

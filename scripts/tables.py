@@ -3,8 +3,8 @@ Markdown and LaTeX, ours beside the paper's values, and the records behind them;
 truth cannot rank (ground_truth.csv) marked."""
 from pathlib import Path
 
-from ccfv.ground_truth import flags, read_csv
-from ccfv.results import build_tables
+from ccfv.results.ground_truth import flags, read_csv
+from ccfv.results.tables import build_tables
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

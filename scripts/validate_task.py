@@ -1,7 +1,7 @@
 """Snakemake script: validate one task in MSD layout and record the checksums of its files."""
 from pathlib import Path
 
-from ccfv.checksums import validate_and_record
+from ccfv.data.checksums import validate_and_record
 from ccfv.workflow import log_to
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class TinyDataset:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> TinyDataset:
     from ccfv.data.synthetic import write_task
-    from ccfv.preprocessing import convert_msd_task, plan_and_preprocess
+    from ccfv.preprocess.nnunet import convert_msd_task, plan_and_preprocess
 
     root = tmp_path_factory.mktemp("tiny_nnunet")
     task_dir = write_task(TASK, root / "msd", n_cases=5, seed=0, shape=(32, 32, 16))

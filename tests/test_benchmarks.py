@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccfv.evaluation import write_dice
+from ccfv.finetune.evaluation import write_dice
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ccfv.checksums import case_id, digest_of, preprocessed_cases, sha256_file, training_files, validate_and_record
+from ccfv.data.checksums import case_id, digest_of, sha256_file, training_files, validate_and_record
+from ccfv.preprocess.nnunet import preprocessed_cases
 from ccfv.data.synthetic import write_task
 
 
@@ -59,7 +60,7 @@ def test_validate_and_record_writes_nothing_for_a_broken_task(task, tmp_path):
 
 
 def test_preprocessed_cases_are_stable_and_per_case(tiny_dataset):
-    from ccfv.preprocessing import case_identifiers
+    from ccfv.preprocess.nnunet import case_identifiers
 
     first = preprocessed_cases(tiny_dataset.preprocessed)
     assert sorted(first["cases"]) == case_identifiers(tiny_dataset.preprocessed)

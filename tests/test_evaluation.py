@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from ccfv.evaluation import dice, dice_per_class, read_mean_dice, summarise, write_dice
+from ccfv.finetune.evaluation import dice, dice_per_class, read_mean_dice, summarise, write_dice
 
 
 def slow_dice(prediction, reference, label):

@@ -9,16 +9,8 @@ import numpy as np
 import pytest
 
 import ccfv
-from ccfv.features_file import (
-    FILE_MARKER,
-    OPTIONAL_ATTRS,
-    REQUIRED_ATTRS,
-    CaseRecord,
-    ccfv_layers,
-    head_samples,
-    read_features,
-    write_features,
-)
+from ccfv.features.file import FILE_MARKER, OPTIONAL_ATTRS, REQUIRED_ATTRS, CaseRecord, read_features, write_features
+from ccfv.scores.views import ccfv_layers, head_samples
 
 CHANNELS = [6, 4, 3]
 RATIOS = [0.25, 0.5, 1.0]
@@ -137,7 +129,7 @@ def test_ccfv_layers_shapes(written):
 
 
 def test_ccfv_layers_feed_the_score(written):
-    metrics = pytest.importorskip("ccfv.metrics")
+    metrics = pytest.importorskip("ccfv.scores.metrics")
     score = metrics.ccfv_score(ccfv_layers(read_features(written[0])))
     assert np.isfinite(score)
 

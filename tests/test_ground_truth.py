@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from ccfv.ground_truth import (
-    HealthRule, build_ground_truth, check_ground_truth, check_target, flags, read_csv, to_markdown, verdict,
-)
-from ccfv.results import build_statistics, build_tables
+from ccfv.results.ground_truth import HealthRule, build_ground_truth, check_ground_truth, check_target, flags, read_csv, to_markdown, verdict
+from ccfv.results.statistics import build_statistics
+from ccfv.results.tables import build_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["unet-Task01_A", "unet-Task02_B", "unet-random", "unetr-Task01_A", "unetr-Task02_B", "unetr-random"]

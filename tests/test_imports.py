@@ -56,10 +56,13 @@ def test_workflow_scripts_start_without_the_heavy_stack():
     assert loaded_after("\n".join(module_level_imports(s) for s in plotting)) <= {"matplotlib"}
 
 
-LIBRARY_MODULES = ["ccfv", "ccfv.cli", "ccfv.features", "ccfv.training", "ccfv.evaluation", "ccfv.scoring",
-                   "ccfv.metrics", "ccfv.preprocessing", "ccfv.splits", "ccfv.checksums", "ccfv.networks",
-                   "ccfv.models", "ccfv.models.bank", "ccfv.data.synthetic", "ccfv.data.validate",
-                   "ccfv.data.msd", "ccfv.workflow", "ccfv.nnunet_paths"]
+LIBRARY_MODULES = ["ccfv", "ccfv.cli", "ccfv.io", "ccfv.workflow", "ccfv.data", "ccfv.data.synthetic",
+                   "ccfv.data.validate", "ccfv.data.msd", "ccfv.data.checksums", "ccfv.preprocess.paths",
+                   "ccfv.preprocess.nnunet", "ccfv.preprocess.plans", "ccfv.preprocess.splits", "ccfv.bank.networks",
+                   "ccfv.bank.model_card", "ccfv.bank.model_ids", "ccfv.bank.checkpoints", "ccfv.bank.trainer",
+                   "ccfv.bank.training", "ccfv.finetune.nnunet", "ccfv.finetune.evaluation", "ccfv.features.target",
+                   "ccfv.scores.scoring", "ccfv.scores.views", "ccfv.scores.metrics", "ccfv.models", "ccfv.models.bank",
+                   "ccfv.rank"]
 
 
 def test_library_modules_import_no_heavy_package():
@@ -70,8 +73,8 @@ def test_unet_jobs_never_import_monai_nor_the_trainer_module(tiny_dataset, tmp_p
     """random_init, sample_features and score for a U-Net bank member, through the functions their
     scripts call: no MONAI (only UNETR needs it), no nnU-Net trainer module (only training needs it), no
     plotting stack, no torch._dynamo; scoring needs no torch at all."""
-    from ccfv.splits import make_split, write_split
-    from ccfv.preprocessing import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+    from ccfv.preprocess.nnunet import case_identifiers
 
     split = tmp_path / "split.json"
     write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.2, seed=0), split)
@@ -80,16 +83,16 @@ def test_unet_jobs_never_import_monai_nor_the_trainer_module(tiny_dataset, tmp_p
                 "batch_size": 2, "seed": 0, "layer_ratios": {"unet": [0.5, 1.0], "unetr": [0.25, 0.5, 0.75, 1.0]}}
 
     random_init = f"""
-from ccfv.training import random_model
+from ccfv.bank.training import random_model
 random_model({str(tiny_dataset.preprocessed)!r}, "unet-random", {str(model)!r}, seed=0)
 """
     sample = f"""
-from ccfv.features import sample_target
+from ccfv.features.target import sample_target
 sample_target({str(model)!r}, {str(tiny_dataset.preprocessed)!r}, {str(split)!r}, {str(features)!r},
               target="Task94_SynthSpleen", sampling={sampling!r}, device="cpu")
 """
     score = f"""
-from ccfv.scoring import score_pair
+from ccfv.scores.scoring import score_pair
 score_pair({str(features)!r}, {{"ccfv": {{"method": "ccfv"}}, "logme": {{"method": "logme"}},
            "gbc": {{"method": "gbc", "gaussian": "diagonal"}}, "transrate": {{"method": "transrate"}}}},
            {str(scores)!r})

@@ -9,30 +9,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-import ccfv.metrics as metrics_module
-from ccfv.metrics import (
-    GBC_VARIANCE_FLOOR,
-    HSE_DISTANCE_FLOOR,
-    RIDGE_EPS,
-    bhattacharyya_gaussian,
-    ccfv_score,
-    ccfv_score_released,
-    class_consistency,
-    class_consistency_released,
-    feature_variety,
-    feature_variety_released,
-    gaussian_w2,
-    gaussian_w2_matrix,
-    gaussian_w2_released,
-    gbc,
-    hscore,
-    hyperspherical_energy,
-    kl_gaussian,
-    leep,
-    logme,
-    nce,
-    transrate,
-)
+import ccfv.scores.metrics.gaussian as gaussian_module
+from ccfv.scores.metrics.baselines import GBC_VARIANCE_FLOOR, gbc, hscore, leep, nce, transrate
+from ccfv.scores.metrics.ccfv import HSE_DISTANCE_FLOOR, ccfv_score, class_consistency, feature_variety, hyperspherical_energy
+from ccfv.scores.metrics.gaussian import RIDGE_EPS, bhattacharyya_gaussian, gaussian_w2, gaussian_w2_matrix, kl_gaussian
+from ccfv.scores.metrics.released import ccfv_score_released, class_consistency_released, feature_variety_released, gaussian_w2_released
+from ccfv.scores.metrics.logme import logme
 
 RTOL = 1e-6
 
@@ -656,7 +638,7 @@ def test_w2_matrix_chunking_does_not_change_the_result(rng, monkeypatch):
     pytest.importorskip("torch")
     sets = [rng.normal(size=(9, 5)) * (1 + 0.1 * i) for i in range(7)]
     expected = gaussian_w2_matrix(sets)
-    monkeypatch.setattr(metrics_module, "_W2_CHUNK_BYTES_CPU", 1)  # one pair per batch
+    monkeypatch.setattr(gaussian_module, "_W2_CHUNK_BYTES_CPU", 1)  # one pair per batch
     np.testing.assert_allclose(gaussian_w2_matrix(sets), expected, rtol=1e-12, atol=0)
     np.testing.assert_allclose(
         gaussian_w2_matrix(sets, backend="torch", device="cpu"), expected, rtol=1e-10, atol=1e-14

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_models_monai import NETWORKS, write_bundle
 
-from ccfv.models import ModelError, TorchModel, load_model, model_names
+from ccfv.models.base import ModelError
+from ccfv.models import TorchModel, load_model, model_names
 from ccfv.models.monai_networks import decoder_stages
 from ccfv.models.nnunet import find_checkpoint, modernise_plans
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccfv.models import ModelError, load_model
+from ccfv.models.base import ModelError
+from ccfv.models import load_model
 from ccfv.models.bundle import BundleCodeRefused, LiteralConfig
 from ccfv.models.monai_networks import decoder_stages
 

@@ -11,18 +11,11 @@ import shutil
 import pytest
 import torch
 
-from ccfv import networks
-from ccfv.networks import decoder_layers, decoder_stages, layer_ratios_for, unetr_architecture
-from ccfv.training import (
-    TrainingBudget,
-    build_network,
-    load_bank_model,
-    pretrain,
-    random_model,
-    read_model_card,
-    train,
-    transfer_weights,
-)
+from ccfv.bank import networks
+from ccfv.bank.networks import decoder_layers, decoder_stages, unetr_architecture
+from ccfv.features.settings import layer_ratios_for
+from ccfv.bank.training import TrainingBudget, pretrain, random_model, train, transfer_weights
+from ccfv.bank.model_card import build_network, load_bank_model, read_model_card
 
 torch.set_num_threads(1)
 
@@ -138,8 +131,8 @@ BUDGET = TrainingBudget(iterations=2, iterations_per_epoch=2, val_iterations_per
 def unetr_dataset(tiny_dataset, tmp_path_factory):
     """The fixture dataset's preprocessed folder with the plans' patch size set to 16^3 (UNETR needs
     multiples of 16; the data are 16 x 32 x 32 after preprocessing)."""
-    from ccfv.preprocessing import case_identifiers
-    from ccfv.splits import make_split, write_split
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
 
     root = tmp_path_factory.mktemp("unetr")
     folder = root / "preprocessed" / tiny_dataset.preprocessed.name
@@ -205,8 +198,8 @@ def test_unetr_on_a_patch_size_it_cannot_take(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_unetr_features_from_its_four_documented_stages(unetr_dataset, unetr_pretrained, tmp_path):
-    from ccfv.features import sample_target
-    from ccfv.features_file import read_features
+    from ccfv.features.target import sample_target
+    from ccfv.features.file import read_features
 
     folder, split = unetr_dataset
     sampling = {"total": 60, "minimum": 5, "n_global": 20, "n_background": 20, "step_size": 0.5,

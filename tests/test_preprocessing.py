@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from ccfv.nnunet_paths import CONFIGURATION, PLANS_NAME
-from ccfv.preprocessing import case_identifiers, load_case, load_plans, shared_architecture, shared_plans
+from ccfv.preprocess.paths import CONFIGURATION, PLANS_NAME
+from ccfv.preprocess.nnunet import case_identifiers, load_case, shared_architecture, shared_plans
+from ccfv.preprocess.plans import load_plans
 
 NETWORK = {
     "patch_size": [16, 48, 48],

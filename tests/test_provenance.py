@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccfv.provenance import (
-    build_provenance, canonical_json, config_hash, data_checksums, lock_state, run_times, seeds_in,
-)
+from ccfv.results.provenance import build_provenance, canonical_json, config_hash, data_checksums, lock_state, run_times, seeds_in
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,11 @@ from rich.console import Console
 from scipy import stats
 
 from ccfv.cli import main
-from ccfv.rank import (
-    Ranking, agreement_csv, baseline_agreement, correlations, default_layer_ratios, dice_health, metric_definitions,
-    method_ranking_stability, model_names, print_ranking, ranking_json, read_dice,
-)
+from ccfv.rank.outputs import Ranking, agreement_csv, print_ranking, ranking_json
+from ccfv.rank.agreement import baseline_agreement, agreement_per_metric, dice_health, methods_ranking_stability, read_dice
+from ccfv.features.settings import default_layer_ratios
+from ccfv.rank.run import metric_definitions
+from ccfv.models import model_names
 
 #: The two source tasks: Liver is prepared here, Spleen is conftest's session dataset (already preprocessed).
 SOURCES = ("Task91_SynthLiver", "Task94_SynthSpleen")
@@ -31,7 +32,7 @@ TARGET = "Task93_SynthPancreas"
 
 def _train_nnunet_model(preprocessed: Path, results: Path, seed: int) -> Path:
     """A real nnU-Net v2 trained model folder (nnUNetTrainer, a few iterations on the CPU)."""
-    from ccfv.nnunet_paths import nnunet_environment
+    from ccfv.preprocess.paths import nnunet_environment
 
     plans = json.loads((preprocessed / "ccfvPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
@@ -53,8 +54,8 @@ def _train_nnunet_model(preprocessed: Path, results: Path, seed: int) -> Path:
 def bank(tmp_path_factory, tiny_dataset):
     """Two nnU-Net model folders, a ccfv bank model, and the target task in MSD layout."""
     from ccfv.data.synthetic import write_task
-    from ccfv.preprocessing import convert_msd_task, plan_and_preprocess
-    from ccfv.training import random_model
+    from ccfv.preprocess.nnunet import convert_msd_task, plan_and_preprocess
+    from ccfv.bank.training import random_model
 
     root = tmp_path_factory.mktemp("rank")
     liver = write_task(SOURCES[0], root / "msd", n_cases=5, seed=0, shape=(32, 32, 16))
@@ -130,7 +131,7 @@ def test_rank_two_nnunet_models_and_a_bank_model_on_a_third_task(bank, tmp_path)
     assert report["ground_truth"]["rule"]["zero_dice"] == 0.05
     assert "The known Dice can rank the models" in result.stdout
     # larger model first: the weights of each model, heads excluded; the bank model's as counted from its file
-    from ccfv.models.bank import parameter_count
+    from ccfv.bank.model_card import parameter_count
 
     params = {r["model"]: int(r["parameters"]) for r in rows}
     assert params["random"] == parameter_count(bank["ccfv"]) and all(v > 0 for v in params.values())
@@ -182,8 +183,8 @@ def test_pickle_payload_checkpoint_is_refused_and_nothing_runs(bank, tmp_path):
 def test_unusable_models_are_named_and_the_rest_ranked(bank, tmp_path, capsys):
     """A plans file naming code to import, a folder without checkpoints, a bank model with another number of
     input channels: each named with its reason; the good model is ranked."""
-    from ccfv import networks
-    from ccfv.training import save_bank_model
+    from ccfv.bank import networks
+    from ccfv.bank.model_card import save_bank_model
 
     good = bank["models"][SOURCES[0]]
     importer = tmp_path / "importer"
@@ -268,7 +269,7 @@ def test_model_names_metrics_and_layer_ratios(tmp_path):
 def _ranking(dice: list[float | None]) -> Ranking:
     rows = [{"model": f"m{i}", "architecture": "unet", "scores": {"ccfv": float(i), "logme": float(-i)},
              "ranks": {"ccfv": len(dice) - i, "logme": i + 1}, "dice": d} for i, d in enumerate(dice)]
-    return Ranking(rows=rows, failed=[], metrics=["ccfv", "logme"], correlations=correlations(rows, ["ccfv", "logme"]),
+    return Ranking(rows=rows, failed=[], metrics=["ccfv", "logme"], correlations=agreement_per_metric(rows, ["ccfv", "logme"]),
                    meta={"dataset": "Dataset093_X", "cases": ["a", "b"]}, ground_truth=dice_health(rows, "Dataset093_X"))
 
 
@@ -383,7 +384,7 @@ def test_python_entry_point_ranks_plain_torch_modules(bank, tmp_path):
 
 def test_modality_and_channel_order_warnings(bank, tmp_path):
     """An nnU-Net model trained on MR ranked on CT: ranked, warned by name in the table and ranking.json."""
-    from ccfv.rank import modality_warnings
+    from ccfv.rank.dataset import modality_warnings
 
     mr = tmp_path / "mr"
     shutil.copytree(bank["models"][SOURCES[0]], mr)
@@ -457,7 +458,7 @@ def test_matplotlib_warnings_stay_out_of_the_terminal(tmp_path):
     written and no warning escapes (the terminal output is the table)."""
     import warnings
 
-    from ccfv.rank import plot_ranking
+    from ccfv.rank.outputs import plot_ranking
 
     names = ["Dataset003_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres" * 4, "b", "c"]
     rows = [{"model": n, "architecture": "unet", "scores": {"ccfv": float(i)}, "ranks": {"ccfv": 3 - i}, "dice": None}
@@ -487,7 +488,7 @@ def test_agreement_with_dice_against_the_slow_references(tmp_path):
             for i, (c, lg, d, n) in enumerate(zip(ccfv, logme, dice, params))]
     known = [i for i, d in enumerate(dice) if d is not None]
     truth = [dice[i] for i in known]
-    corr = correlations(rows, ["ccfv", "logme"])
+    corr = agreement_per_metric(rows, ["ccfv", "logme"])
     baselines = baseline_agreement(rows)
     for name, values, entry in (("ccfv", ccfv, corr["ccfv"]), ("logme", logme, corr["logme"]),
                                 ("larger_model_first", params, baselines["larger_model_first"])):
@@ -517,7 +518,7 @@ def test_agreement_with_dice_against_the_slow_references(tmp_path):
     for j in range(len(known)):
         loo = {m: slow_leave_one_out([float(v[i]) for i in known], truth)[j] for m, v in methods.items()}
         per_left_out.append(slow_kendall_tau_b([full[m] for m in methods], [loo[m] for m in methods]))
-    stability = method_ranking_stability(corr, baselines, rows)
+    stability = methods_ranking_stability(corr, baselines, rows)
     assert stability == pytest.approx(np.mean([v for v in per_left_out if not math.isnan(v)]))
     # outputs: agreement.csv with the ground-truth verdict, ranking.json, the printed summary
     ranking = Ranking(rows=rows, failed=[], metrics=["ccfv", "logme"], correlations=corr,
@@ -541,9 +542,9 @@ def test_agreement_with_dice_against_the_slow_references(tmp_path):
 def test_agreement_flags_a_dice_that_cannot_rank():
     rows = [{"model": f"m{i}", "scores": {"ccfv": float(i)}, "dice": d, "parameters": 5}
             for i, d in enumerate([0.0, 0.0, 0.01, 0.0, 0.35])]
-    ranking = Ranking(rows=rows, failed=[], metrics=["ccfv"], correlations=correlations(rows, ["ccfv"]), meta={},
+    ranking = Ranking(rows=rows, failed=[], metrics=["ccfv"], correlations=agreement_per_metric(rows, ["ccfv"]), meta={},
                       ground_truth=dice_health(rows), baselines=baseline_agreement(rows))
     assert {t["ground_truth"] for t in csv.DictReader(io.StringIO(agreement_csv(ranking)))} == {"cannot rank"}
     # fewer than 3 models with a Dice: no measure, a note; the regret still
-    two = correlations(rows[:2], ["ccfv"])["ccfv"]
+    two = agreement_per_metric(rows[:2], ["ccfv"])["ccfv"]
     assert two["rel_at_1"] is None and two["note"].startswith("needs the Dice") and two["top1_regret"] == 0.0

@@ -13,11 +13,13 @@ import pytest
 from rich.console import Console
 
 from ccfv.cli import main
-from ccfv.features_file import CaseRecord, write_features
-from ccfv.figures import class_features, dice_heatmap, feature_tsne, scores_vs_dice, standardise
-from ccfv.ground_truth import build_ground_truth, flags, read_csv, verdict
-from ccfv.report import build_costs, pair_costs, print_ground_truth, print_report, read_benchmark, stage_costs
-from ccfv.results import build_statistics, build_tables
+from ccfv.features.file import CaseRecord, write_features
+from ccfv.results.figures import class_features, dice_heatmap, feature_tsne, scores_vs_dice, standardise
+from ccfv.results.ground_truth import build_ground_truth, flags, read_csv, verdict
+from ccfv.results.costs import build_costs, pair_costs, read_benchmark, stage_costs
+from ccfv.results.console import print_ground_truth, print_report
+from ccfv.results.statistics import build_statistics
+from ccfv.results.tables import build_tables
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -149,7 +151,7 @@ def _features(path: Path, rng, n_cases=3, with_class=True) -> Path:
 
 
 def test_dice_heatmap_colours_dice_on_its_own_zero_to_one_scale(tmp_path, monkeypatch):
-    from ccfv import figures
+    from ccfv.results import figures
 
     drawn = []
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
@@ -186,7 +188,7 @@ def test_figures_png_and_svg(tmp_path):
 
 
 def test_model_styles_tell_every_model_of_a_bank_apart_without_labels():
-    from ccfv.figures import MARKER_SIZE, RANDOM_COLOUR, model_styles
+    from ccfv.results.figures import MARKER_SIZE, RANDOM_COLOUR, model_styles
 
     models = ["unet-Task02_B", "unet-Task02_B@150", "unet-Task02_B@300", "unetr-Task02_B", "unet-Task03_C",
               "unetr-Task03_C", "unet-random", "unetr-random"]
@@ -209,8 +211,8 @@ def test_model_styles_tell_every_model_of_a_bank_apart_without_labels():
 
 
 def test_scores_vs_dice_gives_each_panel_the_weighted_tau_of_table_1(tmp_path, monkeypatch):
-    from ccfv import figures
-    from ccfv.results import correlations
+    from ccfv.results import figures
+    from ccfv.results.tables import correlations
 
     drawn = []
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
@@ -232,7 +234,7 @@ def test_scores_vs_dice_gives_each_panel_the_weighted_tau_of_table_1(tmp_path, m
 
 
 def test_figures_mark_a_target_whose_ground_truth_cannot_rank(tmp_path, monkeypatch):
-    from ccfv import figures
+    from ccfv.results import figures
 
     drawn = []
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
@@ -254,7 +256,7 @@ def test_figures_mark_a_target_whose_ground_truth_cannot_rank(tmp_path, monkeypa
 
 
 def test_a_source_task_keeps_its_colour_in_every_bank():
-    from ccfv.figures import source_colours
+    from ccfv.results.figures import source_colours
 
     demo = source_colours(["Task91_SynthLiver", "Task93_SynthPancreas", "Task94_SynthSpleen"])
     study = source_colours(["Task91_SynthLiver", "Task92_SynthLung", "Task93_SynthPancreas", "Task94_SynthSpleen"])

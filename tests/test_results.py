@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ccfv.results import build_tables, correlations, table1, to_csv, to_markdown
+from ccfv.results.tables import build_tables, correlations, table1, to_csv, to_markdown
 
 TARGETS = ["Task03_Liver", "Task09_Spleen", "Task10_Colon"]
 NUMBER = re.compile(r"^-?\d+\.\d{4}$")
@@ -268,10 +268,12 @@ def test_build_tables_metric_missing_from_a_score_file(tmp_path):
 # The paper's values, LaTeX
 # --------------------------------------------------------------------------------------------------
 
-from ccfv.results import (  # noqa: E402
-    PAPER_TARGETS, PAPER_VALUES, analyse, baseline_scores, bootstrap_interval, model_architecture, model_source,
-    noise_ceiling, paper_comparison, permutation_pvalue, statistic, to_latex, top1_regret,
-)
+from ccfv.results.paper import PAPER_TARGETS, PAPER_VALUES, paper_comparison
+from ccfv.results.statistics import analyse
+from ccfv.results.static_rankers import baseline_scores
+from ccfv.results.measures import bootstrap_interval, noise_ceiling, permutation_pvalue, statistic, top1_regret
+from ccfv.bank.model_ids import model_architecture, model_source
+from ccfv.results.tables import to_latex
 
 
 def test_paper_values_are_the_published_tables():
@@ -425,10 +427,9 @@ def test_analyse_rows_and_baselines():
 
 import itertools  # noqa: E402
 
-from ccfv.results import (  # noqa: E402
-    SELECTION_MEASURES, _statistic_batch, build_statistics, kendall_tau, leave_one_out, loo_stability,
-    method_ranking_stability, model_order, model_snapshot, relative_top1, top_k_hit,
-)
+from ccfv.results.measures import SELECTION_MEASURES, statistic_batch, kendall_tau, leave_one_out, loo_stability, method_ranking_stability, relative_top1, top_k_hit
+from ccfv.results.statistics import build_statistics
+from ccfv.bank.model_ids import model_order, model_snapshot
 
 
 def slow_kendall_tau_b(x, y):
@@ -496,7 +497,7 @@ def test_selection_measures_against_slow_references(scores, dice):
         assert top_k_hit(scores, dice, k) == pytest.approx(slow_top_k_hit(scores, dice, k), abs=1e-12)
     expected = slow_kendall_tau_b(scores, dice)
     for got in (kendall_tau(scores, dice), statistic("kendall", scores, dice),
-                _statistic_batch("kendall", np.array([scores], float), np.array([dice], float))[0]):
+                statistic_batch("kendall", np.array([scores], float), np.array([dice], float))[0]):
         assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
     loo = leave_one_out(scores, dice)
     np.testing.assert_allclose(loo, slow_leave_one_out(scores, dice), atol=1e-12)
@@ -524,7 +525,7 @@ def test_selection_measures_random_banks_with_ties():
         assert top_k_hit(scores, dice) == pytest.approx(slow_top_k_hit(scores, dice), abs=1e-12)
         assert relative_top1(scores, dice) == pytest.approx(slow_relative_top1(scores, dice), abs=1e-12)
         expected = slow_kendall_tau_b(scores, dice)
-        got = _statistic_batch("kendall", np.array([scores]), np.array([dice]))[0]
+        got = statistic_batch("kendall", np.array([scores]), np.array([dice]))[0]
         assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
         if math.isfinite(expected):
             assert stats.kendalltau(scores, dice).statistic == pytest.approx(expected, abs=1e-12)
@@ -688,8 +689,8 @@ def two_bank_models(tmp_path_factory, tiny_dataset):
     with twice the features per stage."""
     import shutil
 
-    from ccfv.nnunet_paths import CONFIGURATION, PLANS_NAME
-    from ccfv.training import random_model
+    from ccfv.preprocess.paths import CONFIGURATION, PLANS_NAME
+    from ccfv.bank.training import random_model
 
     root = tmp_path_factory.mktemp("params")
     wide = root / "wide_plans"
@@ -707,9 +708,9 @@ def two_bank_models(tmp_path_factory, tiny_dataset):
 def test_parameter_count_of_saved_bank_models(two_bank_models):
     from safetensors import safe_open
 
-    from ccfv.models.bank import load_bank_model, parameter_count
-    from ccfv.networks import is_head
-    from ccfv.results import parameter_counts_of
+    from ccfv.bank.model_card import load_bank_model, parameter_count
+    from ccfv.bank.networks import is_head
+    from ccfv.results.static_rankers import parameter_counts_of
 
     counts = parameter_counts_of(two_bank_models)
     for model, folder in two_bank_models.items():
@@ -728,7 +729,7 @@ def test_parameter_count_of_saved_bank_models(two_bank_models):
 
 
 def test_parameter_count_errors_name_the_file(tmp_path):
-    from ccfv.models.bank import parameter_count
+    from ccfv.bank.model_card import parameter_count
 
     with pytest.raises(FileNotFoundError, match="weights.safetensors: missing"):
         parameter_count(tmp_path)
@@ -745,7 +746,7 @@ def test_parameter_count_errors_name_the_file(tmp_path):
 
 
 def test_static_rankers_note_says_when_two_rankers_cannot_differ():
-    from ccfv.results import static_rankers_note
+    from ccfv.results.static_rankers import static_rankers_note
 
     def records(target, models):
         return [{"target": target, "model": m} for m in models]

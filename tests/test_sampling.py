@@ -14,21 +14,11 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from torch import nn
 
-from ccfv.features_file import ccfv_layers, head_samples, read_features
-from ccfv.sampling import (
-    _draw,
-    _nth_true,
-    assign_windows,
-    case_rng,
-    choose_voxels,
-    class_sample_counts,
-    interpolate_at,
-    layer_sample_count,
-    pad_to_patch,
-    sample_case,
-    sample_dataset,
-    window_starts,
-)
+from ccfv.scores.views import ccfv_layers, head_samples
+from ccfv.features.file import read_features
+from ccfv.features.voxels import _draw, _nth_true, choose_voxels, class_sample_counts, layer_sample_count
+from ccfv.features.windows import assign_windows, interpolate_at, pad_to_patch, window_starts
+from ccfv.features.sampler import case_rng, sample_case, sample_dataset
 
 torch.set_num_threads(1)  # robust when other jobs share the two cores
 

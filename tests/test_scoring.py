@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from ccfv import metrics
-from ccfv.features_file import CaseRecord, ccfv_layers, head_samples, read_features, write_features
-from ccfv.scoring import (
-    DEFAULT_METRICS, METHODS, check_metric, compute_scores, features_as_given, method_options, read_scores,
-    released_layers, score_pair,
-)
+from ccfv.scores import metrics
+from ccfv.features.file import CaseRecord, read_features, write_features
+from ccfv.scores.views import ccfv_layers, head_samples
+from ccfv.scores.scoring import DEFAULT_METRICS, METHODS, check_metric, compute_scores, features_as_given, method_options, read_scores, score_pair
+from ccfv.scores.views import released_layers
 
 CHANNELS = [5, 4]
 K = 3  # the source model's output classes

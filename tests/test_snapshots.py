@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from ccfv.training import MODEL_CARD
+from ccfv.bank.model_card import MODEL_CARD
 from test_workflow import ROOT, job_counts, snakemake
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ccfv.splits import make_split, read_split, write_split
+from ccfv.preprocess.splits import make_split, read_split, write_split
 
 
 def _cases(n: int) -> list[str]:
@@ -162,7 +162,7 @@ def test_read_split_refuses_a_changed_case_list(tmp_path, changed):
 
 
 def test_split_task_records_the_first_split(tmp_path):
-    from ccfv.splits import split_task
+    from ccfv.preprocess.splits import split_task
 
     record = tmp_path / "T.record.json"
     split = split_task("T", _cases(10), "abc", 0.2, 0, record)
@@ -172,7 +172,7 @@ def test_split_task_records_the_first_split(tmp_path):
 
 
 def test_split_task_reuses_the_record_for_the_same_data(tmp_path):
-    from ccfv.splits import split_task
+    from ccfv.preprocess.splits import split_task
 
     record = tmp_path / "T.record.json"
     first = split_task("T", _cases(10), "abc", 0.2, 0, record)
@@ -193,7 +193,7 @@ def test_split_task_reuses_the_record_for_the_same_data(tmp_path):
     ],
 )
 def test_split_task_refuses_changed_data_or_settings(tmp_path, cases, digest, fraction, seed, message):
-    from ccfv.splits import SplitError, split_task
+    from ccfv.preprocess.splits import SplitError, split_task
 
     record = tmp_path / "T.record.json"
     split_task("T", _cases(10), "abc", 0.2, 0, record)
@@ -208,7 +208,7 @@ def test_split_task_refuses_changed_data_or_settings(tmp_path, cases, digest, fr
 
 
 def test_split_task_corrupt_record(tmp_path):
-    from ccfv.splits import SplitError, split_task
+    from ccfv.preprocess.splits import SplitError, split_task
 
     record = tmp_path / "T.record.json"
     record.write_text("{not json")

@@ -12,23 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccfv import training
-from ccfv.splits import make_split, write_split
-from ccfv.training import (
-    HEAD_KEY,
-    MODEL_CARD,
-    WEIGHTS,
-    TrainingBudget,
-    build_network,
-    load_bank_model,
-    pretrain,
-    random_model,
-    read_checkpoint,
-    read_model_card,
-    save_bank_model,
-    train,
-    transfer_weights,
-)
+from ccfv.bank import training
+from ccfv.preprocess.splits import make_split, write_split
+from ccfv.bank.networks import HEAD_KEY
+from ccfv.bank.model_card import MODEL_CARD, WEIGHTS, build_network, load_bank_model, read_model_card, save_bank_model
+from ccfv.bank.training import TrainingBudget, pretrain, random_model, train, transfer_weights
+from ccfv.bank.checkpoints import read_checkpoint
 
 torch.set_num_threads(1)
 
@@ -123,7 +112,7 @@ def test_no_augmentation_trains_on_nnunet_validation_transforms():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
-    plain, none = training._trainer_class("nnunet"), training._trainer_class("none")
+    plain, none = training.trainer_class("nnunet"), training.trainer_class("none")
     assert issubclass(none, nnUNetTrainerNoDA) and not issubclass(plain, nnUNetTrainerNoDA)
     assert issubclass(plain, nnUNetTrainer)
     args = dict(patch_size=(8, 16, 16), rotation_for_DA=0.0, deep_supervision_scales=None, mirror_axes=(0, 1, 2),
@@ -374,7 +363,7 @@ TINY_BUDGET = TrainingBudget(iterations=2, iterations_per_epoch=2, val_iteration
 
 @pytest.fixture(scope="module")
 def split_file(tiny_dataset, tmp_path_factory):
-    from ccfv.preprocessing import case_identifiers
+    from ccfv.preprocess.nnunet import case_identifiers
 
     path = tmp_path_factory.mktemp("splits") / "Task94_SynthSpleen.json"
     write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.2, seed=0), path)
@@ -436,7 +425,7 @@ def test_train_from_a_bank_model(tiny_dataset, split_file, pretrained, tmp_path)
 
 def test_a_two_stage_network_is_refused_before_it_can_train_on_nan(tiny_dataset):
     """nnU-Net's deep supervision with one output gives a NaN loss (weight 0 / sum 0): refuse it up front."""
-    from ccfv.preprocessing import shared_plans
+    from ccfv.preprocess.nnunet import shared_plans
 
     two_stages = {
         **tiny_dataset.network, "features_per_stage": [4, 8], "kernel_sizes": [[1, 3, 3], [3, 3, 3]],
@@ -473,7 +462,7 @@ def test_train_from_a_bank_model_with_a_compiled_network(tiny_dataset, split_fil
 def test_non_finite_weights_are_never_written_to_the_bank(tmp_path):
     import torch
 
-    from ccfv.training import save_bank_model
+    from ccfv.bank.model_card import save_bank_model
 
     network = torch.nn.Conv3d(1, 2, 1)
     with torch.no_grad():
@@ -495,9 +484,10 @@ RESUME_BUDGET = TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterati
 KILLED_PRETRAINING = """
 import os, signal, sys
 from pathlib import Path
-import ccfv.training as training
+import ccfv.bank.training as training
+from ccfv.finetune.nnunet import finetune
 
-make_trainer = training._trainer_class
+make_trainer = training.trainer_class
 
 def killing_trainer(*args):
     cls = make_trainer(*args)
@@ -511,7 +501,7 @@ def killing_trainer(*args):
     Killed.__name__ = Killed.__qualname__ = cls.__name__  # nnU-Net names its output folder after the class
     return Killed
 
-training._trainer_class = killing_trainer
+training.trainer_class = killing_trainer
 budget = training.TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1)
 if sys.argv[1] == "pretrain":
     preprocessed, split, out, seed, *snapshots = sys.argv[2:]
@@ -521,7 +511,7 @@ if sys.argv[1] == "pretrain":
                       threads=1)
 else:
     preprocessed, raw, split, init, out, seed = sys.argv[2:]
-    training.finetune(preprocessed, raw, split, init, out, budget, seed=int(seed), device="cpu", threads=1)
+    finetune(preprocessed, raw, split, init, out, budget, seed=int(seed), device="cpu", threads=1)
 print("NOT KILLED")
 """
 
@@ -600,7 +590,7 @@ def test_read_checkpoint_refuses_a_pickle_payload(tmp_path):
         read_checkpoint(path)
     assert not marker.exists()
     # a resume never runs it either: the stale checkpoint is reported and removed
-    from ccfv.training import _resumable_checkpoint
+    from ccfv.bank.training import _resumable_checkpoint
 
     assert _resumable_checkpoint(tmp_path, {"any": "identity"}) == (None, None)
     assert not marker.exists() and not path.exists()
@@ -619,7 +609,7 @@ def test_read_checkpoint_of_plain_data(tmp_path):
 @pytest.mark.slow
 def test_a_killed_fine_tuning_resumes_and_scores_like_an_uninterrupted_one(tiny_dataset, split_file, pretrained,
                                                                           tmp_path, capfd):
-    from ccfv.training import finetune
+    from ccfv.finetune.nnunet import finetune
 
     a = tmp_path / "a" / "seed0.json"
     finetune(tiny_dataset.preprocessed, tiny_dataset.raw, split_file, pretrained, a, RESUME_BUDGET, seed=0,
@@ -686,7 +676,7 @@ def test_snapshots_are_sorted_and_left_out_of_the_identity_when_empty():
 def _recording_trainer(states):
     """A trainer factory whose trainer copies the network's weights after every training step, counted
     independently of the trainer's own iteration counter."""
-    make_trainer = training._trainer_class
+    make_trainer = training.trainer_class
 
     def factory(*args):
         cls = make_trainer(*args)
@@ -707,7 +697,7 @@ def _recording_trainer(states):
 def test_snapshots_hold_the_weights_after_their_iterations_and_enter_the_bank(
         tiny_dataset, split_file, tmp_path, monkeypatch):
     states = []  # states[i]: the weights after i + 1 training iterations
-    monkeypatch.setattr(training, "_trainer_class", _recording_trainer(states))
+    monkeypatch.setattr(training, "trainer_class", _recording_trainer(states))
     budget = TrainingBudget(iterations=6, iterations_per_epoch=2, val_iterations_per_epoch=1, snapshots=[3, 1])
     final = pretrain(tiny_dataset.preprocessed, split_file, "Task94_SynthSpleen", "unet-Task94_SynthSpleen",
                      tmp_path / "bank" / "unet-Task94_SynthSpleen", budget, seed=0, device="cpu")

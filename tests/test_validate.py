@@ -13,14 +13,7 @@ import numpy as np
 import pytest
 
 from ccfv.data.synthetic import write_task
-from ccfv.data.validate import (
-    DatasetError,
-    Problem,
-    check_task,
-    validate_command,
-    validate_or_raise,
-    validate_task,
-)
+from ccfv.data.validate import DatasetError, Problem, check_task, validate_command, validate_or_raise, validate_task
 
 SHAPE = (24, 24, 12)
 
@@ -510,9 +503,9 @@ def test_inf_voxel_in_test_image(task):
 
 
 def test_nan_found_in_a_later_slab(task, monkeypatch):
-    from ccfv.data import validate
+    from ccfv.data import volumes
 
-    monkeypatch.setattr(validate, "_SLAB_VOXELS", 24 * 24 * 2)  # 2 slices per slab
+    monkeypatch.setattr(volumes, "_SLAB_VOXELS", 24 * 24 * 2)  # 2 slices per slab
     path = task / "imagesTr" / "liver_1.nii.gz"
     image = load(path)
     data = np.asarray(image.dataobj).astype(np.float64)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from ccfv.report import print_ground_truth
+from ccfv.results.console import print_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..atomic import write_json
-from ..checksums import file_digest
+from ..io import write_json
+from .checksums import file_digest
 
 DEFAULT_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 
@@ -139,4 +139,3 @@ def verify_archive(archive: Path, expected: str | None, hint: str = "") -> str:
         raise ValueError(f"{archive}: MD5 {actual} differs from the expected {expected}"
                          + (f"; {hint}" if hint else ""))
     return actual
-

@@ -290,7 +290,7 @@ class BundlePreprocessing:
 
 
 def _read_weights(bundle: Path, trust: bool) -> tuple[Path, dict]:
-    from ..training import read_checkpoint
+    from ..bank.checkpoints import read_checkpoint
 
     pt, ts = bundle / "models" / "model.pt", bundle / "models" / "model.ts"
     if pt.is_file():
@@ -350,7 +350,7 @@ def load(name: str, path: Path, *, trust_bundle_code: bool = False) -> LoadedMod
         BundleCodeRefused: an entry ranking builds needs code and ``trust_bundle_code`` is False.
         ModelError: a missing or unreadable file, an unsupported network, weights that do not fit.
     """
-    from ..checksums import sha256_file
+    from ..data.checksums import sha256_file
     from .monai_networks import decoder_stages
 
     bundle = Path(path)

@@ -15,7 +15,7 @@ import copy
 import warnings
 from pathlib import Path
 
-from .allowlist import check_unet_architecture
+from ..bank.allowlist import check_unet_architecture
 from .base import LoadedModel, ModelError, load_weights_strictly, read_json
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -87,9 +87,9 @@ def load(name: str, path: Path) -> LoadedModel:
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from .. import networks
-    from ..checksums import sha256_file
-    from ..training import read_checkpoint
+    from ..bank import networks
+    from ..bank.checkpoints import read_checkpoint
+    from ..data.checksums import sha256_file
 
     path = Path(path)
     model_dir, checkpoint_path = find_checkpoint(path)

@@ -1,0 +1,55 @@
+"""Sample a bank model's decoder features over a target dataset's training split (one features file).
+
+Which layers are hooked (every decoder stage; the last one is the layer before the final convolution) is
+documented, with channels and scales, in ``ccfv/networks.py`` and docs/models.md:
+
+- U-Net (nnU-Net's PlainConvUNet): ``decoder.stages.0`` (lowest resolution, next to the bottleneck) to
+  ``decoder.stages.<n-2>`` (full resolution, feeds the final 1x1x1 convolution ``decoder.seg_layers.<n-2>``).
+- UNETR (MONAI): ``decoder5`` (1/8), ``decoder4`` (1/4), ``decoder3`` (1/2), ``decoder2`` (full resolution,
+  feeds the final convolution ``out``).
+
+``sampling.layer_ratios`` is either one list (every architecture, one ratio per stage) or a mapping
+architecture -> list, since the two architectures hook different numbers of stages.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..bank.model_card import load_bank_model
+from ..bank.networks import decoder_layers, pick_device
+from ..preprocess.nnunet import load_case
+from ..preprocess.plans import foreground_classes, load_dataset_json
+from ..preprocess.splits import read_split
+from .settings import SamplingSettings
+
+
+def sample_target(model_dir: Path, preprocessed_dataset: Path, split_file: Path, out_file: Path, *,
+                  target: str, sampling: SamplingSettings | Mapping, threads: int = 1, device: str = "auto") -> Path:
+    """Write the features file of (bank model, target) from the target's training cases only.
+
+    ``sampling``: the settings (:class:`SamplingSettings`, or the config's ``sampling:`` section with
+    ``layer_ratios`` a list or a mapping architecture -> list)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    settings = SamplingSettings.from_mapping(sampling)
+    network, card = load_bank_model(Path(model_dir), device=str(pick_device(device)))
+    layers = decoder_layers(network)
+    architecture = card.get("network", "unet")
+    try:
+        ratios = settings.ratios_for(architecture, len(layers))
+    except ValueError as err:
+        raise ValueError(f"{card['model_id']}: {err} {layers}") from None
+    class_ids = foreground_classes(load_dataset_json(preprocessed_dataset))
+    train_cases = read_split(split_file)["train"]
+
+    def cases():
+        for case in train_cases:
+            image, seg, _ = load_case(Path(preprocessed_dataset), case)
+            yield case, image, seg
+
+    return settings.sample(network, layers, cases(), out_file, class_ids=class_ids, patch_size=card["patch_size"],
+                           model_id=card["model_id"], architecture=architecture, target=target,
+                           device=pick_device(device), num_cases=len(train_cases), progress=True,
+                           layer_ratios=ratios)

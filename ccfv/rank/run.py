@@ -1,0 +1,207 @@
+"""``ccfv rank``: which of my own pre-trained 3D segmentation models should I fine-tune on my own dataset?
+
+The paper's question for one user, without Snakemake (docs/rank.md). For every model given:
+
+1. load it without executing anything from its files (:mod:`ccfv.models`, one module per format): an
+   nnU-Net v2 trained model folder, a ccfv bank model, a MONAI bundle (literal config entries only unless
+   ``trust_bundle_code``), or a ``torch.nn.Module`` handed over from Python (:class:`ccfv.models.TorchModel`);
+2. preprocess the user's labelled cases as the model expects them (``LoadedModel``: the model's own nnU-Net
+   plans, the target's own nnU-Net plans for a bank model, the bundle's own transforms, or the caller's
+   callable), once per distinct preprocessing;
+3. sample decoder features during sliding-window inference (``ccfv.sampling``) and score them
+   (``ccfv.scoring``, the metrics of the paper's Table 1).
+
+A model that cannot be applied (missing files, an unsafe or unreadable checkpoint, a bundle needing code,
+another number of input channels, a 2D configuration) is reported with the reason while the others are
+still ranked; a model trained on another modality (or channel order) than the target's is ranked with a
+warning. The output folder receives ``ranking.csv``, ``ranking.json``, ``ranking.png``, the features files
+and, with known Dice (``--dice``), ``agreement.csv``, each written atomically.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..bank.networks import network_parameter_count
+from ..features.settings import SamplingSettings
+from ..models import load_model, model_names
+from ..models.base import ModelError
+from .agreement import (
+    agreement_per_metric,
+    baseline_agreement,
+    dice_health,
+    methods_ranking_stability,
+    ranks,
+    read_dice,
+)
+from .dataset import modality_warnings, open_dataset
+from .outputs import Ranking, write_outputs
+from .preprocess import Preprocessor, safe_name
+
+#: What ``--metric`` accepts; ``all`` is every one of them.
+RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
+#: The default: CC-FV first (the table is ordered by the first metric), then the paper's main baselines.
+DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
+
+
+def metric_definitions(names: Sequence[str] | None, features_as_given: bool = False) -> dict[str, dict]:
+    """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``), each with the
+    options of :data:`ccfv.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
+    TransRate and GBC preprocess the features as their released pipelines do, unless
+    ``features_as_given`` (``--features-as-given``, :func:`ccfv.scoring.features_as_given`)."""
+    from ..scores.scoring import DEFAULT_METRICS
+    from ..scores.scoring import features_as_given as as_given
+
+    names = list(names or DEFAULT_RANK_METRICS)
+    if "all" in names:
+        names = [n for n in names if n != "all"] + [m for m in RANK_METRICS if m not in names]
+    unknown = [n for n in names if n not in RANK_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
+    # The workflow's defaults where it has one (GBC's diagonal Gaussian), the function's otherwise.
+    definitions = {n: dict(DEFAULT_METRICS.get(n, {"method": n})) for n in dict.fromkeys(names)}
+    return as_given(definitions) if features_as_given else definitions
+
+
+def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequence[str] | None = None,
+                device: str = "auto", dice_file: Path | None = None, max_cases: int | None = None,
+                sampling: SamplingSettings | dict | None = None, threads: int | None = None, features_as_given: bool = False,
+                trust_bundle_code: bool = False, progress: bool = True,
+                log: Callable[[str], None] | None = None) -> Ranking:
+    """Rank every model of ``specs`` on the labelled cases of ``data`` and write the outputs into ``out``.
+
+    ``specs``: ``[NAME=]PATH`` strings or paths (nnU-Net v2 model folders, ccfv bank models, MONAI bundles;
+    ``trust_bundle_code`` lets MONAI evaluate a bundle's code, see :mod:`ccfv.models.bundle`) and/or
+    :class:`ccfv.models.TorchModel` objects (any ``torch.nn.Module`` with its decoder layers, preprocessing
+    and patch size; docs/rank.md has an example). ``data``: an MSD task folder or an nnU-Net raw dataset.
+
+    With ``dice_file`` the known Dice is compared with every metric and checked by the ground-truth health
+    rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
+    GBC without their released pipelines' preprocessing (:func:`ccfv.scoring.features_as_given`).
+
+    Errors in the arguments, the dataset or ``--dice`` raise before any model is loaded; an error of one
+    model is recorded in ``Ranking.failed`` and the others are ranked.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..bank.networks import pick_device
+    from ..models.torch_module import TorchModel
+    from ..scores.scoring import compute_scores
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    definitions = metric_definitions(metrics, features_as_given=features_as_given)
+    metric_names = list(definitions)
+    if not specs:
+        raise ValueError("no --model given")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (use --device cpu or auto)")
+    torch_device = pick_device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    sampling = SamplingSettings.from_mapping(sampling)
+    if dice_file is not None:
+        read_dice(dice_file)  # a malformed file is an error before any work
+    given = [s for s in specs if isinstance(s, TorchModel)]
+    paths = [str(s) for s in specs if not isinstance(s, TorchModel)]
+    named: list[tuple[str, Any]] = model_names(paths) + [(m.name, m) for m in given]
+    taken = [n for n, _ in named]
+    if len(set(taken)) != len(taken):
+        raise ValueError(f"model names must be unique: {taken}")
+
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Preprocessed arrays can be large: they go beside the outputs (not /tmp) and are removed at the end.
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".work-"))
+    try:
+        dataset = open_dataset(Path(data), work)
+        dice = None
+        if dice_file is not None:
+            dice = read_dice(dice_file, targets=[dataset.source.name, dataset.name])
+            unknown = sorted(set(dice) - {n for n, _ in named})
+            if len(unknown) == len(dice):
+                raise ValueError(f"{dice_file}: none of its models {sorted(dice)} is among the ranked models "
+                                 f"{[n for n, _ in named]}")
+        case_ids = list(dataset.cases)
+        if max_cases is not None and max_cases < len(case_ids):
+            chosen = np.random.default_rng(sampling.seed).choice(len(case_ids), size=max_cases, replace=False)
+            case_ids = [case_ids[i] for i in sorted(chosen)]
+        log(f"ccfv rank: {len(named)} model(s) on {len(case_ids)} labelled case(s) of {dataset.source} "
+            f"(classes {dataset.class_ids}), device {torch_device}")
+        preprocessor = Preprocessor(dataset, work)
+        features_dir = out / "features"
+        features_dir.mkdir(exist_ok=True)
+        rows, failed = [], []
+        for name, spec in tqdm(named, desc="models", unit="model", disable=not progress):
+            path = spec if isinstance(spec, Path) else Path(name)
+            try:
+                model = spec.load() if isinstance(spec, TorchModel) else \
+                    load_model(name, spec, trust_bundle_code=trust_bundle_code)
+                if model.num_input_channels is not None and model.num_input_channels != dataset.num_channels:
+                    raise ModelError(
+                        f"{path}: expects {model.num_input_channels} input channel(s) "
+                        f"{model.modalities or ''}, the dataset has {dataset.num_channels} "
+                        f"{dataset.dataset_json['channel_names']}")
+                model_warnings = modality_warnings(model.modalities, dataset.modalities)
+                for warning in model_warnings:
+                    log(f"ccfv rank: model {name!r}: {warning}")
+                model.network.to(torch_device)
+                features = features_dir / f"{safe_name(name)}.h5"
+                sampling.sample(
+                    model.network, model.layers, preprocessor.cases(model, case_ids), features,
+                    class_ids=dataset.class_ids, patch_size=model.patch_size, model_id=name,
+                    architecture=model.architecture, target=dataset.name, device=torch_device,
+                    num_cases=len(case_ids), progress=progress,
+                )
+                scores = compute_scores(features, definitions)
+            except (ModelError, ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
+                message = str(err)
+                if not message.startswith(str(path)):
+                    message = f"{path}: {message}"
+                failed.append({"model": name, "path": str(path), "error": message})
+                log(f"ccfv rank: model {name!r} not ranked: {message}")
+                continue
+            rows.append({"model": name, "path": str(path), "kind": model.kind, "architecture": model.architecture,
+                         "checkpoint": None if model.checkpoint is None else str(model.checkpoint),
+                         "sha256": model.sha256, "layers": list(model.layers), "patch_size": list(model.patch_size),
+                         "features": str(features.relative_to(out)), "scores": scores,
+                         "dice": None if dice is None else dice.get(name),
+                         "source_dataset": model.source_dataset, "modalities": model.modalities,
+                         "parameters": network_parameter_count(model.network), "warnings": model_warnings})
+            del model
+            if torch_device.type == "cuda":
+                torch.cuda.empty_cache()
+    except BaseException:
+        if created:  # a bad dataset (or Ctrl-C) leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    for metric in metric_names:
+        for row, r in zip(rows, ranks([row["scores"][metric] for row in rows]) if rows else []):
+            row.setdefault("ranks", {})[metric] = r
+    rows.sort(key=lambda row: (row["ranks"][metric_names[0]], row["model"]))
+    with_dice = dice is not None and bool(rows)
+    agreements = agreement_per_metric(rows, metric_names) if with_dice else None
+    baselines = baseline_agreement(rows) if with_dice else None
+    ranking = Ranking(
+        rows=rows, failed=failed, metrics=metric_names, correlations=agreements,
+        ground_truth=dice_health(rows, dataset.name) if with_dice else None, baselines=baselines,
+        method_ranking_stability=methods_ranking_stability(agreements, baselines, rows) if with_dice else None,
+        meta={"data": str(dataset.source), "dataset": dataset.name, "cases": case_ids, "classes": dataset.class_ids,
+              "device": str(torch_device), "sampling": sampling.as_dict(), "metrics": definitions,
+              "ranked_by": metric_names[0], "ccfv_version": __version__,
+              "dice_file": None if dice_file is None else str(dice_file)},
+    )
+    write_outputs(ranking, out)
+    return ranking

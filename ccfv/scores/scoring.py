@@ -1,0 +1,135 @@
+"""Transferability scores of one (bank model, target) pair, computed from its features file.
+
+Every score is "higher means the model should fine-tune better on the target". A *metric* of the
+workflow is a named method with options (``scoring.metrics`` in the config), so that the paper's
+ablations are metrics too: ``{"method": "ccfv", "distance": "kl"}`` is the "KL-divergence" row of
+Table 2. What each method reads from the features file:
+
+- ``ccfv`` (eq. 5 and its ablations): the class and global samples of every hooked decoder layer.
+- ``ccfv_released``: the same layers with the background samples, as the authors' released code uses them.
+- ``logme``, ``gbc``, ``transrate``, ``hscore``: the layer before the final convolution at the class and
+  background voxels, with their target labels (the paper's protocol for its baselines). ``transrate`` and
+  ``gbc`` preprocess them as their authors' released pipelines do (TransRate: L2-normalise the rows,
+  centre, normalise again; GBC: PCA to 64 dimensions) unless an option switches it off
+  (:data:`RELEASED_PREPROCESSING_OFF`, docs/metrics.md).
+- ``leep``, ``nce``: the source model's softmax (LEEP) or its argmax (NCE) at the same voxels.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..features.file import FeaturesFile, read_features
+from ..io import write_json
+from . import metrics
+from .views import ccfv_layers, head_samples, released_layers
+
+#: Methods and the metrics function that computes each; the options of a metric are that function's
+#: keyword arguments (checked, so that a typo in the config is an error rather than a default).
+METHODS = {
+    "ccfv": metrics.ccfv_score,
+    "ccfv_released": metrics.ccfv_score_released,
+    "logme": metrics.logme,
+    "leep": metrics.leep,
+    "nce": metrics.nce,
+    "gbc": metrics.gbc,
+    "transrate": metrics.transrate,
+    "hscore": metrics.hscore,
+}
+
+#: The paper's Table 1 (its baselines and CC-FV) and Table 2 (the ablations) as metric definitions.
+DEFAULT_METRICS = {
+    "logme": {"method": "logme"},
+    "transrate": {"method": "transrate"},
+    "leep": {"method": "leep"},
+    "gbc": {"method": "gbc", "gaussian": "diagonal"},  # the GBC authors' segmentation setting
+    "ccfv": {"method": "ccfv"},
+    "ccfv_wo_ccons": {"method": "ccfv", "use_consistency": False},
+    "ccfv_wo_fv": {"method": "ccfv", "use_variety": False},
+    "ccfv_single_scale": {"method": "ccfv", "single_scale": True},
+    "ccfv_kl": {"method": "ccfv", "distance": "kl"},
+    "ccfv_bhattacharyya": {"method": "ccfv", "distance": "bhattacharyya"},
+}
+
+
+#: The baselines whose defaults reproduce a preprocessing step of the authors' released pipeline
+#: (docs/metrics.md), and the options that switch it off: TransRate's row normalisation
+#: (Long-Kai/TransRate), GBC's PCA to 64 dimensions (google-research stable_transfer).
+RELEASED_PREPROCESSING_OFF = {"transrate": {"row_normalise": False}, "gbc": {"pca_components": None}}
+
+
+def features_as_given(definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The metric definitions with the released pipelines' preprocessing switched off
+    (:data:`RELEASED_PREPROCESSING_OFF`): every baseline then scores the decoder features as sampled.
+    ``ccfv score --features-as-given`` and ``ccfv rank --features-as-given``; in the workflow, set the
+    options in ``scoring.metrics``."""
+    return {name: {**d, **RELEASED_PREPROCESSING_OFF.get(d.get("method"), {})} for name, d in definitions.items()}
+
+
+def method_options(method: str) -> list[str]:
+    """The options a method accepts (keyword-only or defaulted arguments of its function)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown scoring method {method!r}; known: {sorted(METHODS)}")
+    parameters = inspect.signature(METHODS[method]).parameters.values()
+    return [p.name for p in parameters if p.default is not inspect.Parameter.empty]
+
+
+def check_metric(name: str, definition: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(method, options) of a metric definition; an unknown method or option is an error naming both."""
+    if "method" not in definition:
+        raise ValueError(f"metric {name!r}: no 'method' (one of {sorted(METHODS)})")
+    method = definition["method"]
+    options = {k: v for k, v in definition.items() if k not in ("method", "label")}
+    allowed = method_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"metric {name!r}: method {method!r} has no option(s) {unknown}; it takes {allowed}")
+    return method, options
+
+
+def _score(ff: FeaturesFile, method: str, options: dict[str, Any], cache: dict) -> float:
+    if method in ("ccfv", "ccfv_released"):
+        key = "layers" if method == "ccfv" else "released_layers"
+        if key not in cache:
+            cache[key] = ccfv_layers(ff) if method == "ccfv" else released_layers(ff)
+        return METHODS[method](cache[key], **options)
+    if "head" not in cache:
+        cache["head"] = head_samples(ff)
+    features, labels, probs = cache["head"]
+    if method in ("leep", "nce"):
+        if probs is None:
+            raise ValueError(f"{ff.path}: {method} needs the source model's probabilities, which the file lacks")
+        source = probs if method == "leep" else np.argmax(probs, axis=1)
+        return METHODS[method](source, labels, **options)
+    return METHODS[method](features, labels, **options)
+
+
+def compute_scores(features_path: Path, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """{metric: score} for one features file; every metric's definition is checked before any work."""
+    checked = {name: check_metric(name, d) for name, d in definitions.items()}
+    ff = read_features(features_path)
+    cache: dict = {}
+    scores = {}
+    for name, (method, options) in checked.items():
+        value = float(_score(ff, method, options, cache))
+        if not math.isfinite(value):
+            raise ValueError(f"{features_path}: metric {name!r} ({method}) is not finite ({value})")
+        scores[name] = value
+    return scores
+
+
+def score_pair(features_path: Path, definitions: Mapping[str, Mapping[str, Any]], out: Path, **meta) -> dict:
+    """The workflow's scoring step: every configured metric of one (model, target) into one JSON file."""
+    scores = compute_scores(features_path, definitions)
+    write_json(out, {**meta, "metrics": {k: dict(v) for k, v in definitions.items()}, "scores": scores})
+    return scores
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    return {k: float(v) for k, v in json.loads(Path(path).read_text())["scores"].items()}
