@@ -5,9 +5,9 @@ Every measured piece runs in a fresh child process (this script with ``--child P
 resident memory (the child's ``VmHWM``, read from /proc/self/status at its end: the high-water mark of its
 own address space, which starts afresh at exec) is its own; this process never imports torch. Networks
 have random weights and are built with the project's own code, as the workflow builds them: the U-Net
-with ``ccfv.networks.build`` from the plans' architecture entry that ``ccfv.preprocessing.shared_plans``
+with ``ccfv.bank.networks.build`` from the plans' architecture entry that ``ccfv.preprocess.nnunet.shared_plans``
 writes for the config's ``network:`` section (the entry is ``bench_training.unet_architecture``), UNETR
-from the ``unetr:`` section with ``ccfv.networks.unetr_architecture`` (``img_size`` = the patch size).
+from the ``unetr:`` section with ``ccfv.bank.networks.unetr_architecture`` (``img_size`` = the patch size).
 
 Pieces, per architecture of the config's ``architectures:``:
 
@@ -34,15 +34,15 @@ Pieces, per architecture of the config's ``architectures:``:
   ``ccfv_released``, whose per-pair sqrtm bench_scoring.py times) on synthetic features of ``--cases``
   cases with the shapes sampling gives: per case the class, global and background counts of
   ``choose_voxels`` on the CT-sized labels, per hooked stage ``layer_sample_count`` rows of its real
-  channel count (``ccfv.networks.decoder_stages``), and K = 3 source-class probabilities. Each metric is
-  called as ``ccfv.scoring`` calls it (``check_metric``'s options from the config, the same inputs).
+  channel count (``ccfv.bank.networks.decoder_stages``), and K = 3 source-class probabilities. Each metric is
+  called as ``ccfv.scores.scoring`` calls it (``check_metric``'s options from the config, the same inputs).
   Values are Gaussian with a mean per class; the time of the W2, QR and SVD steps does not depend on
   them. The time ``ccfv_score`` spends in ``class_consistency`` (paper eq. 2) is measured by wrapping
   that module function.
 
 Projection for the full benchmark of the config: 5 targets (``tasks:``), each with its bank (per
 architecture one model per other task, its ``pretrain.snapshots``, and a random model: 10 per target in
-config/msd.yaml). Cases per target: the training split (``split.test_fraction``, ``ccfv.splits``' rule)
+config/msd.yaml). Cases per target: the training split (``split.test_fraction``, ``ccfv.preprocess.splits``' rule)
 of the task's ``numTraining`` in the Medical Segmentation Decathlon (``MSD_TRAINING_CASES``; ``--train-cases``
 for other tasks), every case assumed of ``--shape``. Estimation = per (target, model) the cases x seconds
 per case of the model's architecture, plus its CC-FV score (the ``ccfv`` metric) scaled from ``--cases``
@@ -319,7 +319,7 @@ def synthetic_features(config: dict, arch: str, n_cases: int, shape):
             cases.append({int(k.rsplit("_", 1)[1]): draw(k) for k in class_keys})
             global_.append(draw(GLOBAL_KEY))
         layers.append({"cases": cases, "global": global_})
-    # The baselines' input, as ccfv.features_file.head_samples builds it: the last stage's full-ratio rows
+    # The baselines' input, as ccfv.scores.views.head_samples builds it: the last stage's full-ratio rows
     # at the class and background voxels of every case.
     head_keys = class_keys + [BACKGROUND_KEY]
     features, head_labels, probs = [], [], []

@@ -6,7 +6,7 @@ seeded random 128 x 128 x 96 (x, y, z) volume, i.e. an array [1, 96, 128, 128] i
 (z, y, x) order, with the same windows:
 
 * sampling: ``choose_voxels`` with the demo's budgets (``sampling:``), ``sample_case`` with the U-Net's
-  layer ratios (``sampling.layer_ratios.unet``, read with ``ccfv.networks.layer_ratios_for`` as the
+  layer ratios (``sampling.layer_ratios.unet``, read with ``ccfv.features.settings.layer_ratios_for`` as the
   workflow does), step size and batch size, on every decoder stage, probabilities at the class and background
   voxels (what ``sample_dataset`` does for one case, without writing the file);
 * inference: ``monai.inferers.sliding_window_inference`` with ROI = patch, ``overlap = 1 - step_size``
@@ -21,7 +21,7 @@ a fresh child process (this script with ``--child sample|infer``) that builds th
 volume, runs the task and reports ``ru_maxrss`` (and ``VmHWM``). The children are started before this
 process imports torch: a forked child's ``ru_maxrss`` starts at its parent's resident size. Two modes:
 "own" (each child imports what its task needs; MONAI's import alone is ~330 MiB) and "both" (both
-children import torch, the nnU-Net helpers, ccfv.sampling and MONAI, so the difference is the run
+children import torch, the nnU-Net helpers, ccfv.features.sampler and MONAI, so the difference is the run
 itself). ``rss_ratio`` uses "both", the stricter one.
 
 The sampler runs only the windows that own a chosen voxel (423 of 539 with the demo's budgets);
@@ -134,7 +134,7 @@ def run_sampling(net, image, seg, config):
     wanted = [class_key(k) for k in CLASS_IDS] + [BACKGROUND_KEY]
     layers = decoder_layers(net)
     # sampling.layer_ratios is per architecture (unet / unetr) or one list for all: read it as
-    # ccfv.features does for a bank U-Net.
+    # ccfv.features.target does for a bank U-Net.
     ratios = layer_ratios_for(s["layer_ratios"], UNET, len(layers))
     samples = sample_case(
         net, layers, image, coords, patch_size=config["network"]["patch_size"],
@@ -305,7 +305,7 @@ def main() -> None:
           f"{statistics.median(a / b for a, b in zip(times['sample'], times['infer'])):.3f}")
 
     for imports, what in (("own", "each child imports only what its task needs"),
-                          ("both", "both children import torch, nnU-Net helpers, ccfv.sampling and MONAI")):
+                          ("both", "both children import torch, nnU-Net helpers, ccfv.features.sampler and MONAI")):
         if imports not in modes:
             continue
         print(f"peak RSS, {what}:")

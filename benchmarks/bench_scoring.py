@@ -4,7 +4,7 @@ Builds seeded random data with class structure (default: 100 cases x 2 classes, 
 500 samples per class and case; every case-class set is a class-specific linear mix of Gaussian
 noise, perturbed per case, plus a perturbed class mean), then in the same run:
 
-* ours: ``ccfv.metrics.class_consistency`` (each case-class covariance factorised once, one
+* ours: ``ccfv.scores.metrics.ccfv.class_consistency`` (each case-class covariance factorised once, one
   symmetric eigvalsh per pair, batched), with the numpy backend and, if torch is importable, the
   torch backend (CUDA when available, else CPU);
 * released: the arithmetic of the CC-FV authors' ``utils/ccfv.py::cal_w_distance`` per unordered

@@ -46,7 +46,7 @@ ASSUMED_GPU_SPEEDUP = 50.0
 
 
 def unet_architecture(network: dict) -> dict:
-    """The plans' architecture entry that ccfv.preprocessing.shared_plans writes for a config's network."""
+    """The plans' architecture entry that ccfv.preprocess.nnunet.shared_plans writes for a config's network."""
     n = len(network["features_per_stage"])
     return {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",

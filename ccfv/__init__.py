@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "rank_models", "TorchModel"]
 
 #: Import paths of earlier versions that users may have in their code, and where the module lives now.
-MOVED_MODULES = {"ccfv.metrics": "ccfv.scores.metrics"}
+MOVED_MODULES = {"ccfv.scores.metrics": "ccfv.scores.metrics"}
 
 
 def __getattr__(name: str):
@@ -33,7 +33,7 @@ def __getattr__(name: str):
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import ccfv.metrics`` (and ``from ccfv.metrics import logme``) loads the module at its new path,
+    """``import ccfv.scores.metrics`` (and ``from ccfv.scores.metrics import logme``) loads the module at its new path,
     with a DeprecationWarning that names it."""
 
     def find_spec(self, fullname, path=None, target=None):

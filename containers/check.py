@@ -771,7 +771,7 @@ def check_versions(root: Path, logs: Path, lock_path: Path) -> list[str]:
 
 
 def make_features(path: Path) -> Path:
-    """A features file written by the test suite's helpers (tests/test_scoring.py: four cases whose
+    """A features file written by the test suite's helpers (tests/scores/test_scoring.py: four cases whose
     class-k features sit around k, two decoder layers, source-model probabilities)."""
     import importlib.util
 
@@ -779,7 +779,7 @@ def make_features(path: Path) -> Path:
 
     from ccfv.features.file import write_features
 
-    spec = importlib.util.spec_from_file_location("ccfv_test_scoring", ROOT / "tests" / "test_scoring.py")
+    spec = importlib.util.spec_from_file_location("ccfv_test_scoring", ROOT / "tests" / "scores" / "test_scoring.py")
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     rng = np.random.default_rng(0)

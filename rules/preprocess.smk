@@ -61,7 +61,7 @@ rule make_split:
     params:
         test_fraction=config["split"]["test_fraction"],
         seed=config["split"]["seed"],
-        # not an output: it must outlive reruns (see ccfv/splits.py)
+        # not an output: it must outlive reruns (see ccfv/preprocess/splits.py)
         record=f"{R}/splits/{{task}}.record.json",
     resources:
         **resources_for("default"),

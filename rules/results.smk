@@ -13,7 +13,7 @@ STATISTICS = {"n_bootstrap": 1000, "n_permutations": 2000, "n_simulations": 1000
 TSNE = {"target": TASKS[0], "class_id": 1, "per_case": 30, "seed": 0}
 TABLE_FILES = [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex")]
 RESULTS_ENV = SCORES_ENV
-# The health check's thresholds (docs/report.md); a missing key takes ccfv.ground_truth.HealthRule's default.
+# The health check's thresholds (docs/report.md); a missing key takes ccfv.results.ground_truth.HealthRule's default.
 GROUND_TRUTH = config.get("ground_truth", {})
 # Every model of any target's bank, once.
 BANK_MODELS = sorted({m for t in TASKS for m in bank(t)})

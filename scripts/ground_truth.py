@@ -1,4 +1,4 @@
-"""Snakemake script: can each target's fine-tuned Dice rank its bank's models? (ccfv.ground_truth; the rule
+"""Snakemake script: can each target's fine-tuned Dice rank its bank's models? (ccfv.results.ground_truth; the rule
 and its thresholds in docs/report.md)"""
 from pathlib import Path
 

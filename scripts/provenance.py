@@ -1,4 +1,4 @@
-"""Snakemake script: results/provenance.json (ccfv.provenance; fields in docs/report.md)."""
+"""Snakemake script: results/provenance.json (ccfv.results.provenance; fields in docs/report.md)."""
 from pathlib import Path
 
 from ccfv.results.provenance import write_provenance

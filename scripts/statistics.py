@@ -1,6 +1,6 @@
 """Snakemake script: bootstrap intervals, permutation p-values, top-1 regret, static baselines (larger model
 first from the bank models' weights), the noise ceiling, Kendall's tau-b, Rel@1, the top-3 hit rate and the
-leave-one-out stability (ccfv.results.build_statistics; definitions in docs/report.md); the targets whose
+leave-one-out stability (ccfv.results.statistics.build_statistics; definitions in docs/report.md); the targets whose
 ground truth cannot rank (ground_truth.csv) marked."""
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 """Shared fixtures: one tiny synthetic task run through nnU-Net's real conversion, planning and
-preprocessing once per session (used by test_preprocessing.py and test_training.py)."""
+preprocessing once per session (used by tests/preprocess/test_nnunet.py, tests/bank/test_training.py and others)."""
 
 from __future__ import annotations
 

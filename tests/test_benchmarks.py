@@ -254,7 +254,7 @@ DICE = {
 
 
 def fake_results(root: Path) -> Path:
-    """results/finetune/<target>/<model>/seed<N>.json as ccfv.training.finetune writes them."""
+    """results/finetune/<target>/<model>/seed<N>.json as ccfv.finetune.nnunet.finetune writes them."""
     for target, models in DICE.items():
         for model, values in models.items():
             for seed, value in enumerate(values):

@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
@@ -73,8 +71,8 @@ def test_unet_jobs_never_import_monai_nor_the_trainer_module(tiny_dataset, tmp_p
     """random_init, sample_features and score for a U-Net bank member, through the functions their
     scripts call: no MONAI (only UNETR needs it), no nnU-Net trainer module (only training needs it), no
     plotting stack, no torch._dynamo; scoring needs no torch at all."""
-    from ccfv.preprocess.splits import make_split, write_split
     from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
 
     split = tmp_path / "split.json"
     write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.2, seed=0), split)

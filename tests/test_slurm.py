@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-TINY = ROOT / "tests/data/tiny.yaml"
+TINY = ROOT / "tests/configs/tiny.yaml"
 TEST_PROFILE = ROOT / "tests/slurm/profile"  # overrides for the test cluster, given after profiles/slurm
 GPU_RULES = {"pretrain", "sample_features", "finetune"}
 SITE_VARIABLES = ("CCFV_SLURM_PARTITION", "CCFV_SLURM_GPU_PARTITION", "CCFV_SLURM_ACCOUNT", "CCFV_SLURM_GPU_MODEL")

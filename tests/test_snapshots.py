@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from ccfv.bank.model_card import MODEL_CARD
-from test_workflow import ROOT, job_counts, snakemake
 
+from .test_workflow import ROOT, job_counts, snakemake
 
 STUDY = ("config/config.yaml", "config/study.yaml")
 
@@ -78,7 +78,7 @@ def test_snapshots_are_pretraining_only(tmp_path):
 
 @pytest.mark.slow
 def test_a_snapshot_is_scored_and_fine_tuned_like_any_bank_member(tmp_path):
-    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["pretrain"]["snapshots"] = [2]
     config = tmp_path / "snapshots.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -231,6 +231,60 @@ def test_bad_scoring_config_fails_before_any_job(tmp_path, change, message):
     assert re.search(message, result.stdout + result.stderr), (result.stdout + result.stderr)[-2000:]
 
 
+def demo_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_check_config_passes_the_shipped_configs():
+    from ccfv.workflow import check_config, check_config_before_schema
+
+    for layer in ("seeds3.yaml", "study.yaml", None):
+        config = demo_config()
+        if layer:
+            extra = yaml.safe_load((ROOT / "config" / layer).read_text())
+            for key, value in extra.items():
+                config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+        check_config_before_schema(config)
+        check_config(config)
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (lambda c: c["pretrain"].update(snapshots=[10_000]), ("pretrain", "snapshots"), r"pretrain.snapshots \[10000\]"),
+    (lambda c: c.update(tasks=c["tasks"][:1], architectures=["unet"]), ("tasks",), "would hold 1 models"),
+    (lambda c: c["sampling"].update(layer_ratios={"unet": [1.0], "unetr": [0.5, 1.0]}), ("sampling", "layer_ratios"),
+     "gives 1 entries for unet"),
+    (lambda c: c["network"].update(patch_size=[24, 32, 32]), ("network", "patch_size"), "multiple of 16"),
+    (lambda c: c["scoring"]["tables"].update(table1=["leeep"]), ("scoring", "tables", "table1"), r"\['leeep'\]"),
+    (lambda c: c["scoring"]["metrics"]["ccfv"].update(distanse="w2"), ("scoring", "metrics", "ccfv"), "distanse"),
+])
+def test_check_config_names_the_file_the_key_and_the_problem(change, key, message):
+    """The checks a schema cannot express, called as rules/common.smk calls them (the workflow-level
+    tests above run the same checks through Snakemake)."""
+    from ccfv.workflow import check_config
+
+    config = demo_config()
+    change(config)
+    asked = []
+
+    def source(*where):
+        asked.append(where)
+        return "mine.yaml"
+
+    with pytest.raises(ValueError, match=message) as caught:
+        check_config(config, source)
+    assert str(caught.value).startswith("config (mine.yaml): ") and asked == [key]
+
+
+def test_check_config_before_schema_refuses_head_init_in_pretraining():
+    from ccfv.workflow import check_config_before_schema
+
+    config = demo_config()
+    config["pretrain"]["per_task"] = {"Task91_SynthLiver": {"head_init": "zero"}}
+    with pytest.raises(ValueError, match=r"config \(config\): pretrain.per_task.Task91_SynthLiver.head_init: "
+                                         "head_init is for fine-tuning only"):
+        check_config_before_schema(config)
+
+
 def test_lint_is_clean():
     result = snakemake("--lint", "--configfile", "config/config.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -239,7 +293,7 @@ def test_lint_is_clean():
 @pytest.mark.slow
 def test_whole_dag_on_tiny_config(tmp_path):
     """Every stage for real (nnU-Net, training, sampling, scores, Dice) on 2 tiny tasks."""
-    result = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path,
+    result = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path,
                        timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     rows = list(csv.reader((tmp_path / "results/tables/table1.csv").open()))
@@ -269,9 +323,9 @@ def test_whole_dag_on_tiny_config(tmp_path):
             result_json = json.loads(path.read_text())
             result_json["mean_dice"] = value
             path.write_text(json.dumps(result_json))
-    assert dry_run("--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path) == with_results(
+    assert dry_run("--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path) == with_results(
         {"ground_truth": 1, "all": 1})
-    rerun = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path, timeout=600)
+    rerun = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path, timeout=600)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
     health = {h["target"]: h for h in csv.DictReader((tables_dir / "ground_truth.csv").open())}
     assert health["Task91_SynthLiver"]["can_rank"] == "True" and health["Task91_SynthLiver"]["reasons"] == ""
@@ -322,7 +376,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     assert provenance["times"]["start"] < provenance["times"]["end"]
     assert set(provenance["data_checksums"]) == set(tasks)
     # the report holds every table and figure, each with its caption
-    report = snakemake("--report", "results/report.zip", "--configfile", str(ROOT / "tests/data/tiny.yaml"),
+    report = snakemake("--report", "results/report.zip", "--configfile", str(ROOT / "tests/configs/tiny.yaml"),
                        cwd=tmp_path, timeout=300)
     assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
     with zipfile.ZipFile(tmp_path / "results/report.zip") as archive:
@@ -341,10 +395,10 @@ def test_whole_dag_on_tiny_config(tmp_path):
     assert "Read this first: whether each target's fine-tuned Dice can rank" in text
     assert "cannot rank its models (see Ground truth)" in text and "Read <strong>Tables / Ground truth</strong>" in text
     # a second run has nothing to do
-    again = snakemake("-n", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path)
+    again = snakemake("-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     # adding a fine-tuning seed schedules that seed's fine-tunings and the results, nothing upstream
-    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["finetune"]["seeds"] = [0, 1]
     (tmp_path / "two_seeds.yaml").write_text(yaml.safe_dump(cfg))
     more = snakemake("-n", "--configfile", str(tmp_path / "two_seeds.yaml"), cwd=tmp_path)
@@ -353,7 +407,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     assert job_counts(out) == with_results({"finetune": 8, "all": 1}), out[-3000:]
     assert "seed0.json" not in re.sub(r"input:.*", "", out)
     # changing a metric's option reruns scoring and the results, nothing upstream; a label only the results
-    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["scoring"]["metrics"]["ccfv_kl"]["label"] = "KL"
     (tmp_path / "label.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "label.yaml"), cwd=tmp_path)
@@ -363,7 +417,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     result = snakemake("-n", "--configfile", str(tmp_path / "option.yaml"), cwd=tmp_path)
     assert job_counts(result.stdout + result.stderr) == with_results({"score": 8, "all": 1})
     # one source task's pretraining budget: that source's model, and the targets whose bank holds it
-    cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["pretrain"]["per_task"] = {"Task91_SynthLiver": {"iterations": 6}}
     (tmp_path / "budget.yaml").write_text(yaml.safe_dump(cfg))
     result = snakemake("-n", "--configfile", str(tmp_path / "budget.yaml"), cwd=tmp_path)
@@ -379,7 +433,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     before = script.stat()
     try:
         os.utime(script)
-        result = snakemake("-n", "--configfile", str(ROOT / "tests/data/tiny.yaml"), cwd=tmp_path)
+        result = snakemake("-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path)
         out = result.stdout + result.stderr
         assert job_counts(out) == with_results({"score": 8, "all": 1}), out[-3000:]
         assert "Code has changed since last execution" in out

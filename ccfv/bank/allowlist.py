@@ -2,7 +2,7 @@
 
 nnU-Net resolves the class and op names of a plans file with ``pydoc.locate``, which imports (runs) the
 module a name points to: a plans file from elsewhere could otherwise name any importable code. The bank's
-U-Net entries (``ccfv.networks.build``) and every nnU-Net model folder (:mod:`ccfv.models.nnunet`) pass
+U-Net entries (``ccfv.bank.networks.build``) and every nnU-Net model folder (:mod:`ccfv.models.nnunet`) pass
 through :func:`check_unet_architecture` first.
 """
 from __future__ import annotations

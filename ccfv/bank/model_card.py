@@ -122,13 +122,13 @@ def make_model_card(model_id: str, plans: dict, dataset_json: dict, source_task:
 
 def parameter_count(model_dir: Path, include_heads: bool = False) -> int:
     """The number of weights of a bank model: the elements of every tensor in its ``weights.safetensors``,
-    the segmentation heads excluded unless ``include_heads`` (:func:`ccfv.networks.is_head`: nnU-Net's
+    the segmentation heads excluded unless ``include_heads`` (:func:`ccfv.bank.networks.is_head`: nnU-Net's
     ``decoder.seg_layers.*``, UNETR's ``out.*``).
 
     The heads are left out because fine-tuning replaces them (their size follows the source task's number
     of classes, not the network): two models of one architecture count the same. Tensors that the network
     aliases (nnU-Net's encoder, also reachable as ``decoder.encoder``) are stored once in the file
-    (``ccfv.training.save_bank_model``) and so counted once.
+    (``ccfv.bank.model_card.save_bank_model``) and so counted once.
 
     Only the file's header is read: 8 bytes (little-endian unsigned length N), then N bytes of JSON
     ``{name: {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}`` (the safetensors format,

@@ -150,8 +150,8 @@ def bare_network(network):
 def network_parameter_count(network) -> int:
     """The number of weights of a loaded network: the elements of its distinct state-dict tensors (a tensor
     reachable under two names, as nnU-Net's encoder is, counts once) without the segmentation heads
-    (:func:`ccfv.networks.is_head`: nnU-Net's ``seg_layers``, UNETR's ``out``; another network's head is
-    counted). For a ccfv bank model this equals :func:`ccfv.models.bank.parameter_count` of its folder."""
+    (:func:`ccfv.bank.networks.is_head`: nnU-Net's ``seg_layers``, UNETR's ``out``; another network's head is
+    counted). For a ccfv bank model this equals :func:`ccfv.bank.model_card.parameter_count` of its folder."""
 
     seen, total = set(), 0
     for name, tensor in network.state_dict().items():

@@ -40,7 +40,7 @@ def trainer_class(augmentation: str = "nnunet"):
 
         split_file: Path | None = None
         #: The network to train: ``("unet", None)`` builds the plans' U-Net; ``("unetr", architecture entry)``
-        #: a UNETR on the plans' patch size (no deep supervision; see ccfv/networks.py).
+        #: a UNETR on the plans' patch size (no deep supervision; see ccfv/bank/networks.py).
         network_spec: tuple[str, dict | None] = (networks.UNET, None)
         #: What a checkpoint must have been written by to be resumed from (see ``train``).
         resume_identity: dict | None = None

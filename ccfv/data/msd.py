@@ -1,6 +1,6 @@
 """Fetching Medical Segmentation Decathlon tasks: streamed, resumable, MD5-verified, safely extracted.
 
-Facts (URLs, MD5s) from MONAI's DecathlonDataset; see docs/data.md. The archive is streamed to
+Facts (URLs, MD5s) from MONAI's DecathlonDataset; see README.md, "Getting the data". The archive is streamed to
 ``<dest>/.<Task>.tar.partial``; an interrupted download resumes with an HTTP Range request; the MD5 is
 checked before anything is extracted; extraction uses tarfile's ``data`` filter (no absolute paths, no
 ``..``, no links leaving the tree, no devices) into a scratch folder renamed into place; macOS ``._*``

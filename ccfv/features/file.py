@@ -1,6 +1,6 @@
 """The features file: voxel features sampled from one pretrained model on one target dataset.
 
-One HDF5 file per (model, target), written by ``ccfv.sampling.sample_dataset`` and read by every
+One HDF5 file per (model, target), written by ``ccfv.features.sampler.sample_dataset`` and read by every
 transferability score. The schema (docs/sampling.md, "Features file") is:
 
     /                                  root attributes: see ``REQUIRED_ATTRS``, ``OPTIONAL_ATTRS``

@@ -13,7 +13,7 @@ training cases. This module does that sampling without ever building a full-volu
    that own a voxel, and inside forward hooks on the named layers gathers, at the owned voxels only,
    the value trilinear upsampling to the patch size would give. Layer ``l`` keeps the first
    ``ceil(layer_ratios[l] * n)`` voxels of every key (a lower sampling ratio near the bottleneck).
-3. ``sample_dataset`` loops over cases and writes one features file (``ccfv.features_file``).
+3. ``sample_dataset`` loops over cases and writes one features file (``ccfv.features.file``).
 
 The rules (window assignment with its proof, interpolation, budgets, seeding) are in
 ``docs/sampling.md``. The module is generic over any ``torch.nn.Module``: callers supply the network
@@ -364,7 +364,7 @@ def sample_dataset(
     num_cases: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Sample every case and write one features file (``ccfv.features_file``) atomically.
+    """Sample every case and write one features file (``ccfv.features.file``) atomically.
 
     Args:
         network, layer_names, patch_size, step_size, batch_size, layer_ratios, device: as in

@@ -1,7 +1,7 @@
 """Sample a bank model's decoder features over a target dataset's training split (one features file).
 
 Which layers are hooked (every decoder stage; the last one is the layer before the final convolution) is
-documented, with channels and scales, in ``ccfv/networks.py`` and docs/models.md:
+documented, with channels and scales, in ``ccfv/bank/networks.py`` and docs/models.md:
 
 - U-Net (nnU-Net's PlainConvUNet): ``decoder.stages.0`` (lowest resolution, next to the bottleneck) to
   ``decoder.stages.<n-2>`` (full resolution, feeds the final 1x1x1 convolution ``decoder.seg_layers.<n-2>``).

@@ -9,7 +9,7 @@ module                          a model is                                 prepr
 :mod:`ccfv.models.torch_module` a ``torch.nn.Module`` given from Python    the caller's callable
 ==============================  =========================================  ===============================
 
-:mod:`ccfv.models.allowlist` holds the network classes a plans file may name; :mod:`ccfv.models.monai_networks`
+:mod:`ccfv.bank.allowlist` holds the network classes a plans file may name; :mod:`ccfv.models.monai_networks`
 the documented decoder stages of MONAI's networks. Nothing here runs code a model's files name or hold
 unless the user opts in (``trust_bundle_code``).
 """

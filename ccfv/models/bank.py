@@ -1,7 +1,7 @@
 """The workflow's own bank models (``results/bank/<model>/``): ``model.json`` and ``weights.safetensors``.
 
 safetensors holds tensors only, so nothing in the file can execute; the network is built from the card's
-architecture entry (``ccfv.networks.build``: nnU-Net's U-Net behind the allowlist, or MONAI's UNETR). A bank
+architecture entry (``ccfv.bank.networks.build``: nnU-Net's U-Net behind the allowlist, or MONAI's UNETR). A bank
 model is applied to the target with nnU-Net plans planned on the target itself, as the workflow does.
 """
 from __future__ import annotations

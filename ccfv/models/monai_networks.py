@@ -22,7 +22,7 @@ DynUNet     ``upsamples.0`` .. ``upsamples.<n-1>``        ``filters[n-1-i]``    
 
 Sources: MONAI 1.x ``monai/networks/nets/{unet,segresnet,swin_unetr,unetr,dynunet}.py`` (the forward
 passes: UNet's recursive ``SkipConnection``, SegResNet's ``decode``, the UNETR/SwinUNETR decoder blocks,
-DynUNet's ``upsamples``); tests/test_models_monai.py checks every row against hooked forward passes.
+DynUNet's ``upsamples``); tests/models/test_bundle.py checks every row against hooked forward passes.
 """
 from __future__ import annotations
 

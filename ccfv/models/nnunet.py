@@ -2,7 +2,7 @@
 
 Read without running anything the folder names or holds: the checkpoint with
 ``torch.load(weights_only=True)`` (numpy scalars admitted, as nnU-Net logs them), the network class and ops
-of ``plans.json`` checked against :mod:`ccfv.models.allowlist` before nnU-Net imports them. Plans in
+of ``plans.json`` checked against :mod:`ccfv.bank.allowlist` before nnU-Net imports them. Plans in
 nnU-Net's older format (``UNet_class_name``, ``UNet_base_num_features`` per configuration) are converted as
 nnU-Net's own ``ConfigurationManager`` does, for the two classes it converts (PlainConvUNet,
 ResidualEncoderUNet); any other class there (STU-Net's ``STUNet``, say) is refused by name. The target data

@@ -108,7 +108,7 @@ def plan_and_preprocess(raw_dataset: Path, preprocessed_root: Path, network: dic
     experiment planner, then writes ``ccfvPlans.json`` (see module docstring) and preprocesses the
     3d_fullres configuration with it. Everything is built in a scratch folder and renamed into
     ``preprocessed_root/DatasetXXX_Name`` at the end. ``checksums``, when given, receives the SHA-256 of
-    every preprocessed case (``ccfv.checksums.preprocessed_cases``).
+    every preprocessed case (``ccfv.preprocess.nnunet.preprocessed_cases``).
     """
     raw_dataset, preprocessed_root = Path(raw_dataset), Path(preprocessed_root)
     name = raw_dataset.name

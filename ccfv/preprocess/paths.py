@@ -11,7 +11,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-#: The name of the plans every dataset of the benchmark is preprocessed with (see ``preprocessing.py``).
+#: The name of the plans every dataset of the benchmark is preprocessed with (see ``ccfv.preprocess.nnunet``).
 PLANS_NAME = "ccfvPlans"
 CONFIGURATION = "3d_fullres"
 

@@ -81,7 +81,7 @@ def split_task(task: str, cases: list[str], files_digest: str, test_fraction: fl
     """The task's split: the recorded one if a record exists and still matches, else a new recorded one.
 
     ``files_digest`` is the digest over the task's training image and label files
-    (``ccfv.checksums.training_files``). Raises ``SplitError`` naming the record and every difference
+    (``ccfv.data.checksums.training_files``). Raises ``SplitError`` naming the record and every difference
     when the cases, their files or the split settings changed since the record was written.
     """
     record_path = Path(record_path)

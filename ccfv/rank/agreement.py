@@ -159,7 +159,7 @@ def methods_ranking_stability(correlations_: dict[str, dict], baselines: dict[st
 
 
 def dice_health(rows: list[dict], dataset: str = "") -> dict:
-    """The ground-truth health check (:func:`ccfv.ground_truth.check_target`, default thresholds) on the
+    """The ground-truth health check (:func:`ccfv.results.ground_truth.check_target`, default thresholds) on the
     ``--dice`` values of the ranked models: can this Dice rank them at all? JSON-ready (NaN as None), with
     the thresholds under ``rule``. One value per model, so the seed-noise criterion does not apply."""
     from dataclasses import asdict

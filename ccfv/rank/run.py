@@ -8,8 +8,8 @@ The paper's question for one user, without Snakemake (docs/rank.md). For every m
 2. preprocess the user's labelled cases as the model expects them (``LoadedModel``: the model's own nnU-Net
    plans, the target's own nnU-Net plans for a bank model, the bundle's own transforms, or the caller's
    callable), once per distinct preprocessing;
-3. sample decoder features during sliding-window inference (``ccfv.sampling``) and score them
-   (``ccfv.scoring``, the metrics of the paper's Table 1).
+3. sample decoder features during sliding-window inference (``ccfv.features.sampler``) and score them
+   (``ccfv.scores.scoring``, the metrics of the paper's Table 1).
 
 A model that cannot be applied (missing files, an unsafe or unreadable checkpoint, a bundle needing code,
 another number of input channels, a 2D configuration) is reported with the reason while the others are
@@ -52,9 +52,9 @@ DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
 
 def metric_definitions(names: Sequence[str] | None, features_as_given: bool = False) -> dict[str, dict]:
     """{name: definition} of ``--metric`` values (``all``: every one of ``RANK_METRICS``), each with the
-    options of :data:`ccfv.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
+    options of :data:`ccfv.scores.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
     TransRate and GBC preprocess the features as their released pipelines do, unless
-    ``features_as_given`` (``--features-as-given``, :func:`ccfv.scoring.features_as_given`)."""
+    ``features_as_given`` (``--features-as-given``, :func:`ccfv.scores.scoring.features_as_given`)."""
     from ..scores.scoring import DEFAULT_METRICS
     from ..scores.scoring import features_as_given as as_given
 
@@ -83,7 +83,7 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
 
     With ``dice_file`` the known Dice is compared with every metric and checked by the ground-truth health
     rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
-    GBC without their released pipelines' preprocessing (:func:`ccfv.scoring.features_as_given`).
+    GBC without their released pipelines' preprocessing (:func:`ccfv.scores.scoring.features_as_given`).
 
     Errors in the arguments, the dataset or ``--dice`` raise before any model is loaded; an error of one
     model is recorded in ``Ranking.failed`` and the others are ranked.

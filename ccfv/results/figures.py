@@ -137,12 +137,12 @@ def scores_vs_dice(records: list[Mapping], metrics: list[str], targets: list[str
                    labels: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None) -> list[Path]:
     """Fig. 2: one panel per (metric row, target column), standardised score on x, mean fine-tuned Dice on
     y, a least-squares line, and the panel's weighted Kendall's tau (as in Table 1,
-    :func:`ccfv.results.correlations`) in its corner.
+    :func:`ccfv.results.tables.correlations`) in its corner.
 
     Each point is a bank model drawn as :func:`model_styles` says (colour = source, marker = architecture,
     hollow = snapshot), explained by one legend above the panels: text labels beside twenty points
     overlap into noise, and a source keeps its colour from panel to panel. The targets of ``flags``
-    ({target: why its ground truth cannot rank}, :func:`ccfv.ground_truth.flags`) are marked as in the
+    ({target: why its ground truth cannot rank}, :func:`ccfv.results.ground_truth.flags`) are marked as in the
     tables: a dagger in the column title and the reason below the figure.
     """
     labels = {**METRIC_LABELS, **(labels or {})}

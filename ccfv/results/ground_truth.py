@@ -16,7 +16,7 @@ m the mean over its defined fine-tuning seeds:
   0.5: more than half of the bank cannot be told apart from the best);
 - **source spread against seed noise** (only when every model has at least 2 defined seeds): the
   standard deviation over models of the mean Dice (ddof=1) against the seed noise of the noise ceiling
-  (:func:`ccfv.results.pooled_seed_variance`: the square root of the mean over models of each model's
+  (:func:`ccfv.results.measures.pooled_seed_variance`: the square root of the mean over models of each model's
   variance over seeds, ddof=1); the target fails when the spread is below ``min_spread_ratio`` (default
   1.0) times the seed noise;
 - fewer than 3 models: no rank correlation is defined, the target fails.

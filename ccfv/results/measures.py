@@ -173,7 +173,7 @@ def _batched_kendall(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Kendall's tau-b of each row pair of x, y [B, n]: sum_ij sgn(x_i - x_j) sgn(y_i - y_j) over
     sqrt(sum_ij sgn(x_i - x_j)^2 * sum_ij sgn(y_i - y_j)^2), the pairs tied in x (or y) dropping out of
     the x (or y) factor as in tau-b; NaN where either row is constant. Equal to
-    ``scipy.stats.kendalltau`` (tests/test_results.py), vectorised for the bootstrap."""
+    ``scipy.stats.kendalltau`` (tests/results/test_tables_and_statistics.py), vectorised for the bootstrap."""
     sx = np.sign(x[:, :, None] - x[:, None, :])
     sy = np.sign(y[:, :, None] - y[:, None, :])
     with np.errstate(all="ignore"):

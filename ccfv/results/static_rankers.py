@@ -34,7 +34,7 @@ def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architec
       one, :func:`reference_architecture`), else 0. Constant on a one-architecture bank.
     - ``larger_source_first``: the number of training cases of the source task (0 for random models).
     - ``larger_model_first`` (only with ``parameter_counts``, {model id: number of weights,
-      :func:`ccfv.models.bank.parameter_count`}): the model's number of weights, heads excluded. The
+      :func:`ccfv.bank.model_card.parameter_count`}): the model's number of weights, heads excluded. The
       model-size ranker of Singh et al. (ICLR 2026), which they found to beat most transferability scores
       on some benchmarks. Models of one architecture tie.
 
@@ -99,7 +99,7 @@ def static_rankers_note(records: list[Mapping], targets: list[str], source_sizes
 
 def parameter_counts_of(bank_dirs: Mapping[str, Path]) -> dict[str, int]:
     """{model id: number of weights, heads excluded} of the bank models' folders
-    (:func:`ccfv.models.bank.parameter_count`)."""
+    (:func:`ccfv.bank.model_card.parameter_count`)."""
     from ..bank.model_card import parameter_count
 
     return {model: parameter_count(Path(path)) for model, path in bank_dirs.items()}

@@ -11,7 +11,7 @@ rate (``selection``) and the leave-one-out stability (``stability``); docs/repor
 model ids are ``<architecture>-<source task>[@<snapshot iteration>]`` or ``<architecture>-random``.
 
 Every table takes ``flags``, {target: why its ground truth cannot rank its models} from the ground-truth
-health check (:mod:`ccfv.ground_truth`): a flagged target keeps its values but is marked with
+health check (:mod:`ccfv.results.ground_truth`): a flagged target keeps its values but is marked with
 :data:`FLAG_MARK` in Markdown and LaTeX (with a footnote saying why) and in CSV by a ``ground_truth`` row
 (wide tables) or column (long tables).
 """
@@ -137,7 +137,7 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
 
     ``tables`` maps a table name to its metrics, e.g. {"table1": ["logme", ..., "ccfv"], "table2": [...]}.
     ``flags``: {target: why} of the targets whose ground truth cannot rank its models
-    (:func:`ccfv.ground_truth.flags`), marked in every table. Everything is read and checked before
+    (:func:`ccfv.results.ground_truth.flags`), marked in every table. Everything is read and checked before
     anything is written.
     """
     from ..scores.scoring import read_scores

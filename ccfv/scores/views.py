@@ -14,7 +14,7 @@ from ..features.file import BACKGROUND_KEY, CLASS_PREFIX, GLOBAL_KEY, FeaturesFi
 
 
 def ccfv_layers(ff: FeaturesFile) -> list[dict[str, list]]:
-    """The input of ``ccfv.metrics.ccfv_score``: one entry per layer, bottleneck -> output.
+    """The input of ``ccfv.scores.metrics.ccfv.ccfv_score``: one entry per layer, bottleneck -> output.
 
     Each entry is ``{"cases": [{class_id: [n_k, C_l]} per case], "global": [[L, C_l] per case]}``;
     a case's mapping holds only the classes present in it.

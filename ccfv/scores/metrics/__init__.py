@@ -11,7 +11,7 @@ module                                 what it holds
 =====================================  ===============================================================
 
 Every public name is importable from here (``from ccfv.scores.metrics import logme``), and from the old path
-``ccfv.metrics``.
+``ccfv.scores.metrics``.
 """
 from .baselines import gbc, hscore, leep, nce, transrate
 from .ccfv import HSE_DISTANCE_FLOOR, ccfv_score, class_consistency, feature_variety, hyperspherical_energy

@@ -268,11 +268,11 @@ def test_build_tables_metric_missing_from_a_score_file(tmp_path):
 # The paper's values, LaTeX
 # --------------------------------------------------------------------------------------------------
 
-from ccfv.results.paper import PAPER_TARGETS, PAPER_VALUES, paper_comparison
-from ccfv.results.statistics import analyse
-from ccfv.results.static_rankers import baseline_scores
-from ccfv.results.measures import bootstrap_interval, noise_ceiling, permutation_pvalue, statistic, top1_regret
 from ccfv.bank.model_ids import model_architecture, model_source
+from ccfv.results.measures import bootstrap_interval, noise_ceiling, permutation_pvalue, statistic, top1_regret
+from ccfv.results.paper import PAPER_TARGETS, PAPER_VALUES, paper_comparison
+from ccfv.results.static_rankers import baseline_scores
+from ccfv.results.statistics import analyse
 from ccfv.results.tables import to_latex
 
 
@@ -427,9 +427,18 @@ def test_analyse_rows_and_baselines():
 
 import itertools  # noqa: E402
 
-from ccfv.results.measures import SELECTION_MEASURES, statistic_batch, kendall_tau, leave_one_out, loo_stability, method_ranking_stability, relative_top1, top_k_hit
-from ccfv.results.statistics import build_statistics
 from ccfv.bank.model_ids import model_order, model_snapshot
+from ccfv.results.measures import (
+    SELECTION_MEASURES,
+    kendall_tau,
+    leave_one_out,
+    loo_stability,
+    method_ranking_stability,
+    relative_top1,
+    statistic_batch,
+    top_k_hit,
+)
+from ccfv.results.statistics import build_statistics
 
 
 def slow_kendall_tau_b(x, y):
@@ -671,7 +680,7 @@ def test_build_statistics_writes_selection_and_stability_with_flags(tmp_path):
     assert f"† Task02_B: the fine-tuned Dice cannot rank the bank's models: {why}." in md
     assert "† Avg includes the flagged target(s)." in md
     stable_md = (tmp_path / "stability.md").read_text()
-    assert "| Method | Task01 | Task02† |" in stable_md and f"† Task02_B: the fine-tuned Dice" in stable_md
+    assert "| Method | Task01 | Task02† |" in stable_md and "† Task02_B: the fine-tuned Dice" in stable_md
     assert "Ranking of the methods by weighted τ" in stable_md
     # the tables of before keep their columns
     assert list(csv.DictReader((tmp_path / "statistics.csv").open()))[0].keys() == {
@@ -689,8 +698,8 @@ def two_bank_models(tmp_path_factory, tiny_dataset):
     with twice the features per stage."""
     import shutil
 
-    from ccfv.preprocess.paths import CONFIGURATION, PLANS_NAME
     from ccfv.bank.training import random_model
+    from ccfv.preprocess.paths import CONFIGURATION, PLANS_NAME
 
     root = tmp_path_factory.mktemp("params")
     wide = root / "wide_plans"

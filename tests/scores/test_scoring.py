@@ -1,4 +1,4 @@
-"""Tests for ccfv.scoring: every method read from a features file equals the metrics function applied to
+"""Tests for ccfv.scores.scoring: every method read from a features file equals the metrics function applied to
 the right samples; metric definitions are checked; the workflow's score file."""
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from ccfv.scores import metrics
 from ccfv.features.file import CaseRecord, read_features, write_features
-from ccfv.scores.views import ccfv_layers, head_samples
-from ccfv.scores.scoring import DEFAULT_METRICS, METHODS, check_metric, compute_scores, features_as_given, method_options, read_scores, score_pair
-from ccfv.scores.views import released_layers
+from ccfv.scores import metrics
+from ccfv.scores.scoring import (
+    DEFAULT_METRICS,
+    METHODS,
+    check_metric,
+    compute_scores,
+    features_as_given,
+    method_options,
+    read_scores,
+    score_pair,
+)
+from ccfv.scores.views import ccfv_layers, head_samples, released_layers
 
 CHANNELS = [5, 4]
 K = 3  # the source model's output classes

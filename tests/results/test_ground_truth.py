@@ -1,4 +1,4 @@
-"""Tests for ccfv.ground_truth: the health rule on hand-made Dice tables (all zero, ties at the top, healthy,
+"""Tests for ccfv.results.ground_truth: the health rule on hand-made Dice tables (all zero, ties at the top, healthy,
 seed noise), its thresholds and config, and a broken ground truth flagged in every written table."""
 from __future__ import annotations
 
@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 import yaml
 
-from ccfv.results.ground_truth import HealthRule, build_ground_truth, check_ground_truth, check_target, flags, read_csv, to_markdown, verdict
+from ccfv.results.ground_truth import (
+    HealthRule,
+    build_ground_truth,
+    check_ground_truth,
+    check_target,
+    flags,
+    read_csv,
+    to_markdown,
+    verdict,
+)
 from ccfv.results.statistics import build_statistics
 from ccfv.results.tables import build_tables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["unet-Task01_A", "unet-Task02_B", "unet-random", "unetr-Task01_A", "unetr-Task02_B", "unetr-random"]
 
 

@@ -1,4 +1,4 @@
-"""Tests for ccfv.preprocessing: the shared-network plans on hand-built nnU-Net 2.8 plans, and one real
+"""Tests for ccfv.preprocess.nnunet: the shared-network plans on hand-built nnU-Net 2.8 plans, and one real
 conversion + planning + preprocessing round trip on a tiny synthetic task (fixture in conftest.py)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from ccfv.preprocess.paths import CONFIGURATION, PLANS_NAME
 from ccfv.preprocess.nnunet import case_identifiers, load_case, shared_architecture, shared_plans
+from ccfv.preprocess.paths import CONFIGURATION, PLANS_NAME
 from ccfv.preprocess.plans import load_plans
 
 NETWORK = {

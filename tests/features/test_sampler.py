@@ -1,4 +1,4 @@
-"""Tests for ccfv.sampling: voxel choice, nnU-Net tiling, window assignment, and the sparse decoder
+"""Tests for ccfv.features.sampler: voxel choice, nnU-Net tiling, window assignment, and the sparse decoder
 feature sampler checked against a dense, obviously-correct reference on a tiny nnU-Net PlainConvUNet."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from torch import nn
 
-from ccfv.scores.views import ccfv_layers, head_samples
 from ccfv.features.file import read_features
+from ccfv.features.sampler import case_rng, sample_case, sample_dataset
 from ccfv.features.voxels import _draw, _nth_true, choose_voxels, class_sample_counts, layer_sample_count
 from ccfv.features.windows import assign_windows, interpolate_at, pad_to_patch, window_starts
-from ccfv.features.sampler import case_rng, sample_case, sample_dataset
+from ccfv.scores.views import ccfv_layers, head_samples
 
 torch.set_num_threads(1)  # robust when other jobs share the two cores
 

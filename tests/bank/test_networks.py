@@ -1,4 +1,4 @@
-"""Tests for ccfv.networks: the two bank architectures, their documented decoder stages (names, channels,
+"""Tests for ccfv.bank.networks: the two bank architectures, their documented decoder stages (names, channels,
 scales, checked by hooking real forward passes), UNETR's patch-size rule, and tiny UNETR training through
 nnU-Net's trainer on the preprocessed fixture dataset of conftest.py."""
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ccfv.bank import networks
-from ccfv.bank.networks import decoder_layers, decoder_stages, unetr_architecture
-from ccfv.features.settings import layer_ratios_for
-from ccfv.bank.training import TrainingBudget, pretrain, random_model, train, transfer_weights
 from ccfv.bank.model_card import build_network, load_bank_model, read_model_card
+from ccfv.bank.networks import decoder_layers, decoder_stages, unetr_architecture
+from ccfv.bank.training import TrainingBudget, pretrain, random_model, train, transfer_weights
+from ccfv.features.settings import layer_ratios_for
 
 torch.set_num_threads(1)
 
@@ -198,8 +198,8 @@ def test_unetr_on_a_patch_size_it_cannot_take(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_unetr_features_from_its_four_documented_stages(unetr_dataset, unetr_pretrained, tmp_path):
-    from ccfv.features.target import sample_target
     from ccfv.features.file import read_features
+    from ccfv.features.target import sample_target
 
     folder, split = unetr_dataset
     sampling = {"total": 60, "minimum": 5, "n_global": 20, "n_background": 20, "step_size": 0.5,

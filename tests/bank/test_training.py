@@ -1,4 +1,4 @@
-"""Tests for ccfv.training: the bank model file format (and that loading it can never run code), weight
+"""Tests for ccfv.bank.training: the bank model file format (and that loading it can never run code), weight
 transfer for fine-tuning, the budget, seeded random models, and tiny real nnU-Net training runs on the
 preprocessed fixture dataset of conftest.py."""
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from ccfv.bank import training
-from ccfv.preprocess.splits import make_split, write_split
-from ccfv.bank.networks import HEAD_KEY
-from ccfv.bank.model_card import MODEL_CARD, WEIGHTS, build_network, load_bank_model, read_model_card, save_bank_model
-from ccfv.bank.training import TrainingBudget, pretrain, random_model, train, transfer_weights
 from ccfv.bank.checkpoints import read_checkpoint
+from ccfv.bank.model_card import MODEL_CARD, WEIGHTS, build_network, load_bank_model, read_model_card, save_bank_model
+from ccfv.bank.networks import HEAD_KEY
+from ccfv.bank.training import TrainingBudget, pretrain, random_model, train, transfer_weights
+from ccfv.preprocess.splits import make_split, write_split
 
 torch.set_num_threads(1)
 
@@ -838,7 +838,7 @@ def test_the_schema_takes_head_init_for_fine_tuning_only():
     import yaml
     from snakemake.utils import validate
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     schema = str(root / "config/schemas/config.schema.yaml")
     base = yaml.safe_load((root / "config/config.yaml").read_text())
     for change in ({"finetune": {"head_init": "zero"}}, {"finetune": {"head_init": "random"}},

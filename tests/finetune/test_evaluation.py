@@ -1,4 +1,4 @@
-"""Tests for ccfv.evaluation: per-class Dice, its NaN conventions, the summary and the Dice file.
+"""Tests for ccfv.finetune.evaluation: per-class Dice, its NaN conventions, the summary and the Dice file.
 
 ``predict_and_score`` needs a trained network and an nnU-Net raw dataset; the workflow's integration
 test covers it.

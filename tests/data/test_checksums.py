@@ -1,4 +1,4 @@
-"""Tests for ccfv.checksums: file checksums of a task, preprocessed-array checksums, the digest."""
+"""Tests for ccfv.data.checksums: file checksums of a task, preprocessed-array checksums, the digest."""
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from ccfv.data.checksums import case_id, digest_of, sha256_file, training_files, validate_and_record
-from ccfv.preprocess.nnunet import preprocessed_cases
 from ccfv.data.synthetic import write_task
+from ccfv.preprocess.nnunet import preprocessed_cases
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """ccfv.models: the dispatch between formats, model names, the nnU-Net loader's older-plans handling and
-the checks of a TorchModel handed over from Python (the formats themselves: test_models_monai.py, and
+the checks of a TorchModel handed over from Python (the formats themselves: tests/models/test_bundle.py, and
 test_rank.py on real nnU-Net folders and bank models)."""
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from test_models_monai import NETWORKS, write_bundle
 
-from ccfv.models.base import ModelError
 from ccfv.models import TorchModel, load_model, model_names
+from ccfv.models.base import ModelError
 from ccfv.models.monai_networks import decoder_stages
 from ccfv.models.nnunet import find_checkpoint, modernise_plans
+
+from .test_bundle import NETWORKS, write_bundle
 
 
 def test_load_model_says_what_a_path_is_not(tmp_path):

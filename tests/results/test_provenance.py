@@ -1,4 +1,4 @@
-"""Tests for ccfv.provenance: the config hash changes with the config and nothing else; every field of the
+"""Tests for ccfv.results.provenance: the config hash changes with the config and nothing else; every field of the
 record on a small results folder."""
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccfv.results.provenance import build_provenance, canonical_json, config_hash, data_checksums, lock_state, run_times, seeds_in
+from ccfv.results.provenance import (
+    build_provenance,
+    canonical_json,
+    config_hash,
+    data_checksums,
+    lock_state,
+    run_times,
+    seeds_in,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccfv.models.base import ModelError
 from ccfv.models import load_model
+from ccfv.models.base import ModelError
 from ccfv.models.bundle import BundleCodeRefused, LiteralConfig
 from ccfv.models.monai_networks import decoder_stages
 
@@ -201,7 +201,12 @@ def test_bundle_loads_with_its_preprocessing_and_roi(tmp_path, target):
     stages hooked, and its preprocessing equal to MONAI's dictionary transforms applied to image and
     label together (the label with nearest-neighbour interpolation), the slow and obvious reference."""
     from monai.transforms import (
-        Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd,
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
     )
 
     network_def, roi = NETWORKS["UNet"]

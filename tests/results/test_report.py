@@ -1,5 +1,5 @@
-"""Tests for ccfv.report (costs from Snakemake benchmark files, the terminal report, ``ccfv report``) and
-ccfv.figures (every figure written as PNG and SVG)."""
+"""Tests for ccfv.results.console (costs from Snakemake benchmark files, the terminal report, ``ccfv report``) and
+ccfv.results.figures (every figure written as PNG and SVG)."""
 from __future__ import annotations
 
 import csv
@@ -14,10 +14,10 @@ from rich.console import Console
 
 from ccfv.cli import main
 from ccfv.features.file import CaseRecord, write_features
+from ccfv.results.console import print_ground_truth, print_report
+from ccfv.results.costs import build_costs, pair_costs, read_benchmark, stage_costs
 from ccfv.results.figures import class_features, dice_heatmap, feature_tsne, scores_vs_dice, standardise
 from ccfv.results.ground_truth import build_ground_truth, flags, read_csv, verdict
-from ccfv.results.costs import build_costs, pair_costs, read_benchmark, stage_costs
-from ccfv.results.console import print_ground_truth, print_report
 from ccfv.results.statistics import build_statistics
 from ccfv.results.tables import build_tables
 

@@ -1,4 +1,4 @@
-"""Tests for ccfv.splits: the seeded train/test split, its file and the checks on reading it back."""
+"""Tests for ccfv.preprocess.splits: the seeded train/test split, its file and the checks on reading it back."""
 
 from __future__ import annotations
 

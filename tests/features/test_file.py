@@ -1,4 +1,4 @@
-"""Tests for ccfv.features_file: round trip, on-disk schema, the views for the scores, bad files."""
+"""Tests for ccfv.features.file: round trip, on-disk schema, the views for the scores, bad files."""
 
 from __future__ import annotations
 

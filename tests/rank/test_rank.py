@@ -14,16 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NETWORK
 from rich.console import Console
 from scipy import stats
 
 from ccfv.cli import main
-from ccfv.rank.outputs import Ranking, agreement_csv, print_ranking, ranking_json
-from ccfv.rank.agreement import baseline_agreement, agreement_per_metric, dice_health, methods_ranking_stability, read_dice
 from ccfv.features.settings import default_layer_ratios
-from ccfv.rank.run import metric_definitions
 from ccfv.models import model_names
+from ccfv.rank.agreement import (
+    agreement_per_metric,
+    baseline_agreement,
+    dice_health,
+    methods_ranking_stability,
+    read_dice,
+)
+from ccfv.rank.outputs import Ranking, agreement_csv, print_ranking, ranking_json
+from ccfv.rank.run import metric_definitions
+
+from ..conftest import TINY_NETWORK
 
 #: The two source tasks: Liver is prepared here, Spleen is conftest's session dataset (already preprocessed).
 SOURCES = ("Task91_SynthLiver", "Task94_SynthSpleen")
@@ -53,9 +60,9 @@ def _train_nnunet_model(preprocessed: Path, results: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory, tiny_dataset):
     """Two nnU-Net model folders, a ccfv bank model, and the target task in MSD layout."""
+    from ccfv.bank.training import random_model
     from ccfv.data.synthetic import write_task
     from ccfv.preprocess.nnunet import convert_msd_task, plan_and_preprocess
-    from ccfv.bank.training import random_model
 
     root = tmp_path_factory.mktemp("rank")
     liver = write_task(SOURCES[0], root / "msd", n_cases=5, seed=0, shape=(32, 32, 16))
@@ -310,7 +317,7 @@ def test_rank_monai_bundles_beside_an_nnunet_folder_and_a_bank_model(bank, tmp_p
     """Three tiny MONAI networks saved as zoo-like bundles ($ in imports, device, network, evaluator) ranked
     with an nnU-Net folder and a bank model; a bundle whose network_def carries a $ expression that would
     create a marker file is refused by name and nothing of it runs; with --trust-bundle-code it is built."""
-    from test_models_monai import NETWORKS, write_bundle
+    from ..models.test_bundle import NETWORKS, write_bundle
 
     bundles = {kind.lower(): write_bundle(tmp_path / kind, *NETWORKS[kind], seed=i)
                for i, kind in enumerate(("UNet", "SegResNet", "SwinUNETR"))}
@@ -349,11 +356,12 @@ def test_rank_monai_bundles_beside_an_nnunet_folder_and_a_bank_model(bank, tmp_p
 def test_python_entry_point_ranks_plain_torch_modules(bank, tmp_path):
     """ccfv.rank_models with two torch.nn.Modules, their layers, a preprocessing callable and a patch size;
     the same network given as a bundle and as a module gets the same scores (one ranking machinery)."""
-    import ccfv
     from monai.networks.nets import SegResNet
-    from test_models_monai import NETWORKS, write_bundle
 
+    import ccfv
     from ccfv.models.bundle import load as load_bundle
+
+    from ..models.test_bundle import NETWORKS, write_bundle
 
     network_def, roi = NETWORKS["UNet"]
     bundle = write_bundle(tmp_path / "unet", network_def, roi, seed=3)
@@ -477,7 +485,7 @@ def test_matplotlib_warnings_stay_out_of_the_terminal(tmp_path):
 
 
 def test_agreement_with_dice_against_the_slow_references(tmp_path):
-    from test_results import slow_kendall_tau_b, slow_leave_one_out, slow_relative_top1, slow_top_k_hit
+    from ..results.test_tables_and_statistics import slow_kendall_tau_b, slow_leave_one_out, slow_relative_top1, slow_top_k_hit
 
     dice = [0.30, 0.62, 0.45, 0.62, 0.80, None, 0.51]
     ccfv = [0.1, 0.9, 0.9, 0.3, 0.2, 5.0, 0.4]  # two tied for first, one model without a Dice
