@@ -459,8 +459,9 @@ def load(name: str, path: Path, *, patch_size: Sequence[int] = PATCH_SIZE,
     Returns:
         ``network``: :class:`MeshNet` in eval mode, [B, 1, *patch] -> logits [B, K, *patch] (K classes of the
         model, its ``colormap.json`` names them); ``layers``: :func:`hooked_blocks`, each [B, C, *patch];
-        ``details``: ``head`` (``"classifier"``), ``tf_layers`` (hooked block -> Keras layer name),
-        ``receptive_field`` (voxels), ``classes`` (from ``colormap.json`` when present), ``upstream``.
+        ``details``: ``head`` (``"classifier"``), ``num_classes``, ``tf_layers`` (hooked block -> Keras layer
+        name), ``receptive_field`` (voxels per axis), ``classes`` (the ``labels`` of ``colormap.json`` when
+        it names one per output channel, else None), ``upstream``.
 
     Raises:
         ModelError: naming the file: no ``model.json``, JSON that does not parse, a topology this module does
@@ -506,6 +507,8 @@ def load(name: str, path: Path, *, patch_size: Sequence[int] = PATCH_SIZE,
             classes = json.loads((path / "colormap.json").read_text()).get("labels")
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             classes = None
+        if not isinstance(classes, list) or len(classes) != convs[-1].filters:
+            classes = None  # model5_gw_ae's colormap names 2 classes (brain mask use) for its 3 outputs
     return LoadedModel(
         name=name, path=path, kind="meshnet", architecture="MeshNet", network=network, layers=layers,
         patch_size=patch, num_input_channels=in_channels, checkpoint=path / weight_files[0],
