@@ -278,10 +278,7 @@ def hippodeep_model(weights: Path, name: str = "hippodeep", *, patch_size: Seque
     """
     from .torch_module import TorchModel
 
-    loaded = load(name, weights, patch_size=patch_size, axes=axes)
-    return TorchModel(name=name, network=loaded.network, layers=loaded.layers, preprocess=loaded.preprocess,
-                      patch_size=loaded.patch_size, modalities=loaded.modalities,
-                      preprocess_key=loaded.preprocess_key, details=dict(loaded.details))
+    return TorchModel.from_loaded(load(name, weights, patch_size=patch_size, axes=axes))
 
 
 def random_copy(model: LoadedModel, seed: int, name: str | None = None) -> LoadedModel:

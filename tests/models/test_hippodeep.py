@@ -241,3 +241,14 @@ def test_zero_shot_dice_on_real_hippocampus_crops(hippodeep_weights, task04_dir)
         predicted, truth = labels == 1, seg > 0
         dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
         assert dice > 0.7, (image_file, dice)
+
+
+def test_a_random_copy_can_be_ranked_from_python(tmp_path):
+    """ccfv.rank_models takes in-memory models as TorchModel: a random copy (no file) becomes one."""
+    copy_ = random_copy(load("hd", save_weights(tmp_path / "hippo.pt")), 5)
+    spec = TorchModel.from_loaded(copy_)
+    loaded = spec.load()
+    assert spec.name == "hd-random5" and loaded.network is copy_.network and loaded.layers == copy_.layers
+    assert loaded.preprocess_key == copy_.preprocess_key and loaded.details["seed"] == 5
+    with pytest.raises(ModelError, match="no preprocess callable"):
+        TorchModel.from_loaded(dataclasses.replace(copy_, preprocess=None))
