@@ -278,6 +278,8 @@ def read_weights(folder: Path, model_json: dict, needed: dict[str, tuple[int, ..
                 raise ModelError(f"{file}: missing (named by {where}'s weightsManifest)")
         sizes = []
         for entry in entries:
+            if not isinstance(entry, dict):
+                raise ModelError(f"{where}: a weightsManifest entry is not an object ({entry!r:.80})")
             name, shape, dtype = entry.get("name"), entry.get("shape"), entry.get("dtype", "float32")
             if "quantization" in entry:
                 raise ModelError(f"{where}: weight {name!r} is quantised ({entry['quantization']}); only float32 "
