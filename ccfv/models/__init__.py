@@ -6,6 +6,9 @@ module                          a model is                                 prepr
 :mod:`ccfv.models.nnunet`       an nnU-Net v2 trained model folder         the model's own nnU-Net plans
 :mod:`ccfv.models.bank`         a ccfv bank model (``model.json``)         nnU-Net plans of the target
 :mod:`ccfv.models.bundle`       a MONAI bundle folder (``configs/``)       the bundle's ``preprocessing``
+:mod:`ccfv.models.meshnet`      a brainchop MeshNet folder (TensorFlow.js  LIA axes, 1 mm, [0, 1] scaling
+                                ``model.json`` + weights)
+:mod:`ccfv.models.hippodeep`    hippodeep's state-dict file                z-scored, 1 mm
 :mod:`ccfv.models.torch_module` a ``torch.nn.Module`` given from Python    the caller's callable
 ==============================  =========================================  ===============================
 
@@ -20,7 +23,7 @@ from typing import Sequence
 
 from .base import LoadedModel, ModelError
 
-__all__ = ["LoadedModel", "ModelError", "TorchModel", "load_model", "model_names", "parse_model_spec"]
+__all__ = ["LoadedModel", "ModelError", "TorchModel", "load_model", "model_names", "parse_model_spec", "random_copy"]
 
 
 def __getattr__(name: str):
@@ -32,13 +35,15 @@ def __getattr__(name: str):
 
 
 def load_model(name: str, path: Path, *, trust_bundle_code: bool = False) -> LoadedModel:
-    """The model at ``path``: a MONAI bundle folder, a ccfv bank model or an nnU-Net v2 model folder (a
-    ``fold_N`` folder or a checkpoint file of one too).
+    """The model at ``path``: a MONAI bundle folder, a brainchop MeshNet folder (``model.json`` with a
+    TensorFlow.js ``modelTopology``), a ccfv bank model (``model.json``, a model card), hippodeep's weights
+    file (a ``.pt`` state dict with exactly its tensor names) or an nnU-Net v2 model folder (a ``fold_N``
+    folder or a checkpoint file of one too), tried in this order.
 
     Raises:
         ModelError: naming the file and the reason (missing, unreadable, unsafe, unsupported).
     """
-    from . import bank, bundle, nnunet
+    from . import bank, bundle, meshnet, nnunet
 
     path = Path(path)
     if not path.exists():
@@ -46,15 +51,41 @@ def load_model(name: str, path: Path, *, trust_bundle_code: bool = False) -> Loa
     try:
         if bundle.is_bundle(path):
             return bundle.load(name, path, trust_bundle_code=trust_bundle_code)
+        if meshnet.is_meshnet(path):  # before the bank: both keep a model.json
+            return meshnet.load(name, path)
         if bank.is_bank_model(path):
             return bank.load(name, path)
+        if path.is_file() and path.suffix in (".pt", ".pth"):
+            from . import hippodeep
+
+            if hippodeep.is_hippodeep(path):
+                return hippodeep.load(name, path)
         try:
             return nnunet.load(name, path)
         except FileNotFoundError as err:
             raise ModelError(f"{err} ({path} is neither a MONAI bundle, an nnU-Net v2 trained model folder nor a "
-                             "ccfv bank model)") from None
+                             "ccfv bank model; nor a brainchop MeshNet folder or hippodeep's weights file)") from None
     except ValueError as err:
         raise ModelError(str(err)) from None
+
+
+def random_copy(model: LoadedModel, seed: int, name: str | None = None) -> LoadedModel:
+    """A randomly initialised copy of a loaded MeshNet (:func:`ccfv.models.meshnet.random_copy`) or hippodeep
+    (:func:`ccfv.models.hippodeep.random_copy`), for the random members of a bank: same architecture, layers,
+    preprocessing and patch, weights drawn from ``seed`` as the format's function documents.
+
+    Raises:
+        ModelError: another kind of model (those have their own random members: ``ccfv.training.random_model``).
+    """
+    if model.kind == "meshnet":
+        from .meshnet import random_copy as copy_meshnet
+
+        return copy_meshnet(model, seed, name)
+    if model.kind == "hippodeep":
+        from .hippodeep import random_copy as copy_hippodeep
+
+        return copy_hippodeep(model, seed, name)
+    raise ModelError(f"{model.name}: no random copy for a {model.kind!r} model (MeshNet and hippodeep have one)")
 
 
 def parse_model_spec(spec: str) -> tuple[str | None, Path]:

@@ -90,3 +90,15 @@ def load_weights_strictly(network, weights: dict, checkpoint: Path, what: str) -
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise ModelError(f"{checkpoint}: does not fit {what}: {' '.join(lines[:3])[:600]}") from None
+
+
+def random_copy_of(model: LoadedModel, network, seed: int, init: str, name: str | None = None) -> LoadedModel:
+    """``model`` with ``network`` (a randomly initialised copy of its network, built by the format's
+    ``random_copy``) in its place: same layers, preprocessing and patch; no checkpoint or checksum; named
+    ``<name>-random<seed>`` unless ``name`` is given; ``details`` record ``random_copy_of``, ``seed`` and
+    ``init`` (how the weights were drawn), and no source dataset."""
+    from dataclasses import replace
+
+    return replace(model, name=name or f"{model.name}-random{seed}", network=network, checkpoint=None, sha256=None,
+                   details={**model.details, "random_copy_of": model.name, "seed": int(seed), "init": init,
+                            "source_dataset": None})

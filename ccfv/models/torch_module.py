@@ -36,6 +36,19 @@ class TorchModel:
     preprocess_key: str | None = None
     details: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_loaded(cls, model: LoadedModel) -> "TorchModel":
+        """A loaded model (any format, e.g. a random copy from :func:`ccfv.models.random_copy`, which has no
+        file to name) handed to :func:`ccfv.rank_models` as an in-memory model: its network, layers,
+        preprocessing (``preprocess`` must be set: MeshNet, hippodeep, bundles), patch size, modalities and
+        details."""
+        if model.preprocess is None:
+            raise ModelError(f"{model.name}: has no preprocess callable (a {model.kind!r} model is preprocessed "
+                             "with nnU-Net plans); rank it by its path instead")
+        return cls(name=model.name, network=model.network, layers=list(model.layers), preprocess=model.preprocess,
+                   patch_size=list(model.patch_size), modalities=model.modalities,
+                   preprocess_key=model.preprocess_key, details=dict(model.details))
+
     def load(self) -> LoadedModel:
         import torch
 
