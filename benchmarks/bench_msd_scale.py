@@ -183,10 +183,10 @@ def child_sample(config: dict, arch: str, args) -> dict:
 
     from ccfv.bank import networks
     from ccfv.features.file import BACKGROUND_KEY, class_key
-    from ccfv.features.settings import layer_ratios_for
-    from ccfv.features.windows import assign_windows, pad_to_patch, window_starts
     from ccfv.features.sampler import case_rng, sample_case
+    from ccfv.features.settings import layer_ratios_for
     from ccfv.features.voxels import choose_voxels, layer_sample_count
+    from ccfv.features.windows import assign_windows, pad_to_patch, window_starts
 
     device = torch.device(args.device)
     torch.manual_seed(SEED)
@@ -291,8 +291,8 @@ def synthetic_features(config: dict, arch: str, n_cases: int, shape):
 
     from ccfv.bank import networks
     from ccfv.features.file import BACKGROUND_KEY, GLOBAL_KEY, class_key
-    from ccfv.features.settings import layer_ratios_for
     from ccfv.features.sampler import case_rng
+    from ccfv.features.settings import layer_ratios_for
     from ccfv.features.voxels import choose_voxels, labels_at, layer_sample_count
 
     _, seg = case_volume(shape)

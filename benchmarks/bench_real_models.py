@@ -12,7 +12,7 @@ data/Task04_Hippocampus. Every model is loaded with ``ccfv.models.load_model`` a
   not depend on the values).
 * dice: zero-shot hippocampus Dice on the first ``--cases`` Task04 cases (sorted by name), each
   preprocessed by the model's own ``preprocess``, zero-padded to the patch as the sampler pads it
-  (``ccfv.sampling.pad_to_patch``; every case fits one window), argmax of one forward pass. Hippocampus:
+  (``ccfv.features.windows.pad_to_patch``; every case fits one window), argmax of one forward pass. Hippocampus:
   labels 1 + 2 of the target; the model's class named ``Hippocampus`` (or Left- and Right-Hippocampus),
   hippodeep's class 1. Mean over cases. hippodeep also with its other orientation (LAS), to show why RAS is
   its default here. Models without a hippocampus class (model5_gw_ae, mindgrab) have none.
@@ -90,7 +90,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def zero_shot_dice(model, cases: list[Path], task: Path) -> float:
     import torch
 
-    from ccfv.sampling import pad_to_patch
+    from ccfv.features.windows import pad_to_patch
 
     classes = hippocampus_classes(model)
     if not classes:

@@ -122,10 +122,10 @@ def decoder_layers(net) -> list[str]:
 
 
 def run_sampling(net, image, seg, config):
-    from ccfv.features.file import BACKGROUND_KEY, class_key
     from ccfv.bank.networks import UNET
-    from ccfv.features.settings import layer_ratios_for
+    from ccfv.features.file import BACKGROUND_KEY, class_key
     from ccfv.features.sampler import case_rng, sample_case
+    from ccfv.features.settings import layer_ratios_for
     from ccfv.features.voxels import choose_voxels, labels_at
 
     s = config["sampling"]

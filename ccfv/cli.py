@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_report)
 
     p = sub.add_parser(
-        "rank", help="rank pre-trained models (nnU-Net v2 model folders, MONAI bundles, ccfv bank models) on a labelled "
-                     "dataset",
+        "rank", help="rank pre-trained models (nnU-Net v2 model folders, MONAI bundles, ccfv bank models, brainchop "
+                     "MeshNets, hippodeep) on a labelled dataset",
         description="Rank pre-trained 3D segmentation models by their expected Dice after fine-tuning on a "
                     "labelled dataset, without fine-tuning them (docs/rank.md). Exit status: 0 every model ranked, "
                     "1 some could not be (each named, with the reason), 2 none or bad arguments/data.")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
                    help="an nnU-Net v2 trained model folder (plans.json, dataset.json, fold_N/checkpoint_final.pth), "
                         "one of its fold_N folders or checkpoints, a MONAI bundle folder (configs/metadata.json, "
-                        "configs/inference.json|yaml, models/model.pt) or a ccfv bank model folder; repeatable")
+                        "configs/inference.json|yaml, models/model.pt), a ccfv bank model folder, a brainchop MeshNet folder "
+                        "(TensorFlow.js model.json + weights) or hippodeep's weights file (hippodeep.pt); repeatable")
     p.add_argument("--metric", action="append", metavar="METRIC",
                    help="ccfv, logme, leep, gbc, transrate, nce, hscore, ccfv_released or all; repeatable; the "
                         "table is ordered by the first; default: ccfv logme leep gbc transrate")

@@ -147,16 +147,20 @@ def bare_network(network):
     return getattr(network, "_orig_mod", network)
 
 
-def network_parameter_count(network) -> int:
+def network_parameter_count(network, head: str | None = None) -> int:
     """The number of weights of a loaded network: the elements of its distinct state-dict tensors (a tensor
-    reachable under two names, as nnU-Net's encoder is, counts once) without the segmentation heads
-    (:func:`ccfv.bank.networks.is_head`: nnU-Net's ``seg_layers``, UNETR's ``out``; another network's head is
-    counted). For a ccfv bank model this equals :func:`ccfv.bank.model_card.parameter_count` of its folder."""
+    reachable under two names, as nnU-Net's encoder is, counts once) without the segmentation heads: the
+    module named ``head`` when given (``LoadedModel.details["head"]``: MeshNet's ``classifier``, hippodeep's
+    ``convout1x``), else :func:`is_head` (nnU-Net's ``seg_layers``, UNETR's ``out``). For a ccfv bank model
+    this equals :func:`ccfv.bank.model_card.parameter_count` of its folder."""
+
+    def in_head(name: str) -> bool:
+        return name.startswith(head + ".") if head else is_head(name)
 
     seen, total = set(), 0
     for name, tensor in network.state_dict().items():
         key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
-        if is_head(name) or key in seen:
+        if in_head(name) or key in seen:
             continue
         seen.add(key)
         total += tensor.numel()

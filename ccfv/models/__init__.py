@@ -75,7 +75,7 @@ def random_copy(model: LoadedModel, seed: int, name: str | None = None) -> Loade
     preprocessing and patch, weights drawn from ``seed`` as the format's function documents.
 
     Raises:
-        ModelError: another kind of model (those have their own random members: ``ccfv.training.random_model``).
+        ModelError: another kind of model (those have their own random members: ``ccfv.bank.training.random_model``).
     """
     if model.kind == "meshnet":
         from .meshnet import random_copy as copy_meshnet

@@ -248,7 +248,7 @@ def load(name: str, path: Path, *, patch_size: Sequence[int] = PATCH_SIZE,
         ModelError: naming the file: missing, unreadable, a tensor missing, extra or mis-shaped; a patch
             size that is not 3 multiples of 4.
     """
-    from ..checksums import sha256_file
+    from ..data.checksums import sha256_file
 
     path = Path(path)
     patch = [int(p) for p in patch_size]

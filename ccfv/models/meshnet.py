@@ -470,7 +470,7 @@ def load(name: str, path: Path, *, patch_size: Sequence[int] = PATCH_SIZE,
         ModelError: naming the file: no ``model.json``, JSON that does not parse, a topology this module does
             not build (:func:`parse_topology`), weights that do not fit it (:func:`read_weights`).
     """
-    from ..checksums import sha256_file
+    from ..data.checksums import sha256_file
 
     path = Path(path)
     where = path / MODEL_JSON

@@ -176,7 +176,8 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
                          "features": str(features.relative_to(out)), "scores": scores,
                          "dice": None if dice is None else dice.get(name),
                          "source_dataset": model.source_dataset, "modalities": model.modalities,
-                         "parameters": network_parameter_count(model.network), "warnings": model_warnings})
+                         "parameters": network_parameter_count(model.network, model.details.get("head")),
+                         "warnings": model_warnings})
             del model
             if torch_device.type == "cuda":
                 torch.cuda.empty_cache()

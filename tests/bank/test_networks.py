@@ -244,3 +244,17 @@ def test_known_unet_classes_and_torch_ops_pass_the_check():
     networks.check_unet_architecture(architecture)
     architecture["arch_kwargs"]["nonlin"] = "torch.nn.modules.activation.ReLU"
     networks.check_unet_architecture(architecture)
+
+
+def test_parameter_count_leaves_out_a_named_head():
+    """A format that names its head (MeshNet's ``classifier``, hippodeep's ``convout1x``) has it excluded,
+    as nnU-Net's and UNETR's heads are by their key names."""
+    from collections import OrderedDict
+
+    from ccfv.bank.networks import network_parameter_count
+
+    net = torch.nn.Sequential(OrderedDict(body=torch.nn.Conv3d(1, 4, 3), classifier=torch.nn.Conv3d(4, 3, 1)))
+    body, head = 1 * 4 * 27 + 4, 4 * 3 + 3
+    assert network_parameter_count(net) == body + head
+    assert network_parameter_count(net, head="classifier") == body
+    assert network_parameter_count(net, head="classif") == body + head  # a module name, not a prefix of one

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ccfv.models import ModelError, TorchModel, load_model, random_copy
-from ccfv.models.hippodeep import (HOOKED_LAYERS, Hippodeep, HippodeepPreprocessing, hippodeep_model,
-                                   is_hippodeep, load)
+from ccfv.models.hippodeep import HOOKED_LAYERS, Hippodeep, HippodeepPreprocessing, hippodeep_model, is_hippodeep, load
 
 
 def seeded_network(seed: int = 0) -> Hippodeep:

@@ -21,8 +21,15 @@ from scipy.special import erf
 
 from ccfv.models import ModelError, load_model, random_copy
 from ccfv.models.bank import is_bank_model
-from ccfv.models.meshnet import (PERCENTILES, MeshNetPreprocessing, hooked_blocks, is_meshnet, load,
-                                 parse_topology, scale_to_unit)
+from ccfv.models.meshnet import (
+    PERCENTILES,
+    MeshNetPreprocessing,
+    hooked_blocks,
+    is_meshnet,
+    load,
+    parse_topology,
+    scale_to_unit,
+)
 
 #: The tiny model: (name, filters, kernel, dilation, own activation, activation layer or None, use_bias).
 TINY = [

@@ -485,7 +485,12 @@ def test_matplotlib_warnings_stay_out_of_the_terminal(tmp_path):
 
 
 def test_agreement_with_dice_against_the_slow_references(tmp_path):
-    from ..results.test_tables_and_statistics import slow_kendall_tau_b, slow_leave_one_out, slow_relative_top1, slow_top_k_hit
+    from ..results.test_tables_and_statistics import (
+        slow_kendall_tau_b,
+        slow_leave_one_out,
+        slow_relative_top1,
+        slow_top_k_hit,
+    )
 
     dice = [0.30, 0.62, 0.45, 0.62, 0.80, None, 0.51]
     ccfv = [0.1, 0.9, 0.9, 0.3, 0.2, 5.0, 0.4]  # two tied for first, one model without a Dice
