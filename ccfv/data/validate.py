@@ -15,6 +15,8 @@ messages, in ``docs/validation.md``. In short:
   spacing of their image as strictly as nnU-Net compares it, and hold whole numbers that ``labels``
   declares (a label file with more than :data:`LABEL_VALUES_LISTED` distinct values is summarised as
   looking like an image).
+* There is something to segment: ``labels`` declares a foreground class and at least one training label
+  holds it. A declared class that no case holds is only a note while another class is present.
 
 All problems are collected; nothing stops at the first one. Files in the folders that ``dataset.json``
 does not list are not checked (they are mentioned in a note), and macOS ``._*`` files never count.
@@ -239,6 +241,8 @@ class _Checker:
         self.missing_dirs: Counter = Counter()  # listed files whose folder does not exist, by folder
         self.float_label_files: Counter = Counter()  # dtype name -> label files with whole-number floats
         self.seen_problems: set[Problem] = set()
+        self.training_cases_listed = 0  # well-formed training entries
+        self.labels_read = 0  # training label files read (whatever their content)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -270,6 +274,7 @@ class _Checker:
         listed = [path for entry in training for path in entry] + test
         self.check_folders(listed)
         self.check_cases(training, test)
+        self.check_foreground()
         self.add_notes(listed)
         return self.report
 
@@ -590,6 +595,7 @@ class _Checker:
 
             bar = tqdm(total=len(training) + len(test), desc=self.root.name, unit="case", file=sys.stderr)
         try:
+            self.training_cases_listed = len(training)
             for image_rel, label_rel in training:
                 self.check_training_case(image_rel, label_rel)
                 if bar is not None:
@@ -621,9 +627,31 @@ class _Checker:
             volume = self.read(label_rel, "label")
             if volume is not None:
                 self.check_label(label_rel, volume, image_rel, image_shape, image_affine, image_zooms)
+                self.labels_read += 1
                 if image_read:
                     self.report.training_cases_checked += 1
             del volume
+
+    def check_foreground(self) -> None:
+        """A task must have something to segment: a declared foreground class that some training label holds.
+
+        Without one, nothing downstream can work (no class to train, no class consistency to score), so it is a
+        problem, not a note. Only judged when every training case's label was read: an unreadable label is
+        already a problem and might have held the foreground."""
+        if self.declared_labels is None:
+            return
+        foreground = sorted(self.declared_labels - {0})
+        if not foreground:
+            self.json_problem("'labels' declares only \"0\" (background): there is no class to segment")
+            return
+        if self.report.training_cases_checked == 0 or self.labels_read < self.training_cases_listed:
+            return
+        if not any(value != 0 for value in self.report.label_cases):
+            declared = ", ".join(f"{v} {self.report.label_names.get(v, '')}".strip() for v in foreground)
+            self.problem(self.display("labelsTr"),
+                         f"every one of the {self.labels_read} training label file(s) holds only 0 (background), "
+                         f"while dataset.json 'labels' declares {declared}: there is no class to segment (nnU-Net "
+                         f"could learn nothing, class consistency has no class to score)")
 
     # -- notes ----------------------------------------------------------------------------------
 
@@ -635,7 +663,8 @@ class _Checker:
         if self.declared_labels is not None and self.report.training_cases_checked:
             never = sorted(self.declared_labels - set(self.report.label_cases))
             if never:
-                notes.append(f"declared label(s) {_join_values(never)} appear in no training case")
+                notes.append(f"declared label(s) {_join_values(never)} appear in no training case (other "
+                             f"classes do; a class no case holds cannot be learnt or scored)")
         name = self.root.resolve().name
         prefix, _, rest = name.partition("_")
         if not (prefix.startswith("Task") and prefix[4:].isdigit() and rest and "_" not in rest):

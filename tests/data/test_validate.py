@@ -340,6 +340,58 @@ def test_missing_folder_is_reported_once(task):
     assert "folder missing" in problems[0].reason and "lists 3 file(s) in it" in problems[0].reason
 
 
+def _blank_labels(task: Path, keep: int = 0) -> None:
+    """Every training label all zeros (the first ``keep`` of them left as they are)."""
+    for path in sorted((task / "labelsTr").glob("liver_*.nii.gz"))[keep:]:
+        label = load(path)
+        save_nifti(path, np.zeros(label.shape, np.uint8), label.affine)
+
+
+def test_a_dataset_without_foreground_anywhere_is_an_error(task, capsys):
+    _blank_labels(task)
+    problems = validate_task(task)
+    assert [str(p) for p in problems] == [
+        f"{task / 'labelsTr'}: every one of the 3 training label file(s) holds only 0 (background), while "
+        f"dataset.json 'labels' declares 1 liver, 2 cancer: there is no class to segment (nnU-Net could learn "
+        f"nothing, class consistency has no class to score)"]
+    assert validate_command([str(task)], progress=False) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "there is no class to segment" in err
+
+
+def test_declared_classes_absent_while_another_is_present_is_a_note(task):
+    """MSD Liver has cases without tumour; a class no case holds is a note as long as some class is there."""
+    for path in sorted((task / "labelsTr").glob("liver_*.nii.gz")):
+        label = load(path)
+        data = np.asarray(label.dataobj)
+        save_nifti(path, np.where(data == 2, 1, data).astype(np.uint8), label.affine)
+    report = check_task(task)
+    assert report.problems == []
+    assert "declared label(s) 2 appear in no training case (other classes do" in report.summary()
+
+
+def test_one_case_with_foreground_is_enough_for_validation(task):
+    _blank_labels(task, keep=1)
+    assert validate_task(task) == []
+
+
+def test_foreground_is_not_judged_when_a_label_could_not_be_read(task):
+    """An unreadable label may have held the foreground: only its own problem is reported."""
+    _blank_labels(task)
+    (task / "labelsTr" / "liver_0.nii.gz").write_bytes(b"junk")
+    problems = validate_task(task)
+    assert len(problems) == 1 and "liver_0" in problems[0].file
+
+
+def test_labels_declaring_only_background(task):
+    spec = load_json(task)
+    spec["labels"] = {"0": "background"}
+    save_json(task, spec)
+    problems = validate_task(task)
+    assert str(only(problems, "declares only")) == (f"{task / 'dataset.json'}: 'labels' declares only \"0\" (background): "
+                                          "there is no class to segment")
+
+
 def test_shape_mismatch(task):
     path = task / "labelsTr" / "liver_1.nii.gz"
     label = load(path)
