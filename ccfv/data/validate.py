@@ -8,7 +8,8 @@ messages, in ``docs/validation.md``. In short:
   unique); the descriptive ``description``, ``reference``, ``licence`` and ``release`` may be absent (a note); ``numTraining``/``numTest`` equal the lengths of
   ``training``/``test``; listed paths are ``.nii.gz`` files inside the task folder, listed once, never a
   macOS ``._*`` file.
-* ``imagesTr/``, ``labelsTr/`` and ``imagesTs/`` exist, and so does every listed file.
+* ``imagesTr/`` and ``labelsTr/`` exist, and so does every listed file; ``imagesTs/`` (MSD's unlabelled test
+  images, which no stage reads) may be absent when ``test`` lists nothing in it.
 * Every listed file is read completely (gzip CRC included), one volume at a time: images are 3D, or
   4D with one channel per ``modality`` entry, and hold no NaN or Inf; labels are 3D, have the spatial
   shape and (within :data:`AFFINE_RTOL` / :data:`AFFINE_ATOL`) the affine of their image, the header
@@ -53,8 +54,12 @@ DESCRIPTIVE_KEYS = ("description", "reference", "licence", "release")
 KEY_ALIASES = {"release": "relase"}
 #: More distinct values than this in one label file: it is summarised (count, range), not listed.
 LABEL_VALUES_LISTED = 20
-#: Sub-folders of an MSD task; ``nnUNetv2_convert_MSD_dataset`` asserts that all three exist.
-REQUIRED_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
+#: Sub-folders every task needs. MSD's third, ``imagesTs/`` (unlabelled test images), is optional: user-made
+#: tasks and copies without the test images have none, and no stage reads it (nnU-Net's MSD converter asserts it,
+#: so ``ccfv.preprocess.nnunet.convert_msd_task`` gives the converter an empty one).
+REQUIRED_FOLDERS = ("imagesTr", "labelsTr")
+#: The MSD sub-folders whose unlisted files nnU-Net's MSD converter would still convert.
+MSD_FOLDERS = (*REQUIRED_FOLDERS, "imagesTs")
 #: Image and label affines agree when ``|a - b| <= AFFINE_ATOL + AFFINE_RTOL * |b|`` element-wise
 #: (``numpy.allclose``): 1e-3 mm absolute, about 0.03 mm on a 300 mm origin.
 AFFINE_RTOL = 1e-4
@@ -478,7 +483,7 @@ class _Checker:
             self.missing_dirs[folder] = inside
             reason = "folder missing"
             if folder in REQUIRED_FOLDERS:
-                reason += " (the MSD layout, and nnUNetv2_convert_MSD_dataset, need imagesTr/, labelsTr/ and imagesTs/)"
+                reason += " (every task needs imagesTr/ and labelsTr/; imagesTs/ is optional)"
             if inside:
                 reason += f"; dataset.json lists {inside} file(s) in it"
             self.problem(self.display(folder), reason)
@@ -671,7 +676,7 @@ class _Checker:
             notes.append(f"folder name {name!r} is not of the form TaskNN_Name, which nnUNetv2_convert_MSD_dataset "
                          f"needs")
         listed_set = set(listed)
-        for folder in REQUIRED_FOLDERS:
+        for folder in MSD_FOLDERS:
             path = self.root / folder
             if not path.is_dir():
                 continue

@@ -25,27 +25,50 @@ from .paths import CONFIGURATION, PLANS_NAME, dataset_name, nnunet_environment
 
 
 def convert_msd_task(task_dir: Path, raw_root: Path, n_proc: int = 1) -> Path:
-    """Convert an MSD task folder to nnU-Net raw format (``nnUNetv2_convert_MSD_dataset``).
+    """Convert an MSD task folder to nnU-Net raw format (``nnUNetv2_convert_MSD_dataset``); return
+    ``raw_root/DatasetNNN_Name``.
 
     The conversion runs into a scratch folder next to ``raw_root`` that is renamed into place, so an
-    interrupted run leaves no half-converted dataset behind.
+    interrupted run leaves no half-converted dataset behind. Nothing is written into ``task_dir`` (it may be
+    read-only shared storage). A task without ``imagesTs/`` (no unlabelled test images: user-made tasks, copies
+    without them) is converted too: nnU-Net's converter asserts that the folder exists, so it is given a view of
+    the task in the scratch folder (links to ``dataset.json``, ``imagesTr/``, ``labelsTr/``) with an empty
+    ``imagesTs/``. Raises FileNotFoundError when ``task_dir`` has no ``dataset.json``, ``imagesTr/`` or
+    ``labelsTr/``.
     """
     task_dir, raw_root = Path(task_dir), Path(raw_root)
     if not (task_dir / "dataset.json").is_file():
         raise FileNotFoundError(f"{task_dir}: no dataset.json, not an MSD task folder")
+    for folder in ("imagesTr", "labelsTr"):
+        if not (task_dir / folder).is_dir():
+            raise FileNotFoundError(f"{task_dir / folder}: folder missing; an MSD task needs imagesTr/ and labelsTr/")
     target = raw_root / dataset_name(task_dir.name)
     raw_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=raw_root, prefix=".convert-") as scratch:
         scratch = Path(scratch)
+        source = task_dir.resolve()
+        if not (source / "imagesTs").is_dir():
+            source = _view_with_empty_test_folder(source, scratch / "view")
         with nnunet_environment(raw=scratch / "raw", preprocessed=scratch / "pre",
                                 results=scratch / "res", n_proc=n_proc):
             from nnunetv2.dataset_conversion.convert_MSD_dataset import convert_msd_dataset
 
-            convert_msd_dataset(str(task_dir.resolve()), num_processes=n_proc)
+            convert_msd_dataset(str(source), num_processes=n_proc)
         if target.exists():
             shutil.rmtree(target)
         (scratch / "raw" / target.name).rename(target)
     return target
+
+
+def _view_with_empty_test_folder(task_dir: Path, parent: Path) -> Path:
+    """``parent/<task name>``: symbolic links to the task's ``dataset.json``, ``imagesTr/`` and ``labelsTr/``
+    beside an empty ``imagesTs/``, for nnU-Net's MSD converter, which asserts ``imagesTs/`` (and reads the task
+    number and name from the folder's name, hence the same name)."""
+    view = parent / task_dir.name
+    (view / "imagesTs").mkdir(parents=True)
+    for name in ("dataset.json", "imagesTr", "labelsTr"):
+        (view / name).symlink_to(task_dir / name)
+    return view
 
 
 def shared_plans(plans: dict, network: dict) -> dict:

@@ -340,6 +340,31 @@ def test_missing_folder_is_reported_once(task):
     assert "folder missing" in problems[0].reason and "lists 3 file(s) in it" in problems[0].reason
 
 
+def test_a_task_without_imagesTs_is_valid(task):
+    """User-made tasks and copies without MSD's unlabelled test images have no imagesTs/; no stage needs it."""
+    shutil.rmtree(task / "imagesTs")
+    spec = load_json(task)
+    spec["test"], spec["numTest"] = [], 0
+    save_json(task, spec)
+    report = check_task(task)
+    assert report.problems == []
+    assert report.training_cases_checked == 3 and report.test_images_checked == 0
+
+
+def test_a_test_list_naming_absent_files_is_still_an_error_without_imagesTs(task):
+    shutil.rmtree(task / "imagesTs")
+    problems = validate_task(task)
+    assert [str(p) for p in problems] == [
+        f"{task / 'imagesTs'}: folder missing; dataset.json lists 2 file(s) in it"]
+
+
+def test_a_missing_required_folder_says_which_are_needed(task):
+    shutil.rmtree(task / "imagesTr")
+    problem = only(validate_task(task), "imagesTr:")
+    assert problem.reason == ("folder missing (every task needs imagesTr/ and labelsTr/; imagesTs/ is optional); "
+                              "dataset.json lists 3 file(s) in it")
+
+
 def _blank_labels(task: Path, keep: int = 0) -> None:
     """Every training label all zeros (the first ``keep`` of them left as they are)."""
     for path in sorted((task / "labelsTr").glob("liver_*.nii.gz"))[keep:]:

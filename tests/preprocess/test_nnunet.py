@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -292,3 +293,42 @@ def test_plan_and_preprocess_round_trip(tiny_dataset):
         # CT normalisation: clipped to the foreground percentiles and z-scored, so no raw HU values remain
         assert np.abs(image).max() < 20
         assert "spacing" in properties and "class_locations" in properties
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_convert_msd_task_without_imagesTs(tmp_path):
+    """nnU-Net's converter asserts imagesTs/; a task without one (user-made, or a copy without MSD's unlabelled
+    test images) is converted through a view with an empty one, and nothing is written into the task folder."""
+    from ccfv.data.synthetic import write_task
+    from ccfv.preprocess.nnunet import convert_msd_task
+
+    task = write_task("Task94_SynthSpleen", tmp_path / "msd", n_cases=3, seed=0, shape=(24, 24, 12))
+    shutil.rmtree(task / "imagesTs")
+    spec = json.loads((task / "dataset.json").read_text())
+    spec["test"], spec["numTest"] = [], 0
+    (task / "dataset.json").write_text(json.dumps(spec))
+    before = _tree(task)
+
+    raw = convert_msd_task(task, tmp_path / "raw")
+    assert raw == tmp_path / "raw" / "Dataset094_SynthSpleen"
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == [raw.name]  # no scratch folder or view left
+    assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == [f"spleen_{i}_0000.nii.gz" for i in range(3)]
+    assert len(list((raw / "labelsTr").iterdir())) == 3
+    assert not any(p.is_symlink() for p in raw.rglob("*"))  # real copies, not links into the task
+    assert list((raw / "imagesTs").iterdir()) == []
+    assert json.loads((raw / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
+    assert _tree(task) == before
+
+
+def test_convert_msd_task_without_labelsTr_names_the_folder(tmp_path):
+    from ccfv.data.synthetic import write_task
+    from ccfv.preprocess.nnunet import convert_msd_task
+
+    task = write_task("Task94_SynthSpleen", tmp_path / "msd", n_cases=3, seed=0, shape=(24, 24, 12))
+    shutil.rmtree(task / "labelsTr")
+    with pytest.raises(FileNotFoundError, match=r"labelsTr: folder missing"):
+        convert_msd_task(task, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

@@ -236,6 +236,36 @@ def test_a_broken_dataset_is_an_error_and_leaves_no_output(bank, tmp_path, capsy
     assert not out.exists()
 
 
+def _msd_task(tmp_path: Path, keep: int | None = None, images_ts: bool = True) -> Path:
+    """The rank target in MSD layout (4 cases); ``keep``: only that many training cases left; ``images_ts=False``:
+    no imagesTs/ (and an empty test list)."""
+    from ccfv.data.synthetic import write_task
+
+    task = write_task(TARGET, tmp_path / "msd", n_cases=4, seed=7, shape=(32, 32, 16))
+    spec = json.loads((task / "dataset.json").read_text())
+    if keep is not None:
+        for entry in spec["training"][keep:]:
+            (task / entry["image"]).unlink()
+            (task / entry["label"]).unlink()
+        spec["training"], spec["numTraining"] = spec["training"][:keep], keep
+    if not images_ts:
+        shutil.rmtree(task / "imagesTs")
+        spec["test"], spec["numTest"] = [], 0
+    (task / "dataset.json").write_text(json.dumps(spec))
+    return task
+
+
+def test_a_dataset_without_imagesTs_is_opened(tmp_path):
+    """User-made tasks and copies without MSD's unlabelled test images (the real Task04_Hippocampus) have no
+    imagesTs/; ccfv rank needs only the labelled cases."""
+    from ccfv.rank.dataset import open_dataset
+
+    task = _msd_task(tmp_path, images_ts=False)
+    dataset = open_dataset(task, tmp_path / "work")
+    assert len(dataset.cases) == 4 and dataset.class_ids == [1, 2] and dataset.modalities == ["CT"]
+    assert not (task / "imagesTs").exists()
+
+
 def test_dice_file_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "dice.csv"
     bad.write_text("model,dice\na,0.5\nb,high\n")
