@@ -46,6 +46,8 @@ from .preprocess import Preprocessor, safe_name
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
 RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
+#: Labelled cases a ranking needs at least: CC-FV's class consistency (eq. 2) compares a class between cases.
+MIN_CASES = 2
 #: The default: CC-FV first (the table is ordered by the first metric), then the paper's main baselines.
 DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
 
@@ -85,8 +87,10 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
     rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
     GBC without their released pipelines' preprocessing (:func:`ccfv.scores.scoring.features_as_given`).
 
-    Errors in the arguments, the dataset or ``--dice`` raise before any model is loaded; an error of one
-    model is recorded in ``Ranking.failed`` and the others are ranked.
+    Errors in the arguments, the dataset or ``--dice`` raise (ValueError, FileNotFoundError) before any model is
+    loaded, leaving ``out`` as it was; among them a dataset with fewer than :data:`MIN_CASES` labelled cases (after
+    ``max_cases``): class consistency compares a class across cases, so one case cannot be ranked on. An error of
+    one model is recorded in ``Ranking.failed`` and the others are ranked.
     """
     import torch
     from tqdm.auto import tqdm
@@ -100,6 +104,9 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
     metric_names = list(definitions)
     if not specs:
         raise ValueError("no --model given")
+    if max_cases is not None and max_cases < MIN_CASES:
+        raise ValueError(f"--max-cases {max_cases}: ranking needs at least {MIN_CASES} labelled cases (class "
+                         "consistency compares each class across cases)")
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {device!r}: one of auto, cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
@@ -135,6 +142,10 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
         if max_cases is not None and max_cases < len(case_ids):
             chosen = np.random.default_rng(sampling.seed).choice(len(case_ids), size=max_cases, replace=False)
             case_ids = [case_ids[i] for i in sorted(chosen)]
+        if len(case_ids) < MIN_CASES:
+            raise ValueError(f"{dataset.source}: {len(case_ids)} labelled case(s); ranking needs at least {MIN_CASES} "
+                             "(class consistency compares each class across cases, so every model's scores would be "
+                             "undefined); add labelled cases to imagesTr/ and labelsTr/")
         log(f"ccfv rank: {len(named)} model(s) on {len(case_ids)} labelled case(s) of {dataset.source} "
             f"(classes {dataset.class_ids}), device {torch_device}")
         preprocessor = Preprocessor(dataset, work)

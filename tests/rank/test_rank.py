@@ -266,6 +266,30 @@ def test_a_dataset_without_imagesTs_is_opened(tmp_path):
     assert not (task / "imagesTs").exists()
 
 
+@pytest.mark.parametrize("keep, max_cases, message", [
+    (1, None, "{task}: 1 labelled case(s); ranking needs at least 2"),
+    (None, 1, "--max-cases 1: ranking needs at least 2 labelled cases"),
+])
+def test_fewer_than_two_labelled_cases_is_refused_before_any_work(keep, max_cases, message, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Class consistency compares cases: with one case every model would be sampled and then fail. The error
+    comes first, exit status 2, no model loaded and nothing written."""
+    import ccfv.rank.run
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ccfv.rank.run, "load_model", no_model)
+    task = _msd_task(tmp_path, keep=keep)
+    out = tmp_path / "out"
+    args = ["rank", "--data", str(task), "--model", str(tmp_path / "some-model"), "--out", str(out)]
+    status = main(args + ([] if max_cases is None else ["--max-cases", str(max_cases)]))
+    assert status == 2
+    err = capsys.readouterr().err
+    assert message.format(task=task) in err and "class consistency compares each class across cases" in err
+    assert not out.exists()
+
+
 def test_dice_file_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "dice.csv"
     bad.write_text("model,dice\na,0.5\nb,high\n")
