@@ -1,7 +1,8 @@
 """The model bank's file format: a folder with ``weights.safetensors`` (tensors only: loading it can never run
 code) and ``model.json``, the model card (what network to build: nnU-Net's architecture entry of the shared
-plans or UNETR's, the number of input channels and classes, the source task). Written by pretraining and
-the random members, read by fine-tuning, feature sampling, ``ccfv rank`` and the results stage."""
+plans or UNETR's, the number of input channels and classes, the source task and what its channels were:
+``channel_names`` and ``modalities``). Written by pretraining and the random members, read by fine-tuning,
+feature sampling, ``ccfv rank`` and the results stage."""
 from __future__ import annotations
 
 import json
@@ -103,8 +104,32 @@ def network_spec(plans: dict, network: str = networks.UNET, options: dict | None
     raise ValueError(f"unknown network {network!r}; known: {list(networks.ARCHITECTURES)}")
 
 
+def channel_modalities(channel_names: dict) -> list[str]:
+    """nnU-Net's ``channel_names`` ({"0": "CT"} or {"0": "T2", "1": "ADC"}) as a list in channel order."""
+    return [str(channel_names[k]) for k in sorted(channel_names, key=int)]
+
+
+def card_modalities(card: dict, where: Path | str = MODEL_CARD) -> list[str] | None:
+    """What a bank model was trained on, one modality per input channel in order (``["CT"]``), from its card's
+    ``modalities``; None for cards written before the card recorded them (nothing to compare, so no modality
+    warning is possible). A ``modalities`` that is not a list of ``num_input_channels`` strings is a ValueError
+    naming ``where``."""
+    modalities = card.get("modalities")
+    if modalities is None:
+        return None
+    if not (isinstance(modalities, list) and all(isinstance(m, str) for m in modalities)
+            and len(modalities) == card["num_input_channels"]):
+        raise ValueError(f"{where}: 'modalities' must list one name per input channel "
+                         f"({card['num_input_channels']}), got {modalities!r}")
+    return list(modalities)
+
+
 def make_model_card(model_id: str, plans: dict, dataset_json: dict, source_task: str | None,
           spec: tuple[str, dict] | None = None, **extra) -> dict:
+    """The card of a bank model planned with ``plans`` on the preprocessed dataset whose nnU-Net ``dataset.json``
+    is ``dataset_json``: the network, its input channels and classes, and the channels it was trained on
+    (``channel_names`` as nnU-Net has them, ``modalities`` in channel order; for a random member the dataset it
+    was planned on), which ``ccfv rank`` compares with the target's."""
     conf = plans["configurations"][CONFIGURATION]
     name, architecture = spec or network_spec(plans)
     return {
@@ -113,6 +138,8 @@ def make_model_card(model_id: str, plans: dict, dataset_json: dict, source_task:
         "network": name,
         "patch_size": list(conf["patch_size"]),
         "num_input_channels": len(dataset_json["channel_names"]),
+        "channel_names": dict(dataset_json["channel_names"]),
+        "modalities": channel_modalities(dataset_json["channel_names"]),
         "num_classes": len(dataset_json["labels"]),
         "labels": dataset_json["labels"],
         "source_task": source_task,

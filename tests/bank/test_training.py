@@ -352,6 +352,8 @@ def test_random_model_is_seeded(fake_preprocessed, tmp_path):
     assert card_a["seed"] == 0 and card_a["iterations"] == 0
     assert card_a["num_classes"] == 2 and card_a["num_input_channels"] == 1
     assert card_a["architecture"] == tiny_architecture() and card_a["patch_size"] == [8, 16, 16]
+    # the channels of the dataset it was planned on, as a pretrained model's card has its source task's
+    assert card_a["channel_names"] == {"0": "CT"} and card_a["modalities"] == ["CT"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,6 +387,7 @@ def test_pretrain_writes_a_loadable_bank_model(pretrained):
     assert card["model_id"] == "from_spleen" and card["source_task"] == "Task94_SynthSpleen"
     assert card["iterations"] == 2 and card["seed"] == 0
     assert card["num_classes"] == 2 and card["patch_size"] == [8, 16, 16]
+    assert card["channel_names"] == {"0": "CT"} and card["modalities"] == ["CT"]  # the source task's channels
     assert card["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 8, 16]
     assert all(torch.isfinite(v).all() for v in network.state_dict().values())
     with torch.no_grad():

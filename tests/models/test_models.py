@@ -97,3 +97,58 @@ def test_bundle_metadata_modality_and_missing_entries(tmp_path):
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="no 'preprocessing' entry"):
         load_model("mr", bundle)
+
+
+def _bank_model(tmp_path, source_task: str | None, channel_names: dict) -> "Path":
+    """A bank model (a seeded random network on a tiny U-Net) whose card says it was pretrained on
+    ``source_task`` (None: a random member), planned on a dataset with ``channel_names``."""
+    from ccfv.bank.training import random_model
+
+    from ..bank.test_training import tiny_architecture
+
+    folder = tmp_path / "Dataset009_Spleen"
+    folder.mkdir()
+    plans = {"configurations": {"3d_fullres": {"architecture": tiny_architecture(), "patch_size": [8, 16, 16]}}}
+    (folder / "ccfvPlans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(
+        {"channel_names": channel_names, "labels": {"background": 0, "spleen": 1}, "file_ending": ".nii.gz"}))
+    model = random_model(folder, "unet-Task09_Spleen", tmp_path / "bank" / "unet-Task09_Spleen", seed=0)
+    card = json.loads((model / "model.json").read_text())
+    card["source_task"] = source_task
+    (model / "model.json").write_text(json.dumps(card))
+    return model
+
+
+def test_bank_model_modalities_come_from_its_card(tmp_path):
+    """A bank model pretrained on CT says so, and ranking it on MR data (Task04_Hippocampus: "MRI") warns."""
+    from ccfv.rank.dataset import modality_warnings
+
+    model = _bank_model(tmp_path, "Task09_Spleen", {"0": "CT"})
+    loaded = load_model("ct", model)
+    assert loaded.modalities == ["CT"]
+    [warning] = modality_warnings(loaded.modalities, ["MRI"])
+    assert warning.startswith("modality mismatch (channel 0: model CT, target MRI)")
+
+
+def test_bank_model_without_recorded_modalities_loads_without_them(tmp_path):
+    """Cards written before the card recorded the channels still load; no warning is possible. A random
+    member's channels are not a modality it learnt: no warning either."""
+    model = _bank_model(tmp_path, "Task09_Spleen", {"0": "CT"})
+    card = json.loads((model / "model.json").read_text())
+    for key in ("channel_names", "modalities"):
+        del card[key]
+    (model / "model.json").write_text(json.dumps(card))
+    assert load_model("old", model).modalities is None
+
+    (tmp_path / "random").mkdir()
+    random_member = _bank_model(tmp_path / "random", None, {"0": "CT"})
+    assert load_model("random", random_member).modalities is None
+
+
+def test_bank_model_with_malformed_modalities_is_refused_by_name(tmp_path):
+    model = _bank_model(tmp_path, "Task09_Spleen", {"0": "CT"})
+    card = json.loads((model / "model.json").read_text())
+    card["modalities"] = ["CT", "T2"]
+    (model / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"model\.json: 'modalities' must list one name per input channel \(1\)"):
+        load_model("bad", model)

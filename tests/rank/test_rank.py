@@ -290,6 +290,32 @@ def test_fewer_than_two_labelled_cases_is_refused_before_any_work(keep, max_case
     assert not out.exists()
 
 
+def test_a_bank_model_pretrained_on_ct_is_warned_about_on_mr_data(tmp_path, monkeypatch):
+    """The bank's card records its source task's channels: ranked on MR data, a CT-pretrained bank model gets
+    the modality warning that nnU-Net folders and bundles get (said before its features are sampled; the
+    sampling itself, minutes of nnU-Net planning here, is replaced by a failure that the run reports)."""
+    from ccfv.features.settings import SamplingSettings
+    from ccfv.rank.run import rank_models
+
+    from ..models.test_models import _bank_model
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("sampling skipped by the test")
+
+    monkeypatch.setattr(SamplingSettings, "sample", stop)
+    model = _bank_model(tmp_path, "Task09_Spleen", {"0": "CT"})
+    task = _msd_task(tmp_path)
+    spec = json.loads((task / "dataset.json").read_text())
+    spec["modality"] = {"0": "MRI"}
+    (task / "dataset.json").write_text(json.dumps(spec))
+    messages = []
+    ranking = rank_models(task, [f"ct={model}"], tmp_path / "out", metrics=["logme"], device="cpu", max_cases=2,
+                          progress=False, log=messages.append)
+    assert ("ccfv rank: model 'ct': modality mismatch (channel 0: model CT, target MRI): the model's intensity "
+            "normalisation does not fit the target's intensities, so its features (and scores) mean little") in messages
+    assert [f["error"] for f in ranking.failed] == [f"{model}: sampling skipped by the test"]
+
+
 def test_dice_file_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "dice.csv"
     bad.write_text("model,dice\na,0.5\nb,high\n")
