@@ -12,8 +12,10 @@ model ids are ``<architecture>-<source task>[@<snapshot iteration>]`` or ``<arch
 
 Every table takes ``flags``, {target: why its ground truth cannot rank its models} from the ground-truth
 health check (:mod:`ccfv.results.ground_truth`): a flagged target keeps its values but is marked with
-:data:`FLAG_MARK` in Markdown and LaTeX (with a footnote saying why) and in CSV by a ``ground_truth`` row
-(wide tables) or column (long tables).
+:data:`FLAG_MARK` in Markdown and LaTeX (with a footnote saying why), and in the long CSV tables
+(statistics, regret, ...) by a ``ground_truth`` column. The wide CSV tables (``table1.csv``, ``table2.csv``)
+hold numbers only, so that ``pandas.read_csv`` reads every target column as a number: their verdict is
+``ground_truth.csv`` beside them (``can_rank`` and ``reasons`` per target), which the tables are built from.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from ..io import write_json, write_text
-from .formatting import flag_cell, flag_footnote, flag_reason, flagged_header, latex_escape, latex_number, short_task
+from .formatting import flag_footnote, flag_reason, flagged_header, latex_escape, latex_number, short_task
 from .paper import PAPER_TARGETS, paper_comparison, paper_comparison_csv, paper_comparison_markdown, paper_value
 
 #: How the tables name the default metrics (the paper's names); a metric's ``label`` in the config wins.
@@ -92,16 +94,16 @@ def table1(records: list[Mapping], metrics: list[str], targets: list[str],
     return rows
 
 
-def to_csv(rows: list[dict], targets: list[str], flags: Mapping[str, str] | None = None) -> str:
-    """One line per (metric, statistic); with ``flags`` (the health check's verdict, ``{}`` when every
-    target passed) a last ``ground_truth`` line: ``ok`` or ``cannot rank`` per target (empty under Avg)."""
+def to_csv(rows: list[dict], targets: list[str]) -> str:
+    """One line per (metric, statistic): ``method, statistic, <target>..., Avg``, every target and Avg cell a
+    number (``nan`` where undefined), nothing else, so that a script can average the table. Which targets'
+    Dice cannot rank their models is ``ground_truth.csv`` beside it (a string row here made pandas read every
+    target column as text)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["method", "statistic", *targets, "Avg"])
     for row in rows:
         writer.writerow([row["method"], row["statistic"], *(f"{row[t]:.4f}" for t in targets), f"{row['Avg']:.4f}"])
-    if flags is not None:
-        writer.writerow(["ground_truth", "verdict", *(flag_cell(t, flags) for t in targets), ""])
     return out.getvalue()
 
 
@@ -137,7 +139,8 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
 
     ``tables`` maps a table name to its metrics, e.g. {"table1": ["logme", ..., "ccfv"], "table2": [...]}.
     ``flags``: {target: why} of the targets whose ground truth cannot rank its models
-    (:func:`ccfv.results.ground_truth.flags`), marked in every table. Everything is read and checked before
+    (:func:`ccfv.results.ground_truth.flags`), marked in the Markdown and LaTeX tables (the CSV tables stay
+    numeric; the verdict is ``ground_truth.csv``). Everything is read and checked before
     anything is written.
     """
     from ..scores.scoring import read_scores
@@ -164,7 +167,7 @@ def build_tables(score_files: Mapping[tuple[str, str], Path], dice_files: Mappin
     if unknown:
         raise ValueError(f"ground-truth flags for {unknown}, which are not among the targets {targets}")
     for name, rows in out.items():
-        write_text(out_dir / f"{name}.csv", to_csv(rows, targets, flags))
+        write_text(out_dir / f"{name}.csv", to_csv(rows, targets))
         write_text(out_dir / f"{name}.md", to_markdown(rows, targets, flags))
         write_text(out_dir / f"{name}.tex", to_latex(rows, targets, caption=TABLE_CAPTIONS.get(name, name),
                                                      flags=flags))

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -252,12 +253,16 @@ def test_a_broken_target_is_flagged_in_every_written_table(broken_run):
     stats_md = (out / "statistics.md").read_text()
     assert stats_md.count("| Task02† |") == 2 and "Task01†" not in stats_md and "Avg includes" not in stats_md
     assert f"† Task02_B: the fine-tuned Dice cannot rank the bank's models: {why}. Its values" in stats_md
-    # CSV: a ground_truth row in the wide tables, a ground_truth column in the long ones; values still there
+    # CSV: the wide tables hold numbers only (the verdict is ground_truth.csv beside them), values still there;
+    # a ground_truth column in the long ones
     for name in ("table1", "table2"):
         table = list(csv.reader((out / f"{name}.csv").open()))
         assert table[0] == ["method", "statistic", *targets, "Avg"]
-        assert table[-1] == ["ground_truth", "verdict", "ok", "cannot rank", ""]
-        assert all(math.isfinite(float(v)) for row in table[1:-1] for v in row[2:])
+        assert all(math.isfinite(float(v)) for row in table[1:] for v in row[2:])
+        numeric = pd.read_csv(out / f"{name}.csv").select_dtypes("number")
+        assert list(numeric.columns) == [*targets, "Avg"]  # a script can average every target column
+    assert {r["target"]: r["can_rank"] for r in csv.DictReader((out / "ground_truth.csv").open())} == {
+        "Task01_A": "True", "Task02_B": "False"}
     for name in ("statistics", "regret"):
         long = list(csv.DictReader((out / f"{name}.csv").open()))
         assert {r["target"]: r["ground_truth"] for r in long} == {"Task01_A": "ok", "Task02_B": "cannot rank"}
@@ -282,7 +287,7 @@ def test_unflagged_tables_carry_no_marker_and_unknown_flags_are_refused(broken_r
     build_tables(broken_run["scores"], broken_run["dice"], {"table1": ["ccfv"]}, targets, out, flags={})
     md = (out / "table1.md").read_text()
     assert "†" not in md
-    assert list(csv.reader((out / "table1.csv").open()))[-1] == ["ground_truth", "verdict", "ok", "ok", ""]
+    assert [row[0] for row in csv.reader((out / "table1.csv").open())] == ["method", "CC-FV", "CC-FV"]
     with pytest.raises(ValueError, match=r"ground-truth flags for \['Task09_X'\]"):
         build_tables(broken_run["scores"], broken_run["dice"], {"table1": ["ccfv"]}, targets,
                      broken_run["root"] / "bad", flags={"Task09_X": "why"})
