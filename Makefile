@@ -34,7 +34,8 @@ lint: $(STAMP)
 clean-demo:
 	rm -rf results logs .snakemake
 
-# Builds containers/ccfv.def without Apptainer (debootstrap + chroot under build/container/, as root; pip
+# Builds containers/ccfv.def without Apptainer (debootstrap + chroot under build/container/, as root; a missing
+# debootstrap is installed with apt-get first; pip
 # downloads from PyPI), runs its %test and the score rule inside it against .venv. Slow the first time
 # (docs/cluster.md gives the time and size); not part of `make test` or CI.
 .PHONY: container-check

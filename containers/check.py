@@ -35,8 +35,9 @@ so /proc, /sys, /dev and the bind mounts exist only while that process lives and
 ends; nothing is mounted in the host's namespace. A tree is deleted only after /proc/self/mountinfo shows
 nothing mounted under it.
 
-Needs root, debootstrap (``apt-get install debootstrap``), unshare and chroot (util-linux, coreutils),
-network access to the Debian mirror and PyPI, and .venv (``make .venv``), whose Python runs this script.
+Needs root, debootstrap, unshare and chroot (util-linux, coreutils; as root on Debian, missing ones are installed
+with apt-get first, as the tests install slurm-wlm; otherwise the error gives the exact command), network access
+to the Debian mirror and PyPI, and .venv (``make .venv``), whose Python runs this script.
 """
 from __future__ import annotations
 
@@ -843,14 +844,71 @@ def run_score_rule(root: Path, logs: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The host programs the build runs, with the Debian package of each.
+HOST_TOOLS = (("debootstrap", "debootstrap"), ("unshare", "util-linux"), ("chroot", "coreutils"), ("dpkg", "dpkg"))
+
+
+def install_command(packages: list[str]) -> str:
+    return f"apt-get update && apt-get install -y --no-install-recommends {' '.join(packages)}"
+
+
+def _apt_get(*args: str, timeout: float = 600) -> tuple[int, str]:
+    """Run ``apt-get ARGS`` non-interactively; (exit status, its output)."""
+    try:
+        done = subprocess.run(["apt-get", *args], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, f"apt-get {' '.join(args)} did not finish in {timeout:.0f} s"
+    return done.returncode, done.stdout + done.stderr
+
+
+def ensure_host_tools(which=shutil.which, is_root: bool | None = None, apt_get=_apt_get, log=print) -> list[str]:
+    """Install the missing :data:`HOST_TOOLS` with apt-get, as the test suite installs slurm-wlm
+    (tests/slurm/local_slurm.py): as root on a Debian-like machine, ``apt-get install`` first, and when a tool is
+    still missing (a fresh machine's empty or stale package list) ``apt-get update`` and the install again.
+    Returns the packages installed (empty when nothing was missing).
+
+    Raises ContainerCheckError with the exact command to run when a tool is missing and cannot be installed
+    here: not root (the check needs root anyway), no apt-get, or apt-get failing (with the end of its output).
+    ``which``, ``is_root`` and ``apt_get(*args) -> (status, output)`` are injectable for the tests."""
+    is_root = os.geteuid() == 0 if is_root is None else is_root
+
+    def missing() -> list[tuple[str, str]]:
+        return [(tool, package) for tool, package in HOST_TOOLS if which(tool) is None]
+
+    absent = missing()
+    if not absent:
+        return []
+    packages = sorted({package for _, package in absent})
+    what = ", ".join(tool for tool, _ in absent)
+    if not is_root:
+        raise ContainerCheckError(f"needs root, and {what} is not installed: as root, run "
+                                  f"`{install_command(packages)}`, then `make container-check` as root")
+    if which("apt-get") is None:
+        raise ContainerCheckError(f"{what} is not installed and this machine has no apt-get: install the "
+                                  f"package(s) {', '.join(packages)} with your distribution's package manager")
+    log(f"container-check: {what} missing: apt-get install {' '.join(packages)}")
+    status, output = apt_get("install", "-y", "-q", "--no-install-recommends", *packages)
+    if missing():  # an empty or stale package list (a fresh machine): update once, then install again
+        log("container-check: apt-get update, then install again")
+        status, output = apt_get("update", "-q")
+        if status == 0:
+            status, output = apt_get("install", "-y", "-q", "--no-install-recommends", *packages)
+    still = missing()
+    if still:
+        tail = "\n    ".join(output.strip().splitlines()[-5:])
+        raise ContainerCheckError(f"apt-get could not install {' '.join(packages)} (exit {status}; still missing: "
+                                  f"{', '.join(t for t, _ in still)}); run `{install_command(packages)}` and read its "
+                                  f"output. Last lines:\n    {tail}")
+    return packages
+
+
 def preflight(need_venv: bool = True) -> None:
+    """Root, the host tools (installed with apt-get when missing: :func:`ensure_host_tools`) and ``.venv``."""
+    ensure_host_tools()
     if os.geteuid() != 0:
         raise ContainerCheckError("needs root: debootstrap, chroot and mounts (like `apptainer build` of a "
                                   "debootstrap definition)")
-    for tool, package in (("debootstrap", "debootstrap"), ("unshare", "util-linux"), ("chroot", "coreutils"),
-                          ("dpkg", "dpkg")):
-        if shutil.which(tool) is None:
-            raise ContainerCheckError(f"{tool} is not installed: apt-get update && apt-get install {package}")
     if need_venv and not VENV_PYTHON.exists():
         raise ContainerCheckError(f"{VENV_PYTHON} is missing: run `make .venv` (the rule is compared with it)")
 

@@ -301,3 +301,84 @@ def test_the_host_mirror_is_read_from_apt_sources(tmp_path):
     assert check.host_debian_mirror(deb822, legacy) == "http://mirror.example/debian"
     assert check.host_debian_mirror(tmp_path / "missing", legacy) == "http://legacy.example/debian"
     assert check.host_debian_mirror(tmp_path / "missing", tmp_path / "missing2") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# the host tools: installed with apt-get as root (as the tests install slurm-wlm), else the exact command
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeHost:
+    """``which`` and ``apt_get`` of a machine where ``present`` programs exist; an ``install`` puts its packages'
+    programs there only once ``update`` ran when ``needs_update`` (a fresh machine's empty package list)."""
+
+    PROGRAMS = {"debootstrap": ["debootstrap"], "util-linux": ["unshare"], "coreutils": ["chroot"], "dpkg": ["dpkg"]}
+
+    def __init__(self, present, needs_update=False, broken=False):
+        self.present, self.needs_update, self.broken = set(present), needs_update, broken
+        self.calls: list[tuple[str, ...]] = []
+
+    def which(self, program):
+        return f"/usr/bin/{program}" if program in self.present else None
+
+    def apt_get(self, *args):
+        self.calls.append(args)
+        if args[0] == "update":
+            self.needs_update = False
+            return 0, "Reading package lists..."
+        if self.needs_update or self.broken:
+            return 100, "E: Unable to locate package debootstrap"
+        for package in [a for a in args if a in self.PROGRAMS]:
+            self.present.update(self.PROGRAMS[package])
+        return 0, "Setting up debootstrap"
+
+
+EVERYTHING = {"debootstrap", "unshare", "chroot", "dpkg", "apt-get"}
+
+
+def test_nothing_is_installed_when_the_host_tools_are_there():
+    host = FakeHost(EVERYTHING)
+    assert check.ensure_host_tools(host.which, is_root=True, apt_get=host.apt_get, log=lambda m: None) == []
+    assert check.ensure_host_tools(host.which, is_root=False, apt_get=host.apt_get, log=lambda m: None) == []
+    assert host.calls == []
+
+
+def test_missing_debootstrap_is_installed_with_apt_get_as_root():
+    host = FakeHost(EVERYTHING - {"debootstrap"})
+    assert check.ensure_host_tools(host.which, is_root=True, apt_get=host.apt_get, log=lambda m: None) == ["debootstrap"]
+    assert host.calls == [("install", "-y", "-q", "--no-install-recommends", "debootstrap")]
+
+
+def test_a_fresh_machine_updates_the_package_list_then_installs_again():
+    """The failure of a fresh machine: its package list is empty until apt-get update."""
+    host = FakeHost(EVERYTHING - {"debootstrap"}, needs_update=True)
+    assert check.ensure_host_tools(host.which, is_root=True, apt_get=host.apt_get, log=lambda m: None) == ["debootstrap"]
+    assert [c[0] for c in host.calls] == ["install", "update", "install"]
+
+
+def test_not_root_fails_with_the_exact_command_and_installs_nothing():
+    host = FakeHost(EVERYTHING - {"debootstrap"})
+    with pytest.raises(check.ContainerCheckError) as caught:
+        check.ensure_host_tools(host.which, is_root=False, apt_get=host.apt_get, log=lambda m: None)
+    assert str(caught.value) == ("needs root, and debootstrap is not installed: as root, run `apt-get update && "
+                                 "apt-get install -y --no-install-recommends debootstrap`, then `make "
+                                 "container-check` as root")
+    assert host.calls == []
+
+
+def test_an_install_that_fails_names_the_command_and_apt_gets_last_lines():
+    host = FakeHost(EVERYTHING - {"debootstrap", "unshare"}, broken=True)
+    with pytest.raises(check.ContainerCheckError) as caught:
+        check.ensure_host_tools(host.which, is_root=True, apt_get=host.apt_get, log=lambda m: None)
+    message = str(caught.value)
+    assert message.startswith("apt-get could not install debootstrap util-linux (exit 100; still missing: "
+                              "debootstrap, unshare); run `apt-get update && apt-get install -y "
+                              "--no-install-recommends debootstrap util-linux`")
+    assert message.endswith("E: Unable to locate package debootstrap")
+
+
+def test_without_apt_get_the_packages_are_named():
+    host = FakeHost(EVERYTHING - {"debootstrap", "apt-get"})
+    with pytest.raises(check.ContainerCheckError, match=r"no apt-get: install the package\(s\) debootstrap with"):
+        check.ensure_host_tools(host.which, is_root=True, apt_get=host.apt_get, log=lambda m: None)
+    assert host.calls == []
