@@ -1,6 +1,8 @@
 """Fetching Medical Segmentation Decathlon tasks: streamed, resumable, MD5-verified, safely extracted.
 
-Facts (URLs, MD5s) from MONAI's DecathlonDataset; see README.md, "Getting the data". The archive is streamed to
+Facts (URLs, MD5s of all ten tasks) from MONAI's DecathlonDataset (``monai/apps/datasets.py``,
+``DecathlonDataset.resource`` and ``.md5``; a test compares them with the installed MONAI's); see README.md,
+"Getting the data". The archive is streamed to
 ``<dest>/.<Task>.tar.partial``; an interrupted download resumes with an HTTP Range request; the MD5 is
 checked before anything is extracted; extraction uses tarfile's ``data`` filter (no absolute paths, no
 ``..``, no links leaving the tree, no devices) into a scratch folder renamed into place; macOS ``._*``
@@ -20,10 +22,16 @@ from .checksums import file_digest
 
 DEFAULT_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 
+#: The MD5 of every MSD task's tarball, as MONAI's DecathlonDataset has them (its ``md5``).
 MD5 = {
+    "Task01_BrainTumour": "240a19d752f0d9e9101544901065d872",
+    "Task02_Heart": "06ee59366e1e5124267b774dbd654057",
     "Task03_Liver": "a90ec6c4aa7f6a3d087205e23d4e6397",
+    "Task04_Hippocampus": "9d24dba78a72977dbd1d2e110310f31b",
+    "Task05_Prostate": "35138f08b1efaef89d7424d2bcc928db",
     "Task06_Lung": "8afd997733c7fc0432f71255ba4e52dc",
     "Task07_Pancreas": "4f7080cfca169fa8066d17ce6eb061e4",
+    "Task08_HepaticVessel": "641d79e80ec66453921d997fbf12a29c",
     "Task09_Spleen": "410d4a301da4e5b2f6f86ec3ddba524e",
     "Task10_Colon": "bad7a188931dc2f6acf72b08eb6202d0",
 }
@@ -105,7 +113,13 @@ def fetch_task(task: str, dest_root: Path, base_url: str | None = None, progress
     ``local`` needs no fetching at all; the workflow reads it in place (see ``task_folder`` in
     rules/common.smk). ``record``, when given, receives a JSON record of the archive (source, size, MD5)
     for the report.
+
+    The ten MSD tasks (:data:`MD5`) are verified against MONAI's MD5s. Another name is a ValueError before
+    anything is fetched when it would be downloaded from MSD's own bucket (which holds only the ten: a typo);
+    from a mirror (``base_url``) or a local tar it is fetched unverified, its MD5 recorded.
     """
+    if local is None and base_url in (None, DEFAULT_BASE_URL) and task not in MD5:
+        raise ValueError(f"unknown MSD task {task!r}; the Medical Segmentation Decathlon has {', '.join(MD5)}")
     dest_root = Path(dest_root)
     dest_root.mkdir(parents=True, exist_ok=True)
     expected = MD5.get(task)

@@ -171,10 +171,56 @@ def test_md5sum_matches_hashlib(tmp_path, archive_bytes):
     assert md5sum(path) == hashlib.md5(archive_bytes).hexdigest()
 
 
+ALL_TASKS = ["Task01_BrainTumour", "Task02_Heart", "Task03_Liver", "Task04_Hippocampus", "Task05_Prostate",
+             "Task06_Lung", "Task07_Pancreas", "Task08_HepaticVessel", "Task09_Spleen", "Task10_Colon"]
+
+
 def test_md5_table_is_monai_s():
-    assert msd.MD5["Task09_Spleen"] == "410d4a301da4e5b2f6f86ec3ddba524e"
-    assert msd.MD5["Task03_Liver"] == "a90ec6c4aa7f6a3d087205e23d4e6397"
-    assert set(msd.MD5) == {"Task03_Liver", "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon"}
+    """All ten MSD tasks, with the MD5s and URLs of MONAI's DecathlonDataset (the installed MONAI's own table)."""
+    from monai.apps import DecathlonDataset
+
+    assert list(msd.MD5) == ALL_TASKS
+    assert msd.MD5["Task04_Hippocampus"] == "9d24dba78a72977dbd1d2e110310f31b"
+    assert msd.MD5 == DecathlonDataset.md5
+    assert {t: f"{msd.DEFAULT_BASE_URL}/{t}.tar" for t in ALL_TASKS} == DecathlonDataset.resource
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_msd_task_downloads_from_its_url_and_is_verified(task, server, tmp_path, monkeypatch):
+    """Each task's tarball is fetched as <base URL>/<task>.tar and checked against its MD5 of the table: the
+    table's own MD5 refuses the test's tarball (it is not MSD's), the tarball's own MD5 passes."""
+    data = _tar_for(task)
+    server.files[f"/{task}.tar"] = data
+    with pytest.raises(ValueError, match=rf"{task}\.tar: MD5 {md5(data)} differs from the expected "
+                                         rf"{msd.MD5[task]}"):
+        fetch_task(task, tmp_path / "refused", base_url=server.url, progress=False)
+    assert not (tmp_path / "refused" / task).exists()
+    monkeypatch.setitem(msd.MD5, task, md5(data))
+    assert fetch_task(task, tmp_path / "msd", base_url=server.url, progress=False) == tmp_path / "msd" / task
+    assert json.loads((tmp_path / "msd" / task / "dataset.json").read_text()) == DATASET_JSON
+    assert [r["path"] for r in server.requests] == [f"/{task}.tar", f"/{task}.tar"]
+
+
+def _tar_for(task: str) -> bytes:
+    """``make_tar``'s archive with its folder named ``task``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(make_tar())) as source, tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else None
+            member.name = task + member.name[len(TASK):]
+            tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def test_an_unknown_task_is_refused_before_anything_is_fetched(server, tmp_path, capsys):
+    from ccfv.cli import main
+
+    with pytest.raises(ValueError, match=r"unknown MSD task 'Task04_Hipocampus'; the Medical Segmentation "
+                                         r"Decathlon has Task01_BrainTumour, .*, Task10_Colon"):
+        fetch_task("Task04_Hipocampus", tmp_path / "msd", progress=False)
+    assert main(["msd", "download", "Task04_Hipocampus", "--dest", str(tmp_path / "msd")]) == 2
+    assert "unknown MSD task 'Task04_Hipocampus'" in capsys.readouterr().err
+    assert not (tmp_path / "msd").exists()
 
 
 def test_fetch_task(served, tmp_path, archive_bytes):
