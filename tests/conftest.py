@@ -3,6 +3,7 @@ preprocessing once per session (used by tests/preprocess/test_nnunet.py, tests/b
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,33 @@ import torch
 torch.set_num_threads(1)
 
 TASK = "Task94_SynthSpleen"
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared material (real data and released models, never part of the repository)
+# --------------------------------------------------------------------------------------------------
+
+
+def shared_root() -> Path:
+    """``$CCFV_SHARED``, else ``<repo>/../shared`` (where CI lays it out, read-only)."""
+    return Path(os.environ["CCFV_SHARED"]) if os.environ.get("CCFV_SHARED") else REPO.parent / "shared"
+
+
+def shared_path(relative: str) -> Path:
+    """``shared_root() / relative``, or a skip naming where it was looked for (a user's clone has none)."""
+    path = shared_root() / relative
+    if not path.exists():
+        pytest.skip(f"shared material {relative} not found at {path} (set CCFV_SHARED to the folder holding "
+                    "models/ and data/)")
+    return path
+
+
+@pytest.fixture
+def task04_dir() -> Path:
+    """data/Task04_Hippocampus: the MSD hippocampus task (imagesTr/, labelsTr/)."""
+    return shared_path("data/Task04_Hippocampus")
+
 
 #: A tiny shared network. Three stages, not two: with two stages nnU-Net's deep supervision has a single
 #: output whose loss weight is zeroed and then normalised (0/0), so training runs on a NaN loss (see
