@@ -20,5 +20,5 @@ include: "rules/results.smk"
 
 rule all:
     input:
-        final_outputs(),
+        all_outputs,
     default_target: True

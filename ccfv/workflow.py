@@ -135,15 +135,67 @@ def check_config_before_schema(config: Mapping, source: ConfigSource | None = No
             )
 
 
-def check_config(config: Mapping, source: ConfigSource | None = None) -> None:
+#: The rules of the data path (rules/data.smk, rules/preprocess.smk): a run that stops there needs no bank.
+DATA_PATH_RULES = frozenset({"synthesize_task", "fetch_msd_task", "validate_task", "convert_to_nnunet",
+                             "plan_and_preprocess", "make_split"})
+#: The folders of the results that the data path writes (``<results>/<folder>/...``).
+DATA_PATH_FOLDERS = ("data", "checksums", "nnunet", "splits")
+
+
+def data_path_only(until: Sequence[str], targets: Sequence[str], results: str, target_jobs: Sequence = ()) -> bool:
+    """Whether a Snakemake run stops at the data path (validation, nnU-Net conversion and preprocessing, the
+    split): every ``--until`` entry is one of :data:`DATA_PATH_RULES`, or every target is such a rule or a file
+    under ``<results>/{data,checksums,nnunet,splits}/``, or (a cluster job's own Snakemake) every
+    ``--target-jobs`` entry (``rule:wildcards`` or Snakemake's parsed ``TargetSpec``) is such a rule. Such a run
+    builds no bank, so the bank's size is not checked (:func:`check_bank_size`; rules/common.smk checks it when
+    the DAG is built, where Snakemake's ``--until`` and targets are known, which they are not while the
+    Snakefile is read)."""
+    if target_jobs:
+        names = {getattr(t, "rulename", None) or str(t).split(":", 1)[0] for t in target_jobs}
+        return names <= DATA_PATH_RULES
+    if until:
+        return set(until) <= DATA_PATH_RULES
+    prefixes = tuple(os.path.normpath(os.path.join(results, folder)) + os.sep for folder in DATA_PATH_FOLDERS)
+    return bool(targets) and all(t in DATA_PATH_RULES or os.path.normpath(t).startswith(prefixes) for t in targets)
+
+
+def check_bank_size(config: Mapping, source: ConfigSource | None = None) -> None:
+    """Each target's bank must hold at least 3 models (a rank correlation over fewer says nothing): per
+    architecture, the other tasks (each with its pretraining snapshots) and a random member. Raises ValueError
+    naming the file that sets ``tasks``, and how to run the data path alone."""
+    tasks, architectures = list(config["tasks"]), list(config["architectures"])
+    snapshots = config["pretrain"].get("snapshots", [])
+    bank_size = len(architectures) * ((len(tasks) - 1) * (1 + len(snapshots)) + 1)
+    if bank_size < 3:
+        raise ValueError(
+            f"config ({_where(source, 'tasks')}): each target's bank would hold {bank_size} models "
+            f"({len(tasks) - 1} other task(s) + a random member, for each of {architectures}); correlations need "
+            f"at least 3: add a task or an architecture (to run only the data path, i.e. validation, nnU-Net "
+            f"preprocessing and the split, add --until make_split)"
+        )
+
+
+def check_config(config: Mapping, source: ConfigSource | None = None, bank: bool = True) -> None:
     """The workflow's checks that a JSON Schema cannot express, run on a schema-valid config before any job:
-    snapshots inside every task's pretraining, a bank of at least 3 models per target, one layer ratio per
-    hooked decoder stage, UNETR's patch size, tables that name defined metrics, and every metric's method
-    and options. Raises ValueError: ``config (<file>): <dotted key>: <problem>`` (``source``: see
-    :data:`ConfigSource`; without it the file is named "config")."""
+    snapshots inside every task's pretraining, a bank of at least 3 models per target (:func:`check_bank_size`,
+    unless ``bank=False``: rules/common.smk checks it when the DAG is built), one layer ratio per hooked decoder stage, UNETR's
+    patch size, tables that name defined metrics, every metric's method and options, and, for MSD data, that
+    ``data.msd.root`` (where tasks are fetched) does not lie inside ``data.msd.local`` (shared storage, which
+    the workflow only reads; relative paths are taken from the working directory). Raises ValueError:
+    ``config (<file>): <dotted key>: <problem>`` (``source``: see :data:`ConfigSource`; without it the file is
+    named "config")."""
     from .bank.networks import UNETR, UNETR_STAGES, VIT_PATCH
     from .scores.scoring import check_metric
 
+    msd = config.get("data", {}).get("msd") or {}
+    if config.get("data", {}).get("source") == "msd" and msd.get("local"):
+        local, root = Path(msd["local"]).resolve(), Path(msd["root"]).resolve()
+        if root == local or local in root.parents:
+            raise ValueError(
+                f"config ({_where(source, 'data', 'msd', 'root')}): data.msd.root {msd['root']!r} lies inside "
+                f"data.msd.local {msd['local']!r} ({local}): fetched tasks would be written into the shared "
+                "storage, which the workflow only reads; put data.msd.root elsewhere (e.g. under the results)"
+            )
     tasks, architectures = list(config["tasks"]), list(config["architectures"])
     pretrain = config["pretrain"]
     snapshots = sorted(pretrain.get("snapshots", []))
@@ -156,15 +208,8 @@ def check_config(config: Mapping, source: ConfigSource | None = None) -> None:
                 f"end of {task}'s pretraining ({iterations} iterations); a snapshot must be taken at an iteration "
                 f"between 1 and {iterations - 1}"
             )
-    # A rank correlation over fewer than three models says nothing.
-    # Per architecture: the other tasks (each with its snapshots) and a random member.
-    bank_size = len(architectures) * ((len(tasks) - 1) * (1 + len(snapshots)) + 1)
-    if bank_size < 3:
-        raise ValueError(
-            f"config ({_where(source, 'tasks')}): each target's bank would hold {bank_size} models "
-            f"({len(tasks) - 1} other task(s) + a random member, for each of {architectures}); correlations need "
-            f"at least 3: add a task or an architecture"
-        )
+    if bank:
+        check_bank_size(config, source)
     # Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.
     decoder_stages = {"unet": len(config["network"]["features_per_stage"]) - 1, UNETR: len(UNETR_STAGES)}
     ratios = config["sampling"]["layer_ratios"]

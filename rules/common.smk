@@ -8,7 +8,8 @@ from snakemake.utils import validate
 # Python running Snakemake must import (true for make demo, the cluster's .venv and the container).
 from ccfv.bank.model_ids import (TASK_PATTERN, model_architecture, model_id_pattern, pretrained_model_id, random_model_id,
                                  snapshot_model_id)
-from ccfv.workflow import check_config, check_config_before_schema, config_error_message, config_layers, config_origin
+from ccfv.workflow import (check_bank_size, check_config, check_config_before_schema, config_error_message, config_layers,
+                           config_origin, data_path_only)
 
 # Where each config value came from, lowest precedence first (config/config.yaml, --configfile, --config).
 CONFIG_LAYERS = config_layers(workflow.configfiles, workflow.config_settings.configfiles,
@@ -29,7 +30,9 @@ except WorkflowError as err:
     if not hasattr(_invalid, "absolute_path"):
         raise
     raise ValueError(config_error_message(_invalid, CONFIG_LAYERS)) from None
-check_config(config, config_source)
+# The bank's size is checked by all_outputs, when the DAG is built: a run that stops at the data path
+# (--until make_split) needs no bank, and Snakemake's --until is not known while the Snakefile is read.
+check_config(config, config_source, bank=False)
 
 R = config["results"]
 TASKS = list(config["tasks"])
@@ -137,6 +140,16 @@ def resources_for(kind):
 
 
 TABLES = list(config["scoring"]["tables"])
+
+
+def all_outputs(wildcards):
+    """The input of the default target (the Snakefile's all): final_outputs(), once the bank's size is checked (at
+    least 3 models per target), unless the run stops at the data path (--until make_split or another of its
+    rules; ccfv.workflow.data_path_only)."""
+    settings = workflow.dag_settings
+    if not data_path_only(settings.until, settings.targets, R, settings.target_jobs):
+        check_bank_size(config, config_source)
+    return final_outputs()
 
 
 def final_outputs():

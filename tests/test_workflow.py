@@ -136,6 +136,23 @@ def test_msd_config_lays_out_the_papers_dag():
         "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon", "random")}
 
 
+def test_data_path_only_and_a_fetch_root_inside_the_shared_storage():
+    from ccfv.workflow import check_config, data_path_only
+
+    assert data_path_only({"make_split"}, set(), "results")
+    assert not data_path_only({"make_split", "score"}, set(), "results")
+    assert data_path_only(set(), {"results-h/splits/Task04_Hippocampus.json", "validate_task"}, "results-h")
+    assert not data_path_only(set(), {"all"}, "results") and not data_path_only(set(), set(), "results")
+    assert data_path_only(set(), set(), "results", ["plan_and_preprocess:task=Task04_Hippocampus"])
+    assert not data_path_only(set(), set(), "results", ["pretrain:arch=unet,task=Task04_Hippocampus"])
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["data"] = {"source": "msd", "msd": {"root": "../shared/data/fetched", "local": "../shared/data"}}
+    with pytest.raises(ValueError, match=r"config \(config\): data\.msd\.root '\.\./shared/data/fetched' lies inside "
+                                         r"data\.msd\.local '\.\./shared/data'"):
+        check_config(cfg)
+
+
 @pytest.mark.parametrize(
     ("layer", "message"),
     [
