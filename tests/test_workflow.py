@@ -136,6 +136,41 @@ def test_msd_config_lays_out_the_papers_dag():
         "Task06_Lung", "Task07_Pancreas", "Task09_Spleen", "Task10_Colon", "random")}
 
 
+def test_hippocampus_layer_lays_out_the_data_path_of_the_real_task(task04_dir, tmp_path):
+    """config/hippocampus.yaml: the real Task04_Hippocampus read in place from ../shared/data (relative to the
+    working directory: here a scratch one beside a link named shared), validated, converted, preprocessed and
+    split, nothing fetched, with at least 50 of its 260 cases held out; the full DAG is refused (one task: no
+    bank) with the way to run the data path alone."""
+    from ccfv.bank.networks import VIT_PATCH
+    from ccfv.preprocess.splits import make_split
+
+    (tmp_path / "shared").symlink_to(task04_dir.parents[1], target_is_directory=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    layers = ("--configfile", "config/config.yaml", "config/hippocampus.yaml")
+    result = snakemake("-n", *layers, "--until", "make_split", cwd=work)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert job_counts(out) == {"validate_task": 1, "convert_to_nnunet": 1, "plan_and_preprocess": 1, "make_split": 1,
+                               "total": 4}
+    assert "input: ../shared/data/Task04_Hippocampus/dataset.json" in out  # read in place, never fetched
+    for output in ("results-hippocampus/checksums/Task04_Hippocampus/files.json",
+                   "results-hippocampus/nnunet/Task04_Hippocampus/preprocessed",
+                   "results-hippocampus/splits/Task04_Hippocampus.json"):
+        assert output in out, output
+    cfg = yaml.safe_load((ROOT / "config/hippocampus.yaml").read_text())
+    cases = json.loads((task04_dir / "dataset.json").read_text())["training"]
+    split = make_split([c["image"] for c in cases], cfg["split"]["test_fraction"], cfg["split"]["seed"])
+    assert len(cases) == 260 and len(split["test"]) >= 50
+    assert all(p % VIT_PATCH == 0 for p in cfg["network"]["patch_size"])  # UNETR's img_size
+
+    refused = snakemake("-n", *layers, cwd=work)
+    assert refused.returncode != 0
+    assert (f"config ({ROOT / 'config/hippocampus.yaml'}): each target's bank would hold 2 models"
+            in refused.stdout + refused.stderr)
+    assert "add --until make_split" in refused.stdout + refused.stderr
+
+
 def test_data_path_only_and_a_fetch_root_inside_the_shared_storage():
     from ccfv.workflow import check_config, data_path_only
 

@@ -727,3 +727,21 @@ def test_validate_command_returns_0_for_valid_tasks(pristine, capsys):
 def test_validate_command_without_folders(capsys):
     assert validate_command([]) == 1
     assert "no task folders given" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# The real MSD Task04_Hippocampus (shared material; skipped where absent)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_real_task04_hippocampus_validates(task04_dir, capsys):
+    """The shared copy as it is: no imagesTs/, 205 float32 and 55 uint8 images, 2 float32 labels, numTest 0.
+    `ccfv msd validate` must accept it (exit 0) with the float labels in a note, every class seen."""
+    from ccfv.cli import main
+
+    assert main(["msd", "validate", str(task04_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith(f"OK {task04_dir}: 260 training case(s) and 0 test image(s) checked; labels seen: "
+                          "0 background (260 cases), 1 Anterior (260 cases), 2 Posterior (260 cases)")
+    assert "note: 2 label file(s) stored as float32 with whole-number values" in out

@@ -332,3 +332,15 @@ def test_convert_msd_task_without_labelsTr_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"labelsTr: folder missing"):
         convert_msd_task(task, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_the_real_task04_is_planned_with_z_score_normalisation(task04_dir):
+    """nnU-Net picks the normalisation from the channel name: Task04's "MRI" is not CT, so ZScoreNormalization
+    (per-case mean and SD), as the plans of `snakemake --configfile config/hippocampus.yaml --until make_split`
+    say (docs/preprocessing.md). The check of what the planner will pick, without its 2 minutes."""
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
+    from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+
+    modality = json.loads((task04_dir / "dataset.json").read_text())["modality"]
+    assert modality == {"0": "MRI"}
+    assert get_normalization_scheme(modality["0"]) is ZScoreNormalization
