@@ -20,5 +20,5 @@ include: "rules/results.smk"
 
 rule all:
     input:
-        all_outputs,
+        final_outputs(),
     default_target: True

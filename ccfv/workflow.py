@@ -177,9 +177,10 @@ def check_bank_size(config: Mapping, source: ConfigSource | None = None) -> None
 
 def check_config(config: Mapping, source: ConfigSource | None = None, bank: bool = True) -> None:
     """The workflow's checks that a JSON Schema cannot express, run on a schema-valid config before any job:
-    snapshots inside every task's pretraining, a bank of at least 3 models per target (:func:`check_bank_size`,
-    unless ``bank=False``: rules/common.smk checks it when the DAG is built), one layer ratio per hooked decoder stage, UNETR's
-    patch size, tables that name defined metrics, every metric's method and options, and, for MSD data, that
+    snapshots inside every task's pretraining, a bank of at least 3 models per target (:func:`check_bank_size`;
+    not with ``bank=False``: rules/common.smk checks it when the DAG is built), one layer ratio per hooked
+    decoder stage, UNETR's patch size, tables that name defined metrics, every metric's method and options, and,
+    for MSD data, that
     ``data.msd.root`` (where tasks are fetched) does not lie inside ``data.msd.local`` (shared storage, which
     the workflow only reads; relative paths are taken from the working directory). Raises ValueError:
     ``config (<file>): <dotted key>: <problem>`` (``source``: see :data:`ConfigSource`; without it the file is

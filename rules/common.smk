@@ -30,7 +30,7 @@ except WorkflowError as err:
     if not hasattr(_invalid, "absolute_path"):
         raise
     raise ValueError(config_error_message(_invalid, CONFIG_LAYERS)) from None
-# The bank's size is checked by all_outputs, when the DAG is built: a run that stops at the data path
+# The bank's size is checked by finetune_results, when the DAG is built: a run that stops at the data path
 # (--until make_split) needs no bank, and Snakemake's --until is not known while the Snakefile is read.
 check_config(config, config_source, bank=False)
 
@@ -142,14 +142,15 @@ def resources_for(kind):
 TABLES = list(config["scoring"]["tables"])
 
 
-def all_outputs(wildcards):
-    """The input of the default target (the Snakefile's all): final_outputs(), once the bank's size is checked (at
-    least 3 models per target), unless the run stops at the data path (--until make_split or another of its
-    rules; ccfv.workflow.data_path_only)."""
+def finetune_results(wildcards):
+    """The fine-tuning results the ground truth (and every table built on it) reads, once the check that each
+    target's bank holds at least 3 models has passed: a correlation over fewer says nothing. Checked here, when the
+    DAG is built, since a run that stops at the data path (--until make_split; ccfv.workflow.data_path_only) needs
+    no bank, and Snakemake's --until and targets are not known while the Snakefile is read."""
     settings = workflow.dag_settings
     if not data_path_only(settings.until, settings.targets, R, settings.target_jobs):
         check_bank_size(config, config_source)
-    return final_outputs()
+    return [f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS]
 
 
 def final_outputs():

@@ -21,7 +21,8 @@ BANK_MODELS = sorted({m for t in TASKS for m in bank(t)})
 
 rule ground_truth:
     input:
-        dice=[f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS],
+        # every target's fine-tuning results, after the bank's size is checked
+        dice=finetune_results,
     output:
         html=report(
             f"{R}/tables/ground_truth.html",
