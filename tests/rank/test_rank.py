@@ -205,7 +205,8 @@ def test_unusable_models_are_named_and_the_rest_ranked(bank, tmp_path, capsys):
     (empty / "dataset.json").write_text((good / "dataset.json").read_text())
     card = json.loads((bank["ccfv"] / "model.json").read_text())
     two = networks.build("unet", card["architecture"], 2, card["num_classes"])
-    two_channels = save_bank_model(two, {**card, "model_id": "two", "num_input_channels": 2}, tmp_path / "two")
+    two_channels = save_bank_model(two, {**card, "model_id": "two", "num_input_channels": 2, "modalities": ["CT", "PET"],
+                                         "channel_names": {"0": "CT", "1": "PET"}}, tmp_path / "two")
 
     out = tmp_path / "out"
     models = {"good": good, "importer": importer, "empty": empty, "two": two_channels, "gone": tmp_path / "nope"}
