@@ -35,7 +35,7 @@ emulated: a fallback would give other bits under a "pinned" label); GPUs are not
 choose their own algorithms per GPU model); the library versions (torch, MKL, oneDNN, numpy, OpenBLAS,
 glibc's libm) must be the same, which the lock file and container provide; and heuristics that read the
 CPU's cache sizes or core count inside oneDNN cannot be pinned by any variable (``onednn=False`` takes
-oneDNN out of the computation, at about 3x the training time, leaving only ATen and MKL in CNR mode).
+oneDNN out of the computation, at 3.4 to 4x the time (benchmarks/bench_pinning.py), leaving ATen and MKL).
 
 ``import ccfv.reproducibility`` imports neither torch nor numpy.
 """
@@ -242,7 +242,7 @@ def pin_cpu_numerics(threads: int = 1, level: str = DEFAULT_LEVEL, *, onednn: bo
     exported :func:`pinned_environment`) and raises RuntimeError otherwise.
 
     Args: as :func:`pinned_environment`; ``onednn=False`` also imports torch and sets
-        ``torch.backends.mkldnn.enabled = False`` (about 3x the training time; see the module docstring).
+        ``torch.backends.mkldnn.enabled = False`` (3.4 to 4x the time; see the module docstring).
 
     Raises:
         ValueError: bad ``threads``/``level``.

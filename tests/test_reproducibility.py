@@ -253,7 +253,7 @@ def fingerprint(tiny_dataset, split, threads: int, level: str = DEFAULT_LEVEL, b
     CPU-bound processes running beside it."""
     neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
-        return last_json(run_python(FINGERPRINT, tiny_dataset.preprocessed, split, threads, level))
+        return last_json(run_python(FINGERPRINT, tiny_dataset.preprocessed, split, threads, level, timeout=600))
     finally:
         for process in neighbours:
             process.kill()
