@@ -402,3 +402,24 @@ def check_pinned(record: dict[str, Any] | None = None) -> dict[str, Any]:
     if record["deviations"]:
         raise RuntimeError("the numerics differ from their pin: " + "; ".join(record["deviations"]))
     return record
+
+
+def pin_or_warn(threads: int = 1, level: str = DEFAULT_LEVEL) -> dict[str, str]:
+    """:func:`pin_cpu_numerics` for a process that must run anyway (a workflow job, ``ccfv rank``): where the
+    pin cannot apply (a CPU below the level or not x86-64, e.g. an ARM laptop; numpy or torch imported
+    before, as in a test or a user's Python session) it warns, naming why the results may differ from a
+    pinned reference, and returns {} instead of raising. :func:`numerics_record` then shows the process as
+    unpinned (``deviations``), so provenance and the comparison with the reference say so.
+
+    Raises:
+        ValueError: a bad ``threads`` or ``level`` (a mistake, not a machine's limit).
+    """
+    try:
+        return pin_cpu_numerics(threads, level)
+    except CpuBelowLevelError as err:
+        reason = str(err)
+    except RuntimeError as err:
+        reason = str(err)
+    warnings.warn(f"ccfv: CPU numerics not pinned ({reason}); results may differ in the last bits from a "
+                  "pinned reference (docs/reproducibility.md)", RuntimeWarning, stacklevel=2)
+    return {}

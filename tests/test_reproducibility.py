@@ -24,6 +24,7 @@ from ccfv.reproducibility import (
     PIN_VARIABLE,
     CpuBelowLevelError,
     check_pinned,
+    numerics_record,
     pinned_environment,
     x86_64_level,
 )
@@ -205,15 +206,16 @@ def test_pinned_environment_refuses_to_guess_on_a_cpu_it_cannot_read(monkeypatch
 FINGERPRINT = """
 import hashlib, json, sys, tempfile
 from pathlib import Path
-preprocessed, split, threads, level = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+preprocessed, split, threads, level, raw = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 if level != "unpinned":
     from ccfv.reproducibility import pin_cpu_numerics
     pin_cpu_numerics(threads, level)
 import h5py, numpy as np
 from safetensors.torch import load_file
-from ccfv.features import sample_target
+from ccfv.features.target import sample_target
 from ccfv.reproducibility import numerics_record
-from ccfv.training import TrainingBudget, pretrain
+from ccfv.bank.training import TrainingBudget, pretrain
+from ccfv.finetune.nnunet import finetune
 
 def digest(arrays):
     h = hashlib.sha256()
@@ -233,19 +235,26 @@ features = sample_target(bank, preprocessed, split, out / "f.h5", target="Task94
 found = []
 with h5py.File(features, "r") as f:
     f.visititems(lambda name, obj: found.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None)
+tune = TrainingBudget(iterations=4, iterations_per_epoch=4, val_iterations_per_epoch=1, head_init="zero")
+result = finetune(preprocessed, raw, split, bank, out / "dice.json", tune, seed=0, device="cpu", threads=threads)
 print(json.dumps({"weights": digest(sorted((k, v.numpy()) for k, v in weights.items())),
-                  "features": digest(found), "deviations": numerics_record()["deviations"]}))
+                  "features": digest(found), "dice": json.loads((out / "dice.json").read_text())["per_case"],
+                  "deviations": numerics_record()["deviations"]}))
 """
 
 
 @pytest.fixture(scope="module")
 def tiny_split(tiny_dataset, tmp_path_factory):
-    from ccfv.preprocessing import case_identifiers
-    from ccfv.splits import make_split, write_split
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
 
     path = tmp_path_factory.mktemp("repro_split") / "Task94_SynthSpleen.json"
     write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.2, seed=0), path)
     return path
+
+
+#: The tiny run's digests with the pinned settings (x86-64-v3, 1 thread), made on the development machine.
+REFERENCE_FINGERPRINT = Path(__file__).parent / "reference" / "tiny_fingerprint.json"
 
 
 def fingerprint(tiny_dataset, split, threads: int, level: str = DEFAULT_LEVEL, busy: int = 0) -> dict:
@@ -253,7 +262,8 @@ def fingerprint(tiny_dataset, split, threads: int, level: str = DEFAULT_LEVEL, b
     CPU-bound processes running beside it."""
     neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
-        return last_json(run_python(FINGERPRINT, tiny_dataset.preprocessed, split, threads, level, timeout=600))
+        return last_json(run_python(FINGERPRINT, tiny_dataset.preprocessed, split, threads, level, tiny_dataset.raw,
+                                    timeout=600))
     finally:
         for process in neighbours:
             process.kill()
@@ -272,6 +282,16 @@ def test_pinned_runs_in_fresh_processes_are_identical_also_beside_a_busy_process
     lower = fingerprint(tiny_dataset, tiny_split, threads=1, level="x86-64-v2")
     assert lower["deviations"] == []
     assert lower["weights"] != quiet["weights"] and lower["features"] != quiet["features"]
+    # ... and they equal the committed reference of this run (tests/reference/tiny_fingerprint.json: made with
+    # the pinned settings on the development machine, an AMD EPYC at x86-64-v3). Refresh it only with a reason.
+    reference = json.loads(REFERENCE_FINGERPRINT.read_text())
+    made_on, here = reference["cpu_model"], numerics_record()["cpu"]["model"]
+    same = {k: quiet[k] == reference[k] for k in ("weights", "features", "dice")}
+    if made_on != here and not all(same.values()):
+        pytest.xfail(f"the pinned run differs from the reference made on {made_on!r} on this {here!r} in "
+                     f"{[k for k, v in same.items() if not v]}: at the same level, oneDNN's cache heuristics are the "
+                     "one known cause left (docs/reproducibility.md)")
+    assert all(same.values()), same
 
 
 @pytest.mark.slow
