@@ -24,6 +24,7 @@ demo: $(STAMP)
 	@echo "statistics.md: intervals and p-values; .csv and .tex beside them; ground_truth.md: can the Dice rank"
 	@echo "the models?), figures in results/figures/, everything with provenance in results/report.zip"
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ccfv report results --ground-truth
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ccfv report results --reference docs/demo
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH python -m pytest -q tests

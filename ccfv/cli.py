@@ -42,6 +42,9 @@ def _msd_validate(args) -> int:
 
 
 def _score(args) -> int:
+    from .reproducibility import pin_or_warn
+
+    pin_or_warn(threads=1)  # before numpy loads: the same scores on any machine of the level
     from .scores.scoring import DEFAULT_METRICS, METHODS, compute_scores, features_as_given
 
     known = {**{m: {"method": m} for m in METHODS}, **DEFAULT_METRICS}
@@ -58,9 +61,11 @@ def _score(args) -> int:
 
 
 def _report(args) -> int:
-    from .results.console import print_ground_truth, print_report
+    from .results.console import print_ground_truth, print_reference_comparison, print_report
 
-    if args.ground_truth:
+    if args.reference is not None:
+        print_reference_comparison(args.results, args.reference)
+    elif args.ground_truth:
         print_ground_truth(args.results)
     else:
         print_report(args.results)
@@ -68,6 +73,10 @@ def _report(args) -> int:
 
 
 def _rank(args) -> int:
+    from .reproducibility import pin_or_warn
+
+    # Before numpy or torch loads: the same ranking on any x86-64 machine of the level (docs/reproducibility.md).
+    pin_or_warn(threads=args.threads)
     from .rank.outputs import print_ranking
     from .rank.run import rank_models
 
@@ -127,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ground-truth", action="store_true",
                    help="print only the ground-truth verdict: which targets' fine-tuned Dice cannot rank their models, "
                         "and why")
+    p.add_argument("--reference", type=Path, metavar="DIR",
+                   help="compare the run with a reference run (records.json, provenance.json; the demo's: docs/demo) "
+                        "and print whether every number is identical, or which differ, by how much and why")
     p.set_defaults(run=_report)
 
     p = sub.add_parser(
@@ -155,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000, metavar="N",
                    help="foreground voxels sampled per case (default 1000, as the demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel (and --max-cases) choice")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1; results are reproduced bit for bit with the same count)")
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
     p.add_argument("--trust-bundle-code", action="store_true",
                    help="let MONAI evaluate the bundles' configs, Python expressions and imports included, and read "

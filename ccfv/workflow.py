@@ -244,3 +244,18 @@ def check_config(config: Mapping, source: ConfigSource | None = None, bank: bool
         except ValueError as err:
             raise ValueError(f"config ({_where(source, 'scoring', 'metrics', name)}): scoring.metrics: {err}") \
                 from None
+
+
+def start_job(job) -> None:
+    """What every Snakemake job's script does first, before anything imports numpy or torch: pin the CPU
+    numerics (:func:`ccfv.reproducibility.pin_cpu_numerics`) at the job's thread count, so that the same
+    commit, config and seed give the same numbers, bit for bit, on any x86-64 machine of the pinned level
+    (docs/reproducibility.md). ``job`` is the script's ``snakemake`` object (its ``threads``: the rule's
+    threads, which Snakemake lowers to ``--cores``; results are reproduced with the same thread count).
+
+    A CPU below the level (or not x86-64) runs the job unpinned with a warning in its log, and
+    ``provenance.json`` records it.
+    """
+    from .reproducibility import pin_or_warn
+
+    pin_or_warn(threads=int(job.threads))

@@ -1,8 +1,11 @@
 """Snakemake script: runtime and peak memory per stage, and estimation vs fine-tuning cost per pair."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.results.costs import build_costs
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

@@ -1,8 +1,11 @@
 """Snakemake script: the paper's Fig. 3, a t-SNE of one class's features of every model of one bank."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.results.figures import feature_tsne
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

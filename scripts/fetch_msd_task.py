@@ -1,8 +1,11 @@
 """Snakemake script: download, verify and extract one MSD task (or accept a complete copy in place)."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.data.msd import fetch_task
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

@@ -1,11 +1,14 @@
 """Snakemake script: the paper's Fig. 2 (standardised score vs Dice) and the source x target Dice heatmap, the
 targets whose ground truth cannot rank (ground_truth.csv) marked."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 import json
 from pathlib import Path
 
 from ccfv.results.figures import dice_heatmap, scores_vs_dice
 from ccfv.results.ground_truth import flags, read_csv
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

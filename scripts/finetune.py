@@ -1,8 +1,11 @@
 """Snakemake script: fine-tune a bank model on a target and measure Dice on the held-out split."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from ccfv.preprocess.paths import dataset_folder
 from ccfv.bank.training import TrainingBudget
 from ccfv.finetune.nnunet import finetune
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

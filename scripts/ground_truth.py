@@ -1,9 +1,12 @@
 """Snakemake script: can each target's fine-tuned Dice rank its bank's models? (ccfv.results.ground_truth; the rule
 and its thresholds in docs/report.md)"""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.results.ground_truth import HealthRule, build_ground_truth, verdict
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

@@ -1,7 +1,10 @@
 """Snakemake script: the seeded train/test split of a task, made once and recorded."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from ccfv.preprocess.paths import dataset_folder
 from ccfv.preprocess.splits import split_preprocessed_task
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

@@ -1,9 +1,12 @@
 """Snakemake script: nnU-Net fingerprint, planning with the shared architecture, preprocessing."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.preprocess.paths import dataset_folder
 from ccfv.preprocess.nnunet import plan_and_preprocess
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

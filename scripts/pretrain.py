@@ -1,7 +1,10 @@
 """Snakemake script: pretrain a bank network (U-Net or UNETR) on a source task through nnU-Net's trainer."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from ccfv.preprocess.paths import dataset_folder
 from ccfv.bank.training import TrainingBudget, pretrain
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

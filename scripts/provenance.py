@@ -1,8 +1,11 @@
 """Snakemake script: results/provenance.json (ccfv.results.provenance; fields in docs/report.md)."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.results.provenance import write_provenance
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

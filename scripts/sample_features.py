@@ -1,8 +1,11 @@
 """Snakemake script: sample decoder features of one bank model over a target's training split."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from ccfv.features.settings import SamplingSettings
 from ccfv.features.target import sample_target
 from ccfv.preprocess.paths import dataset_folder
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

@@ -1,6 +1,9 @@
 """Snakemake script: every configured transferability score of one (model, target) pair."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from ccfv.scores.scoring import score_pair
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

@@ -2,12 +2,15 @@
 first from the bank models' weights), the noise ceiling, Kendall's tau-b, Rel@1, the top-3 hit rate and the
 leave-one-out stability (ccfv.results.statistics.build_statistics; definitions in docs/report.md); the targets whose
 ground truth cannot rank (ground_truth.csv) marked."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.results.ground_truth import flags, read_csv
 from ccfv.results.statistics import build_statistics
 from ccfv.results.static_rankers import parameter_counts_of, source_sizes_from_splits
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

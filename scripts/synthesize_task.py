@@ -1,8 +1,11 @@
 """Snakemake script: generate one synthetic demo task in MSD layout."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.data.synthetic import write_task
-from ccfv.workflow import log_to
 
 # nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
 # running the job a second time.

@@ -1,11 +1,14 @@
 """Snakemake script: the correlation tables (weighted tau and Pearson per metric and target) as CSV,
 Markdown and LaTeX, ours beside the paper's values, and the records behind them; the targets whose ground
 truth cannot rank (ground_truth.csv) marked."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.results.ground_truth import flags, read_csv
 from ccfv.results.tables import build_tables
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

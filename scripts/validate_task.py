@@ -1,8 +1,11 @@
 """Snakemake script: validate one task in MSD layout and record the checksums of its files."""
+from ccfv.workflow import log_to, start_job
+
+start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+
 from pathlib import Path
 
 from ccfv.data.checksums import validate_and_record
-from ccfv.workflow import log_to
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

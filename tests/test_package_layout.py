@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ccfv"
 #: The stages, upstream first: a module may import from its own package or from a package above it in this
 #: list, never from one below. Top-level ``io`` is shared I/O under everything; ``workflow`` and ``cli`` are
 #: entry points over everything.
-STAGES = ["ccfv.io", "ccfv.data", "ccfv.preprocess", "ccfv.bank", "ccfv.models", "ccfv.features", "ccfv.scores",
+STAGES = ["ccfv.io", "ccfv.reproducibility", "ccfv.data", "ccfv.preprocess", "ccfv.bank", "ccfv.models", "ccfv.features", "ccfv.scores",
           "ccfv.finetune", "ccfv.results", "ccfv.rank", "ccfv.workflow", "ccfv.cli"]
 MAX_TOP_LEVEL_MODULES = 5
 MAX_LINES = 700

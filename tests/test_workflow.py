@@ -487,3 +487,24 @@ def test_whole_dag_on_tiny_config(tmp_path):
         assert "Code has changed since last execution" in out
     finally:
         os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_start_job_pins_the_numerics_of_a_fresh_job_process():
+    """What every script does first: the job's process is pinned at its thread count before numpy loads."""
+    code = ("import json, os, types\nfrom ccfv.workflow import start_job\n"
+            "start_job(types.SimpleNamespace(threads=1))\nimport numpy\n"
+            "print(json.dumps({k: os.environ.get(k) for k in ('CCFV_NUMERICS_PIN', 'OMP_NUM_THREADS')}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout.strip().splitlines()[-1])
+    assert env == {"CCFV_NUMERICS_PIN": "x86-64-v3,threads=1", "OMP_NUM_THREADS": "1"}
+
+
+def test_every_script_pins_before_it_imports_anything_else():
+    import ast
+
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        body = ast.parse(script.read_text()).body
+        body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
+        assert ast.unparse(body[0]) == "from ccfv.workflow import log_to, start_job", script.name
+        assert ast.unparse(body[1]) == "start_job(snakemake)", script.name

@@ -85,3 +85,19 @@ def _short_task(text: str) -> str:
 
 def _is_number(text: str) -> bool:
     return text.lower() == "nan" or not math.isnan(parse_number(text))
+
+
+def print_reference_comparison(results_dir: str | Path, reference_dir: str | Path, console=None):
+    """Print :func:`ccfv.results.reference.compare_with_reference` in words; return the comparison."""
+    from rich.console import Console
+
+    from .reference import compare_with_reference
+
+    console = console or Console()
+    comparison = compare_with_reference(results_dir, reference_dir)
+    lines = comparison.lines()
+    style = "bold" if comparison.identical else ("bold red" if comparison.comparable else None)
+    console.print(f"Reference {reference_dir}: {lines[0]}", style=style, highlight=False, soft_wrap=True)
+    for line in lines[1:]:
+        console.print(line, highlight=False, soft_wrap=True)
+    return comparison

@@ -205,6 +205,7 @@ def build_provenance(config: Mapping[str, Any], results_dir: str | Path, source_
     seeds listed under ``seeds`` as ``analysis.<...>``."""
     results, source = Path(results_dir), Path(source_dir)
     from .. import __version__
+    from ..reproducibility import numerics_record
 
     return {
         "ccfv_version": __version__,
@@ -217,6 +218,10 @@ def build_provenance(config: Mapping[str, Any], results_dir: str | Path, source_
         "analysis": json.loads(canonical_json(analysis or {})),
         "seeds": {**seeds_in(config), **seeds_in(analysis or {}, "analysis")},
         "hardware": hardware(probe_gpu),
+        # What the last bits depended on: the CPU, its instruction-set level, the pins every job sets and their
+        # thread count (ccfv.workflow.start_job), the libraries' versions (docs/reproducibility.md). Recorded by
+        # the provenance job, which pins as every job does.
+        "numerics": numerics_record(),
         "times": run_times(results / "benchmarks", now),
     }
 
