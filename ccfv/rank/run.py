@@ -45,7 +45,8 @@ from .outputs import Ranking, write_outputs
 from .preprocess import Preprocessor, safe_name
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
-RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
+RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released", "knn", "ccfv_disc",
+                "ccfv_varied", "rankme")
 #: The default: CC-FV first (the table is ordered by the first metric), then the paper's main baselines.
 DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
 
@@ -55,7 +56,7 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     options of :data:`ccfv.scores.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
     TransRate and GBC preprocess the features as their released pipelines do, unless
     ``features_as_given`` (``--features-as-given``, :func:`ccfv.scores.scoring.features_as_given`)."""
-    from ..scores.scoring import DEFAULT_METRICS
+    from ..scores.scoring import DEFAULT_METRICS, EXTRA_METRICS
     from ..scores.scoring import features_as_given as as_given
 
     names = list(names or DEFAULT_RANK_METRICS)
@@ -65,7 +66,8 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
     # The workflow's defaults where it has one (GBC's diagonal Gaussian), the function's otherwise.
-    definitions = {n: dict(DEFAULT_METRICS.get(n, {"method": n})) for n in dict.fromkeys(names)}
+    known = {**DEFAULT_METRICS, **EXTRA_METRICS}
+    definitions = {n: dict(known.get(n, {"method": n})) for n in dict.fromkeys(names)}
     return as_given(definitions) if features_as_given else definitions
 
 

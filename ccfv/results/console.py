@@ -12,6 +12,7 @@ from .formatting import parse_number
 REPORT_TABLES = [
     ("table1.csv", "Table 1: weighted Kendall's tau and Pearson, scores vs fine-tuned Dice"),
     ("table2.csv", "Table 2: ablations"),
+    ("table3.csv", "Table 3: pre-registered scores, the k-NN baseline, LogME and CC-FV"),
     ("paper_comparison.csv", "Ours beside the paper's published values"),
     ("regret.csv", "Top-1 regret (best Dice minus Dice of the model ranked first)"),
     ("noise_ceiling.csv", "Noise ceiling from the spread over fine-tuning seeds"),
