@@ -19,6 +19,7 @@ REPORT_TABLES = [
     ("statistics.csv", "Correlations with 95% bootstrap intervals and one-sided permutation p-values"),
     ("selection.csv", "Kendall's tau-b, Rel@1 and top-3 hit rate with 95% bootstrap intervals (Avg: mean over targets)"),
     ("stability.csv", "Leave-one-out stability of each method's weighted tau and of the methods' ranking"),
+    ("architecture.csv", "Share of each score's variance across the bank that the architecture explains (eta squared)"),
     ("costs_per_stage.csv", "Cost per stage"),
     ("costs_per_pair.csv", "Transferability estimation vs fine-tuning cost"),
 ]
