@@ -75,6 +75,7 @@ def _rank(args) -> int:
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
                           sampling={"seed": args.seed, "total": args.samples},
                           features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code,
+                          confidence_resamples=args.confidence_resamples,
                           # bars redraw with carriage returns and escape codes: only for a terminal, not a log file
                           progress=sys.stderr.isatty())
     print_ranking(ranking, args.out)
@@ -146,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", metavar="METRIC",
                    help="ccfv, logme, leep, gbc, transrate, nce, hscore, ccfv_released, knn, ccfv_disc, "
                         "ccfv_varied, rankme or all; repeatable; the "
-                        "table is ordered by the first; default: ccfv logme leep gbc transrate")
+                        "table is ordered by the first, which also makes the recommendation; default: logme ccfv leep gbc "
+                        "transrate (why LogME first: docs/rank.md)")
+    p.add_argument("--confidence-resamples", type=int, default=200, metavar="N",
+                   help="case bootstrap resamples for the top pick's confidence (default 200; 0: none)")
     p.add_argument("--out", type=Path, default=Path("ccfv-rank"),
                    help="output folder: ranking.csv, ranking.json, ranking.png, features/ (default: ccfv-rank)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

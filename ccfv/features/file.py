@@ -401,3 +401,23 @@ def read_features(path: str | Path) -> FeaturesFile:
             raise ValueError(f"{path}: root attribute 'case_ids' does not match the groups under /cases")
         cases = {str(c): _read_case(path, str(c), h5["cases"][c], meta) for c in order}
     return FeaturesFile(path=path, meta=meta, cases=cases)
+
+
+def subset_cases(ff: FeaturesFile, case_ids: Iterable[str]) -> FeaturesFile:
+    """The file restricted to ``case_ids`` in the order given (in memory; nothing is written). A case named
+    more than once (a bootstrap resample) is kept as often, its copies renamed ``<id>#2``, ``<id>#3``.
+
+    Raises:
+        KeyError: an id that is not a case of the file.
+    """
+    from dataclasses import replace
+
+    cases: dict[str, CaseRecord] = {}
+    seen: dict[str, int] = {}
+    for case_id in case_ids:
+        if case_id not in ff.cases:
+            raise KeyError(f"{ff.path}: no case {case_id!r}")
+        seen[case_id] = seen.get(case_id, 0) + 1
+        key = case_id if seen[case_id] == 1 else f"{case_id}#{seen[case_id]}"
+        cases[key] = replace(ff.cases[case_id], case_id=key)
+    return FeaturesFile(path=ff.path, meta=ff.meta, cases=cases)

@@ -131,13 +131,24 @@ def _score(ff: FeaturesFile, method: str, options: dict[str, Any], cache: dict) 
 def compute_scores(features_path: Path, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """{metric: score} for one features file; every metric's definition is checked before any work."""
     checked = {name: check_metric(name, d) for name, d in definitions.items()}
-    ff = read_features(features_path)
+    return score_features(read_features(features_path), checked)
+
+
+def score_features(ff: FeaturesFile, definitions: Mapping[str, Any]) -> dict[str, float]:
+    """{metric: score} of a features file read into memory (or a subset of its cases,
+    :func:`ccfv.features.file.subset_cases`: the case bootstrap and the case-count study use it).
+    ``definitions``: {name: definition} or {name: (method, options)} as :func:`check_metric` returns them.
+
+    Raises:
+        ValueError: a bad definition, or a score that is not finite (naming the file and the metric).
+    """
+    checked = {name: d if isinstance(d, tuple) else check_metric(name, d) for name, d in definitions.items()}
     cache: dict = {}
     scores = {}
     for name, (method, options) in checked.items():
         value = float(_score(ff, method, options, cache))
         if not math.isfinite(value):
-            raise ValueError(f"{features_path}: metric {name!r} ({method}) is not finite ({value})")
+            raise ValueError(f"{ff.path}: metric {name!r} ({method}) is not finite ({value})")
         scores[name] = value
     return scores
 
