@@ -45,9 +45,9 @@ def _score(args) -> int:
     from .reproducibility import pin_or_warn
 
     pin_or_warn(threads=1)  # before numpy loads: the same scores on any machine of the level
-    from .scores.scoring import DEFAULT_METRICS, METHODS, compute_scores, features_as_given
+    from .scores.scoring import DEFAULT_METRICS, EXTRA_METRICS, METHODS, compute_scores, features_as_given
 
-    known = {**{m: {"method": m} for m in METHODS}, **DEFAULT_METRICS}
+    known = {**{m: {"method": m} for m in METHODS}, **DEFAULT_METRICS, **EXTRA_METRICS}
     names = args.metric or list(DEFAULT_METRICS)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -84,6 +84,7 @@ def _rank(args) -> int:
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
                           sampling={"seed": args.seed, "total": args.samples},
                           features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code,
+                          confidence_resamples=args.confidence_resamples,
                           # bars redraw with carriage returns and escape codes: only for a terminal, not a log file
                           progress=sys.stderr.isatty())
     print_ranking(ranking, args.out)
@@ -125,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="transferability scores of one features file")
     p.add_argument("features", type=Path)
     p.add_argument("--metric", action="append",
-                   help="a method (ccfv, logme, leep, nce, gbc, transrate, hscore, ccfv_released) or an "
-                        "ablation (ccfv_wo_ccons, ccfv_wo_fv, ccfv_single_scale, ccfv_kl, ccfv_bhattacharyya); "
-                        "repeatable; default: the paper's Tables 1 and 2")
+                   help="a method (ccfv, logme, leep, nce, gbc, transrate, hscore, ccfv_released, knn, "
+                        "ccfv_disc, rankme), an ablation (ccfv_wo_ccons, ccfv_wo_fv, ccfv_single_scale, ccfv_kl, "
+                        "ccfv_bhattacharyya, ccfv_energy_sum) or ccfv_varied; repeatable; default: the paper's "
+                        "Tables 1 and 2")
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
     p.set_defaults(run=_score)
 
@@ -155,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "configs/inference.json|yaml, models/model.pt), a ccfv bank model folder, a brainchop MeshNet folder "
                         "(TensorFlow.js model.json + weights) or hippodeep's weights file (hippodeep.pt); repeatable")
     p.add_argument("--metric", action="append", metavar="METRIC",
-                   help="ccfv, logme, leep, gbc, transrate, nce, hscore, ccfv_released or all; repeatable; the "
-                        "table is ordered by the first; default: ccfv logme leep gbc transrate")
+                   help="ccfv, logme, leep, gbc, transrate, nce, hscore, ccfv_released, knn, ccfv_disc, "
+                        "ccfv_varied, rankme or all; repeatable; the "
+                        "table is ordered by the first, which also makes the recommendation; default: logme ccfv leep gbc "
+                        "transrate (why LogME first: docs/rank.md)")
+    p.add_argument("--confidence-resamples", type=int, default=200, metavar="N",
+                   help="case bootstrap resamples for the top pick's confidence (default 200; 0: none)")
     p.add_argument("--out", type=Path, default=Path("ccfv-rank"),
                    help="output folder: ranking.csv, ranking.json, ranking.png, features/ (default: ccfv-rank)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

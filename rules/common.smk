@@ -155,7 +155,7 @@ def finetune_results(wildcards):
 
 def final_outputs():
     """Every table and figure of rules/results.smk, then the provenance record (which needs all of them)."""
-    tables = [*TABLES, "paper_comparison", "statistics", "selection", "stability", "regret", "noise_ceiling",
+    tables = [*TABLES, "paper_comparison", "statistics", "selection", "stability", "regret", "noise_ceiling", "architecture",
               "costs_per_stage", "costs_per_pair"]
     return [
         *(f"{R}/tables/{name}.{ext}" for name in tables for ext in ("csv", "md")),

@@ -138,7 +138,14 @@ rule statistics:
             category="Tables",
             subcategory="Beyond the paper",
         ),
-        markdown=[f"{R}/tables/{name}.md" for name in ("statistics", "regret", "noise_ceiling", "selection", "stability")],
+        architecture=report(
+            f"{R}/tables/architecture.csv",
+            caption="report/architecture.rst",
+            category="Tables",
+            subcategory="Beyond the paper",
+        ),
+        markdown=[f"{R}/tables/{name}.md" for name in ("statistics", "regret", "noise_ceiling", "selection", "stability",
+                                                        "architecture")],
     log:
         "logs/results/statistics.log",
     benchmark:

@@ -9,6 +9,8 @@ transferability score. The schema (docs/sampling.md, "Features file") is:
         labels/<key>                   int16   [n]        label at each coordinate (-1 -> 0)
         features/<layer_index>/<key>   float32 [n_l, C_l] the first n_l coordinates of <key>
         probs/<key>                    float32 [n, K]     softmax of the source network's output
+        input_std/<key>                float32 [n]        the input's std in the voxel's 3x3x3 neighbourhood
+                                                          (optional: files written before it lack it)
 
 Keys are ``"class_<k>"`` per foreground class present in the case, ``"global"`` (uniform over the
 case) and ``"background"`` (uniform over labels <= 0). Layer indices run from 0 (nearest the
@@ -78,6 +80,9 @@ class CaseRecord:
         labels: {key: int [n]}.
         features: per layer, {key: float32 [n_l, C_l]} (rows = the first n_l coordinates).
         probs: {key: float32 [n, K]} for the keys whose output probabilities were sampled.
+        input_std: {key: float32 [n]} the standard deviation of the preprocessed input in each voxel's 3x3x3
+            neighbourhood (the largest over channels; ``ccfv.features.voxels.local_input_std``), for the keys
+            it was recorded for: what tells a voxel of anatomy from one of constant air or background.
     """
 
     case_id: str
@@ -87,6 +92,7 @@ class CaseRecord:
     labels: dict[str, np.ndarray]
     features: list[dict[str, np.ndarray]]
     probs: dict[str, np.ndarray] = field(default_factory=dict)
+    input_std: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +178,10 @@ def _check_case(record: CaseRecord, where: str, meta: Mapping[str, Any] | None =
                     f"{case}: features/{index}/{key} has {f.shape[1]} channels, "
                     f"layer {index} has {meta['channels'][index]}"
                 )
+    for key, v in record.input_std.items():
+        v = np.asarray(v)
+        if key not in record.coords or v.ndim != 1 or v.shape[0] != len(record.coords[key]):
+            raise ValueError(f"{case}: input_std/{key} must be [n] for coords/{key}, got {v.shape}")
     for key, p in record.probs.items():
         p = np.asarray(p)
         if key not in record.coords or p.ndim != 2 or p.shape[0] != len(record.coords[key]):
@@ -231,6 +241,8 @@ class FeaturesWriter:
             p = np.asarray(p, dtype=np.float32)
             probs.create_dataset(key, data=p)
             widths.add(p.shape[1])
+        for key, v in record.input_std.items():
+            g.create_dataset(f"input_std/{key}", data=np.asarray(v, dtype=np.float32))
         self._records.append((record.case_id, channels, widths.pop() if len(widths) == 1 else None,
                               len(record.features)))
 
@@ -328,6 +340,7 @@ def _read_case(path: Path, case_id: str, g: h5py.Group, meta: Mapping[str, Any])
         layer = g["features"][str(index)]
         features.append({k: layer[k][()] for k in layer})
     probs = {k: g["probs"][k][()] for k in g["probs"]} if "probs" in g else {}
+    input_std = {k: g["input_std"][k][()] for k in g["input_std"]} if "input_std" in g else {}
     record = CaseRecord(
         case_id=case_id,
         class_ids=[int(k) for k in _json_list(g.attrs["class_ids"], f"{where}: attribute 'class_ids'")],
@@ -336,6 +349,7 @@ def _read_case(path: Path, case_id: str, g: h5py.Group, meta: Mapping[str, Any])
         labels=labels,
         features=features,
         probs=probs,
+        input_std=input_std,
     )
     _check_case(record, str(path), meta)
     return record
@@ -387,3 +401,23 @@ def read_features(path: str | Path) -> FeaturesFile:
             raise ValueError(f"{path}: root attribute 'case_ids' does not match the groups under /cases")
         cases = {str(c): _read_case(path, str(c), h5["cases"][c], meta) for c in order}
     return FeaturesFile(path=path, meta=meta, cases=cases)
+
+
+def subset_cases(ff: FeaturesFile, case_ids: Iterable[str]) -> FeaturesFile:
+    """The file restricted to ``case_ids`` in the order given (in memory; nothing is written). A case named
+    more than once (a bootstrap resample) is kept as often, its copies renamed ``<id>#2``, ``<id>#3``.
+
+    Raises:
+        KeyError: an id that is not a case of the file.
+    """
+    from dataclasses import replace
+
+    cases: dict[str, CaseRecord] = {}
+    seen: dict[str, int] = {}
+    for case_id in case_ids:
+        if case_id not in ff.cases:
+            raise KeyError(f"{ff.path}: no case {case_id!r}")
+        seen[case_id] = seen.get(case_id, 0) + 1
+        key = case_id if seen[case_id] == 1 else f"{case_id}#{seen[case_id]}"
+        cases[key] = replace(ff.cases[case_id], case_id=key)
+    return FeaturesFile(path=ff.path, meta=ff.meta, cases=cases)

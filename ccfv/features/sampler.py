@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .file import BACKGROUND_KEY, CaseRecord, FeaturesWriter, class_key
+from .file import BACKGROUND_KEY, GLOBAL_KEY, CaseRecord, FeaturesWriter, class_key
 from .voxels import (
     absent_classes,
     as_seg,
@@ -42,6 +42,7 @@ from .voxels import (
     choose_voxels,
     labels_at,
     layer_sample_count,
+    local_input_std,
     resolve_ratios,
 )
 from .windows import assign_windows, gather_corners, pad_to_patch, trilinear_corners, window_starts
@@ -427,6 +428,7 @@ def sample_dataset(
                 labels={k: labels_at(seg, v) for k, v in coords.items()},
                 features=samples.features,
                 probs=samples.probs,
+                input_std={GLOBAL_KEY: local_input_std(image, coords[GLOBAL_KEY])} if GLOBAL_KEY in coords else {},
             ))
         if channels is None:
             raise ValueError("no case to sample")

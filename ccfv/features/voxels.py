@@ -187,3 +187,28 @@ def resolve_ratios(layer_ratios: Sequence[float] | None, n_layers: int) -> list[
         if not 0.0 < r <= 1.0:
             raise ValueError(f"every layer ratio must be in (0, 1], got {ratios}")
     return ratios
+
+
+def local_input_std(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """The standard deviation of the input in each voxel's 3x3x3 neighbourhood (cut at the case's border),
+    the largest over channels: 0 where the input is locally constant (CT air clipped to its floor, a flat
+    MR background), positive in anatomy. Recorded for the global voxels (``input_std`` of a features file)
+    so that a score can leave constant regions out (``ccfv_score(global_voxels="varied")``).
+
+    Args:
+        image: float [C, D, H, W] preprocessed case (the network's input).
+        coords: int [n, 3] voxel coordinates (d, h, w) inside the case.
+
+    Returns:
+        float32 [n], in the input's units (standard deviations after nnU-Net's z-scoring).
+    """
+    image = np.asarray(image, dtype=np.float64)
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
+    shape = np.array(image.shape[1:])
+    out = np.zeros(len(coords), dtype=np.float32)
+    for i, (d, h, w) in enumerate(coords):
+        lo = np.maximum([d - 1, h - 1, w - 1], 0)
+        hi = np.minimum([d + 2, h + 2, w + 2], shape)
+        block = image[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].reshape(image.shape[0], -1)
+        out[i] = block.std(axis=1).max()
+    return out

@@ -207,6 +207,9 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
             cells.append("; ".join(w.split(":")[0] for w in row.get("warnings") or []))
         table.add_row(*cells)
     console.print(table)
+    recommendation = ranking.meta.get("recommendation")
+    if recommendation:
+        console.print(recommendation["sentence"], style="bold", highlight=False, soft_wrap=True)
     for row in ranking.rows:
         for warning in row.get("warnings") or []:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}", highlight=False)

@@ -43,13 +43,16 @@ from .agreement import (
 from .dataset import modality_warnings, open_dataset
 from .outputs import Ranking, write_outputs
 from .preprocess import Preprocessor, safe_name
+from .recommendation import CONFIDENCE_RESAMPLES, RECOMMENDED_METRIC, recommend, top_pick_confidence
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
-RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")
+RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released", "knn", "ccfv_disc",
+                "ccfv_varied", "rankme")
 #: Labelled cases a ranking needs at least: CC-FV's class consistency (eq. 2) compares a class between cases.
 MIN_CASES = 2
-#: The default: CC-FV first (the table is ordered by the first metric), then the paper's main baselines.
-DEFAULT_RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate")
+#: The default: the recommended metric first (the table is ordered by the first metric; docs/rank.md says why
+#: it is LogME), then CC-FV and the paper's other baselines.
+DEFAULT_RANK_METRICS = (RECOMMENDED_METRIC, "ccfv", "leep", "gbc", "transrate")
 
 
 def metric_definitions(names: Sequence[str] | None, features_as_given: bool = False) -> dict[str, dict]:
@@ -57,7 +60,7 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     options of :data:`ccfv.scores.scoring.DEFAULT_METRICS` (GBC's diagonal Gaussian) or its function's defaults:
     TransRate and GBC preprocess the features as their released pipelines do, unless
     ``features_as_given`` (``--features-as-given``, :func:`ccfv.scores.scoring.features_as_given`)."""
-    from ..scores.scoring import DEFAULT_METRICS
+    from ..scores.scoring import DEFAULT_METRICS, EXTRA_METRICS
     from ..scores.scoring import features_as_given as as_given
 
     names = list(names or DEFAULT_RANK_METRICS)
@@ -67,7 +70,8 @@ def metric_definitions(names: Sequence[str] | None, features_as_given: bool = Fa
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(RANK_METRICS)} or all")
     # The workflow's defaults where it has one (GBC's diagonal Gaussian), the function's otherwise.
-    definitions = {n: dict(DEFAULT_METRICS.get(n, {"method": n})) for n in dict.fromkeys(names)}
+    known = {**DEFAULT_METRICS, **EXTRA_METRICS}
+    definitions = {n: dict(known.get(n, {"method": n})) for n in dict.fromkeys(names)}
     return as_given(definitions) if features_as_given else definitions
 
 
@@ -75,6 +79,7 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
                 device: str = "auto", dice_file: Path | None = None, max_cases: int | None = None,
                 sampling: SamplingSettings | dict | None = None, threads: int | None = None, features_as_given: bool = False,
                 trust_bundle_code: bool = False, progress: bool = True,
+                confidence_resamples: int = CONFIDENCE_RESAMPLES,
                 log: Callable[[str], None] | None = None) -> Ranking:
     """Rank every model of ``specs`` on the labelled cases of ``data`` and write the outputs into ``out``.
 
@@ -82,6 +87,10 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
     ``trust_bundle_code`` lets MONAI evaluate a bundle's code, see :mod:`ccfv.models.bundle`) and/or
     :class:`ccfv.models.TorchModel` objects (any ``torch.nn.Module`` with its decoder layers, preprocessing
     and patch size; docs/rank.md has an example). ``data``: an MSD task folder or an nnU-Net raw dataset.
+
+    The first metric orders the table and makes the recommendation (``ranking.json``'s ``recommendation``): the
+    model it ranks first and the share of ``confidence_resamples`` case bootstrap resamples in which it stays
+    first (:func:`ccfv.rank.recommendation.top_pick_confidence`; 0: not computed).
 
     With ``dice_file`` the known Dice is compared with every metric and checked by the ground-truth health
     rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
@@ -203,6 +212,12 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
         for row, r in zip(rows, ranks([row["scores"][metric] for row in rows]) if rows else []):
             row.setdefault("ranks", {})[metric] = r
     rows.sort(key=lambda row: (row["ranks"][metric_names[0]], row["model"]))
+    confidence = None
+    if len(rows) >= 2 and confidence_resamples:
+        log(f"ccfv rank: bootstrap of the top pick by {metric_names[0]} over {len(case_ids)} cases "
+            f"({confidence_resamples} resamples)")
+        confidence = top_pick_confidence({row["model"]: out / row["features"] for row in rows},
+                                         definitions[metric_names[0]], confidence_resamples, seed=sampling.seed)
     with_dice = dice is not None and bool(rows)
     agreements = agreement_per_metric(rows, metric_names) if with_dice else None
     baselines = baseline_agreement(rows) if with_dice else None
@@ -213,6 +228,7 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
         meta={"data": str(dataset.source), "dataset": dataset.name, "cases": case_ids, "classes": dataset.class_ids,
               "device": str(torch_device), "sampling": sampling.as_dict(), "metrics": definitions,
               "ranked_by": metric_names[0], "ccfv_version": __version__,
+              "recommendation": recommend(rows, metric_names[0], confidence) if rows else None,
               "dice_file": None if dice_file is None else str(dice_file)},
     )
     write_outputs(ranking, out)

@@ -12,12 +12,14 @@ from .formatting import parse_number
 REPORT_TABLES = [
     ("table1.csv", "Table 1: weighted Kendall's tau and Pearson, scores vs fine-tuned Dice"),
     ("table2.csv", "Table 2: ablations"),
+    ("table3.csv", "Table 3: pre-registered scores, the k-NN baseline, LogME and CC-FV"),
     ("paper_comparison.csv", "Ours beside the paper's published values"),
     ("regret.csv", "Top-1 regret (best Dice minus Dice of the model ranked first)"),
     ("noise_ceiling.csv", "Noise ceiling from the spread over fine-tuning seeds"),
     ("statistics.csv", "Correlations with 95% bootstrap intervals and one-sided permutation p-values"),
     ("selection.csv", "Kendall's tau-b, Rel@1 and top-3 hit rate with 95% bootstrap intervals (Avg: mean over targets)"),
     ("stability.csv", "Leave-one-out stability of each method's weighted tau and of the methods' ranking"),
+    ("architecture.csv", "Share of each score's variance across the bank that the architecture explains (eta squared)"),
     ("costs_per_stage.csv", "Cost per stage"),
     ("costs_per_pair.csv", "Transferability estimation vs fine-tuning cost"),
 ]

@@ -352,3 +352,19 @@ def noise_ceiling(dice_per_seed: list[list[float | None]], n_simulations: int = 
     return {"tau": float(simulated["tau"]), "pearson": float(simulated["pearson"]),
             "split_half_tau": split_half["tau"], "split_half_pearson": split_half["pearson"],
             "seed_sd": math.sqrt(variance), "available": True, "min_seeds": int(n_seeds.min())}
+
+
+def eta_squared(values, groups) -> float:
+    """The share of the variance of ``values`` that the grouping explains (one-way ANOVA's eta squared):
+    ``sum_g n_g (mean_g - mean)^2 / sum_i (x_i - mean)^2``, in [0, 1]. NaN when the values are constant.
+    Used for the share of a score's (or the Dice's) variance across a bank that the architecture explains
+    (issue 24: a score whose ranking the architecture decides while the Dice's is not is an artefact)."""
+    x = np.asarray(values, dtype=float)
+    g = np.asarray(groups)
+    if x.shape != g.shape or x.size == 0:
+        raise ValueError(f"values {x.shape} and groups {g.shape} must be equally long and non-empty")
+    total = float(np.sum((x - x.mean()) ** 2))
+    if total == 0:
+        return math.nan
+    between = sum(float(np.sum(g == k)) * (float(x[g == k].mean()) - float(x.mean())) ** 2 for k in np.unique(g))
+    return between / total

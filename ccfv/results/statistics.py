@@ -1,5 +1,6 @@
 """The ``statistics`` rule: bootstrap intervals and p-values, regret, selection measures, leave-one-out
-stability and the noise ceiling of every metric and static ranker, as CSV and Markdown tables."""
+stability and the noise ceiling of every metric and static ranker, and the share of each score's variance the
+architecture explains, as CSV and Markdown tables."""
 from __future__ import annotations
 
 import csv
@@ -18,6 +19,7 @@ from .measures import (
     SELECTION_MEASURES,
     STATISTICS,
     bootstrap_interval,
+    eta_squared,
     loo_stability,
     method_ranking_stability,
     noise_ceiling,
@@ -288,4 +290,44 @@ def build_statistics(records_file: Path, tables: Mapping[str, list[str]], target
                selection_markdown(result["selection"], targets, n_bootstrap, flags) + note)
     write_text(out_dir / "stability.csv", rows_to_csv(result["stability"], STABILITY_COLUMNS, flags))
     write_text(out_dir / "stability.md", stability_markdown(result["stability"], targets, flags))
+    result["architecture"] = architecture_effect(records, metrics, targets, labels)
+    write_text(out_dir / "architecture.csv", rows_to_csv(result["architecture"], ARCHITECTURE_COLUMNS, flags))
+    write_text(out_dir / "architecture.md", architecture_markdown(result["architecture"], targets, flags))
     return result
+
+
+ARCHITECTURE_COLUMNS = ["method", "metric", "target", "eta_squared", "n_models", "n_architectures"]
+
+
+def architecture_effect(records: list[Mapping], metrics: list[str], targets: list[str],
+                        labels: Mapping[str, str] | None = None) -> list[dict]:
+    """Per target and metric (and for the mean Dice itself, metric ``dice``): the share of the variance
+    across the bank that the models' architecture explains (:func:`ccfv.results.measures.eta_squared`; bank
+    ids name the architecture, ``ccfv.bank.model_ids``). A score whose variance the architecture explains
+    far more than the Dice's ranks architectures, not sources (issue 24)."""
+    from ..bank.model_ids import model_architecture
+
+    labels = {**METRIC_LABELS, **(labels or {})}
+    rows = []
+    for target in targets:
+        mine = [r for r in records if r["target"] == target]
+        archs = [model_architecture(r["model"]) for r in mine]
+        columns = [("dice", "Fine-tuned Dice", [r["dice"] for r in mine])]
+        columns += [(m, labels.get(m, m), [r["scores"][m] for r in mine]) for m in metrics]
+        for metric, label, values in columns:
+            rows.append({"method": label, "metric": metric, "target": target,
+                         "eta_squared": eta_squared(values, archs), "n_models": len(mine),
+                         "n_architectures": len(set(archs))})
+    return rows
+
+
+def architecture_markdown(rows: list[dict], targets: list[str], flags: Mapping[str, str] | None = None) -> str:
+    header = ["Method", *(flagged_header(t, flags) for t in targets)]
+    lines = ["Share of each score's variance across the bank explained by the architecture (eta squared; the "
+             "first row is the fine-tuned Dice's: a score far above it ranks architectures, not sources)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [method] + [fmt_number(next(r["eta_squared"] for r in rows if r["method"] == method
+                                            and r["target"] == t), 2) for t in targets]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + flag_footnote(flags, targets, avg=False)

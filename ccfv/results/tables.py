@@ -37,13 +37,15 @@ METRIC_LABELS = {
     "ccfv": "CC-FV", "logme": "LogME", "leep": "LEEP", "gbc": "GBC", "transrate": "TransRate",
     "nce": "NCE", "hscore": "H-score", "ccfv_released": "CC-FV (released code)",
     "ccfv_wo_ccons": "CC-FV w/o C_cons", "ccfv_wo_fv": "CC-FV w/o F_v", "ccfv_single_scale": "Single-scale",
-    "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance",
+    "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance", "ccfv_energy_sum": "CC-FV (eq. 3 sum)",
+    "knn": "k-NN", "ccfv_disc": "CC-FV-D", "ccfv_varied": "CC-FV (varied voxels)", "rankme": "RankMe (label-free)",
 }
 
 
 TABLE_CAPTIONS = {
     "table1": "Weighted Kendall's tau and Pearson coefficient between transferability scores and fine-tuned Dice",
     "table2": "Ablations of CC-FV: weighted Kendall's tau and Pearson coefficient",
+    "table3": "Pre-registered scores, the k-NN baseline, LogME and CC-FV: weighted Kendall's tau and Pearson",
 }
 
 

@@ -13,6 +13,9 @@ Table 2. What each method reads from the features file:
   centre, normalise again; GBC: PCA to 64 dimensions) unless an option switches it off
   (:data:`RELEASED_PREPROCESSING_OFF`, docs/metrics.md).
 - ``leep``, ``nce``: the source model's softmax (LEEP) or its argmax (NCE) at the same voxels.
+- ``knn``: the last layer at the class and background voxels with their labels and cases (leave one case out).
+- ``ccfv_disc`` (CC-FV-D), ``rankme`` (label-free): pre-registered scores (docs/preregistration.md); CC-FV-D
+  reads the class and background samples of every layer, RankMe the global samples and no label.
 """
 from __future__ import annotations
 
@@ -34,7 +37,10 @@ from .views import ccfv_layers, head_samples, released_layers
 #: keyword arguments (checked, so that a typo in the config is an error rather than a default).
 METHODS = {
     "ccfv": metrics.ccfv_score,
+    "ccfv_disc": metrics.discriminative_ccfv_score,
     "ccfv_released": metrics.ccfv_score_released,
+    "rankme": metrics.rankme_score,
+    "knn": metrics.knn_accuracy,
     "logme": metrics.logme,
     "leep": metrics.leep,
     "nce": metrics.nce,
@@ -55,6 +61,16 @@ DEFAULT_METRICS = {
     "ccfv_single_scale": {"method": "ccfv", "single_scale": True},
     "ccfv_kl": {"method": "ccfv", "distance": "kl"},
     "ccfv_bhattacharyya": {"method": "ccfv", "distance": "bhattacharyya"},
+}
+
+#: Metrics beyond the paper's tables, by the names the workflow's config, ``ccfv score`` and ``ccfv rank`` give
+#: them: eq. 3's literal energy sum, the k-NN baseline and the pre-registered scores (docs/preregistration.md).
+EXTRA_METRICS = {
+    "ccfv_energy_sum": {"method": "ccfv", "energy": "sum"},
+    "knn": {"method": "knn", "k": 5},
+    "ccfv_disc": {"method": "ccfv_disc"},
+    "ccfv_varied": {"method": "ccfv", "global_voxels": "varied"},
+    "rankme": {"method": "rankme"},
 }
 
 
@@ -94,14 +110,16 @@ def check_metric(name: str, definition: Mapping[str, Any]) -> tuple[str, dict[st
 
 
 def _score(ff: FeaturesFile, method: str, options: dict[str, Any], cache: dict) -> float:
-    if method in ("ccfv", "ccfv_released"):
-        key = "layers" if method == "ccfv" else "released_layers"
+    if method in ("ccfv", "ccfv_disc", "rankme", "ccfv_released"):
+        key = "released_layers" if method == "ccfv_released" else "layers"
         if key not in cache:
-            cache[key] = ccfv_layers(ff) if method == "ccfv" else released_layers(ff)
+            cache[key] = released_layers(ff) if method == "ccfv_released" else ccfv_layers(ff)
         return METHODS[method](cache[key], **options)
     if "head" not in cache:
-        cache["head"] = head_samples(ff)
-    features, labels, probs = cache["head"]
+        cache["head"] = head_samples(ff, with_cases=True)
+    features, labels, probs, cases = cache["head"]
+    if method == "knn":
+        return METHODS[method](features, labels, cases, **options)
     if method in ("leep", "nce"):
         if probs is None:
             raise ValueError(f"{ff.path}: {method} needs the source model's probabilities, which the file lacks")
@@ -113,13 +131,24 @@ def _score(ff: FeaturesFile, method: str, options: dict[str, Any], cache: dict) 
 def compute_scores(features_path: Path, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """{metric: score} for one features file; every metric's definition is checked before any work."""
     checked = {name: check_metric(name, d) for name, d in definitions.items()}
-    ff = read_features(features_path)
+    return score_features(read_features(features_path), checked)
+
+
+def score_features(ff: FeaturesFile, definitions: Mapping[str, Any]) -> dict[str, float]:
+    """{metric: score} of a features file read into memory (or a subset of its cases,
+    :func:`ccfv.features.file.subset_cases`: the case bootstrap and the case-count study use it).
+    ``definitions``: {name: definition} or {name: (method, options)} as :func:`check_metric` returns them.
+
+    Raises:
+        ValueError: a bad definition, or a score that is not finite (naming the file and the metric).
+    """
+    checked = {name: d if isinstance(d, tuple) else check_metric(name, d) for name, d in definitions.items()}
     cache: dict = {}
     scores = {}
     for name, (method, options) in checked.items():
         value = float(_score(ff, method, options, cache))
         if not math.isfinite(value):
-            raise ValueError(f"{features_path}: metric {name!r} ({method}) is not finite ({value})")
+            raise ValueError(f"{ff.path}: metric {name!r} ({method}) is not finite ({value})")
         scores[name] = value
     return scores
 

@@ -230,3 +230,16 @@ def test_write_rejects_inconsistent_input_and_keeps_old_file(written):
         write_features(path, make_meta(), [CaseRecord("a/b", [1], [], {}, {}, [{}, {}, {}])])
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["t.h5"]
+
+
+def test_subset_cases_keeps_the_order_and_renames_repeats(tmp_path):
+    from ccfv.features.file import subset_cases
+
+    rng = np.random.default_rng(0)
+    path = write_features(tmp_path / "f.h5", make_meta(), [make_record(f"c{i}", rng) for i in range(3)])
+    ff = read_features(path)
+    sub = subset_cases(ff, ["c2", "c0", "c2"])
+    assert list(sub.cases) == ["c2", "c0", "c2#2"] and sub.cases["c2#2"].case_id == "c2#2"
+    np.testing.assert_array_equal(sub.cases["c2#2"].features[0]["global"], ff.cases["c2"].features[0]["global"])
+    with pytest.raises(KeyError, match="no case 'c9'"):
+        subset_cases(ff, ["c9"])

@@ -535,3 +535,17 @@ def test_sample_dataset_failure_leaves_no_file(net, tmp_path):
     with pytest.raises(ValueError, match="case_bad"):
         run_dataset(net, tmp_path / "x.h5", seed=0, cases=bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_local_input_std_is_the_neighbourhood_standard_deviation():
+    from ccfv.features.voxels import local_input_std
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(2, 6, 7, 5)).astype(np.float32)
+    image[:, :3] = 0.0  # a flat region
+    coords = np.array([[1, 3, 2], [0, 0, 0], [4, 3, 2], [5, 6, 4]])
+    out = local_input_std(image, coords)
+    for i, (d, h, w) in enumerate(coords):
+        block = image[:, max(d - 1, 0):d + 2, max(h - 1, 0):h + 2, max(w - 1, 0):w + 2].reshape(2, -1)
+        assert out[i] == pytest.approx(block.std(axis=1).max(), rel=1e-6)
+    assert out[0] == 0.0 and out[1] == 0.0 and out[2] > 0.5

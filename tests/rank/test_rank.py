@@ -338,7 +338,7 @@ def test_model_names_metrics_and_layer_ratios(tmp_path):
     names = [n for n, _ in model_names([str(a), str(b), f"mine={a}"])]
     assert names == ["Dataset001_A/nnUNetTrainer__nnUNetPlans__3d_fullres",
                      "Dataset002_B/nnUNetTrainer__nnUNetPlans__3d_fullres", "mine"]
-    assert list(metric_definitions(None)) == ["ccfv", "logme", "leep", "gbc", "transrate"]
+    assert list(metric_definitions(None)) == ["logme", "ccfv", "leep", "gbc", "transrate"]  # LogME first: docs/rank.md
     # each with the released pipelines' preprocessing (the functions' defaults) and GBC's segmentation
     # setting (a diagonal Gaussian, as the workflow's configs), or the preprocessing switched off
     assert metric_definitions(["transrate", "gbc"]) == {

@@ -772,3 +772,27 @@ def test_static_rankers_note_says_when_two_rankers_cannot_differ():
     assert "exactly as" not in differ
     assert "**Larger model first**: by the number of weights, heads excluded (unet 1,000, unetr 5,000;" in differ
     assert static_rankers_note([], ["Task01_A"], {}) == ""
+
+
+def test_eta_squared_against_the_anova_decomposition():
+    from ccfv.results.measures import eta_squared
+
+    values = [1.0, 2.0, 3.0, 10.0, 11.0, 12.0]
+    groups = ["unet"] * 3 + ["unetr"] * 3
+    # between: 3 * (2 - 6.5)^2 + 3 * (11 - 6.5)^2 = 121.5; total: 121.5 + 2 * (1 + 0 + 1) = 125.5
+    assert eta_squared(values, groups) == pytest.approx(121.5 / 125.5)
+    assert eta_squared([1.0, 2.0, 1.0, 2.0], ["a", "a", "b", "b"]) == 0.0
+    assert math.isnan(eta_squared([1.0, 1.0], ["a", "b"]))
+    with pytest.raises(ValueError, match="equally long"):
+        eta_squared([1.0], ["a", "b"])
+
+
+def test_architecture_effect_rows_start_with_the_dice():
+    from ccfv.results.statistics import architecture_effect
+
+    records = [{"target": "T", "model": m, "dice": d, "scores": {"ccfv": s}} for m, d, s in
+               [("unet-A", 0.5, 1.0), ("unet-random", 0.3, 1.1), ("unetr-A", 0.6, 5.0), ("unetr-random", 0.2, 5.2)]]
+    rows = architecture_effect(records, ["ccfv"], ["T"])
+    assert [r["metric"] for r in rows] == ["dice", "ccfv"]
+    assert rows[0]["eta_squared"] == pytest.approx(0.0, abs=1e-12)  # 0.4 and 0.4: the architecture explains none
+    assert rows[1]["eta_squared"] > 0.99 and rows[1]["n_architectures"] == 2

@@ -88,6 +88,30 @@ def test_extra_methods(features_path):
     assert scores["released"] == metrics.ccfv_score_released(released_layers(ff))
 
 
+def test_new_methods_read_the_right_samples(tmp_path):
+    """k-NN reads the head samples with their cases, CC-FV-D the class and background samples of every layer,
+    RankMe the global samples, ``global_voxels="varied"`` the global samples whose recorded input varies."""
+    rng = np.random.default_rng(5)
+    records = [_record(f"c{i}", rng) for i in range(4)]
+    for record in records:
+        record.input_std = {"global": np.where(np.arange(20) < 12, 1.0, 0.0).astype(np.float32)}
+    path = write_features(tmp_path / "new.h5", _meta(), records)
+    scores = compute_scores(path, {"knn": {"method": "knn", "k": 3}, "disc": {"method": "ccfv_disc"},
+                                   "rankme": {"method": "rankme"},
+                                   "varied": {"method": "ccfv", "global_voxels": "varied"}})
+    ff = read_features(path)
+    features, labels, _, cases = head_samples(ff, with_cases=True)
+    assert sorted(set(cases)) == [0, 1, 2, 3] and len(cases) == len(labels)
+    assert scores["knn"] == metrics.knn_accuracy(features, labels, cases, k=3)
+    layers = ccfv_layers(ff)
+    assert all(len(layer["background"]) == 4 and len(layer["global_input_std"]) == 4 for layer in layers)
+    assert scores["disc"] == metrics.discriminative_ccfv_score(layers)
+    assert scores["rankme"] == metrics.rankme_score(layers)
+    kept = [{**layer, "global": [v[:12] for v in layer["global"]]} for layer in layers]
+    assert scores["varied"] == pytest.approx(metrics.ccfv_score(kept), rel=1e-12)
+    np.testing.assert_array_equal(ff.cases["c0"].input_std["global"], records[0].input_std["global"])
+
+
 def test_released_layers_add_background_and_skip_incomplete_cases(features_path):
     ff = read_features(features_path)
     complete = [r for r in ff.cases.values() if not r.absent_classes]
@@ -162,10 +186,12 @@ def test_bad_definitions_are_refused_before_reading(tmp_path, definition, messag
 
 
 def test_method_options_are_the_keyword_arguments():
-    assert {"use_consistency", "use_variety", "single_scale", "distance", "s"} <= set(method_options("ccfv"))
+    assert {"use_consistency", "use_variety", "single_scale", "distance", "s", "energy", "global_voxels"} <= set(
+        method_options("ccfv"))
     assert method_options("logme") == []
     assert check_metric("x", {"method": "transrate", "eps": 1e-3, "label": "TR"}) == ("transrate", {"eps": 1e-3})
-    assert set(METHODS) == {"ccfv", "ccfv_released", "logme", "leep", "nce", "gbc", "transrate", "hscore"}
+    assert set(METHODS) == {"ccfv", "ccfv_released", "logme", "leep", "nce", "gbc", "transrate", "hscore", "ccfv_disc",
+                            "rankme", "knn"}
 
 
 def test_leep_without_probabilities_is_a_clear_error(tmp_path):

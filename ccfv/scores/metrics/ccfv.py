@@ -19,6 +19,9 @@ from .gaussian import (
     w2_matrix,
 )
 
+#: How the hyperspherical energy reduces its pair terms: eq. 3's sum, or their mean (CC-FV's default here).
+ENERGY_REDUCTIONS = ("sum", "mean")
+
 #: Pairwise distances below this are raised to it in ``hyperspherical_energy`` so that coincident
 #: feature vectors give a large but finite energy instead of ``inf``.
 HSE_DISTANCE_FLOOR = 1e-12
@@ -149,11 +152,15 @@ def class_consistency(
 # --------------------------------------------------------------------------------------------------
 
 
-def hyperspherical_energy(v: np.ndarray, s: float = 1.0) -> float:
+def hyperspherical_energy(v: np.ndarray, s: float = 1.0, reduction: str = "sum") -> float:
     """Hyperspherical (Riesz s-) energy E_s of a set of feature vectors (paper eq. 3).
 
         E_s(v) = sum_{i != j} ||v_i - v_j||^{-s}          for s > 0
         E_0(v) = sum_{i != j} log(1 / ||v_i - v_j||)      for s = 0
+
+    ``reduction="mean"`` divides by the L(L-1) ordered pairs: the mean pair term, whose expectation does
+    not depend on how many vectors were sampled (the sum grows like L^2, so ``log 1/E`` carries
+    ``-log L(L-1)``; docs/metrics.md, "Comparable across architectures").
 
     Conventions:
         * The sum is over *ordered* pairs i != j (each unordered pair counted twice), on the rows
@@ -165,15 +172,19 @@ def hyperspherical_energy(v: np.ndarray, s: float = 1.0) -> float:
     Args:
         v: feature vectors, shape [L, d], L >= 2.
         s: energy exponent, s >= 0 (the paper uses s = 1).
+        reduction: ``"sum"`` (eq. 3 as written) or ``"mean"`` (over the L(L-1) ordered pairs).
 
     Returns:
         E_s as a Python float.
 
     Raises:
-        ValueError: if ``s < 0``, ``v`` is not 2-D and finite, or has fewer than 2 rows.
+        ValueError: if ``s < 0``, ``reduction`` is unknown, ``v`` is not 2-D and finite, or has fewer
+            than 2 rows.
     """
     if not s >= 0:
         raise ValueError(f"hyperspherical energy is defined for s >= 0, got s={s}")
+    if reduction not in ENERGY_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {ENERGY_REDUCTIONS}, got {reduction!r}")
     v = as_matrix(v, "v")
     if v.shape[0] < 2:
         raise ValueError(f"hyperspherical energy needs at least 2 vectors, got {v.shape[0]}")
@@ -182,10 +193,12 @@ def hyperspherical_energy(v: np.ndarray, s: float = 1.0) -> float:
         terms = -np.log(distances)
     else:
         terms = distances ** (-float(s))
+    if reduction == "mean":
+        return float(terms.mean())  # each unordered pair twice over L(L-1) ordered pairs: the same mean
     return float(2.0 * terms.sum())
 
 
-def feature_variety(cases_global: Sequence[np.ndarray], s: float = 1.0) -> float:
+def feature_variety(cases_global: Sequence[np.ndarray], s: float = 1.0, energy: str = "mean") -> float:
     """Feature variety F_v (paper eq. 4): mean over cases of the inverse hyperspherical energy.
 
         F_v = (1/N) sum_i 1 / E_s(v_i)
@@ -193,13 +206,17 @@ def feature_variety(cases_global: Sequence[np.ndarray], s: float = 1.0) -> float
     where ``v_i`` [L, d] are features sampled from the whole of case i (all classes together).
 
     Conventions:
-        * ``E_s`` is ``hyperspherical_energy`` (ordered pairs, no normalisation, distance floor).
+        * ``E_s`` is ``hyperspherical_energy`` (ordered pairs, no normalisation, distance floor) with
+          ``reduction=energy``: ``"mean"`` (default) over the L(L-1) pairs, so that F_v does not depend on
+          how many voxels a model's sampling keeps; ``"sum"``: eq. 3 as written (F_v then scales like
+          1/L^2).
         * Higher = more varied (more dispersed features). For s > 0 the result is > 0; for s = 0
           it can be negative, which makes ``log F_v`` in equation 5 undefined.
 
     Args:
         cases_global: N >= 1 arrays, each [L_i, d] with L_i >= 2.
         s: energy exponent, s >= 0 (the paper uses s = 1).
+        energy: ``"mean"`` or ``"sum"`` (see above).
 
     Returns:
         F_v as a Python float.
@@ -212,16 +229,92 @@ def feature_variety(cases_global: Sequence[np.ndarray], s: float = 1.0) -> float
         raise ValueError("feature_variety needs at least one case")
     inverse_energies = []
     for index, v in enumerate(cases_global):
-        energy = hyperspherical_energy(v, s)
-        if energy == 0.0:
+        value = hyperspherical_energy(v, s, reduction=energy)
+        if value == 0.0:
             raise ValueError(f"case {index} has zero hyperspherical energy; 1/E_s is undefined")
-        inverse_energies.append(1.0 / energy)
+        inverse_energies.append(1.0 / value)
     return float(np.mean(inverse_energies))
 
 
 # --------------------------------------------------------------------------------------------------
 # Overall CC-FV score (equation 5)
 # --------------------------------------------------------------------------------------------------
+
+
+#: Which global voxels F_v reads: every one sampled, or only those whose input is not locally constant.
+GLOBAL_VOXELS = ("all", "varied")
+#: ``global_voxels="varied"``: a voxel counts as varied when the standard deviation of the preprocessed input
+#: in its 3x3x3 neighbourhood (``input_std``, recorded by the sampler) exceeds this. Inputs are normalised
+#: (CT clipped and z-scored, MR z-scored), so 1e-3 standard deviations separates "constant" (clipped air, a
+#: flat background) from anatomy without depending on the modality.
+MIN_INPUT_STD = 1e-3
+
+
+def varied_global(layer: Mapping[str, Any], index: int, min_input_std: float = MIN_INPUT_STD) -> list[np.ndarray]:
+    """The global samples of one layer restricted, case by case, to the voxels whose input varies locally
+    (``layer["global_input_std"]``: per case [L] from the features file). A case with fewer than 2 such
+    voxels is left out.
+
+    Raises:
+        ValueError: the layer has no ``global_input_std`` (a features file sampled before ccfv recorded it:
+            resample), or no case keeps 2 voxels.
+    """
+    if "global_input_std" not in layer:
+        raise ValueError(f"layer {index} has no 'global_input_std' (the features file predates the input's "
+                         "local standard deviation; sample it again to use global_voxels='varied')")
+    kept = []
+    for features, std in zip(layer["global"], layer["global_input_std"]):
+        std = np.asarray(std, dtype=float)[: len(features)]
+        rows = np.asarray(features)[std > min_input_std]
+        if len(rows) >= 2:
+            kept.append(rows)
+    if not kept:
+        raise ValueError(f"layer {index}: no case has 2 global voxels whose input varies (input std > "
+                         f"{min_input_std})")
+    return kept
+
+
+def ccfv_terms(
+    layers: Sequence[Mapping[str, Any]],
+    *,
+    use_consistency: bool = True,
+    use_variety: bool = True,
+    distance: str = "w2",
+    s: float = 1.0,
+    energy: str = "mean",
+    global_voxels: str = "all",
+    backend: str = "numpy",
+    device: Any = None,
+) -> list[dict[str, float]]:
+    """The per-layer terms of eq. 5: ``[{"log_variety": log F_v^l, "neg_log_consistency": -log C_cons^l}]``,
+    a term left out when its switch is off. :func:`ccfv_score` is the mean over layers of their sum; the
+    terms say what drives it (docs/benchmark.md). Arguments and errors as :func:`ccfv_score`."""
+    if global_voxels not in GLOBAL_VOXELS:
+        raise ValueError(f"global_voxels must be one of {GLOBAL_VOXELS}, got {global_voxels!r}")
+    terms = []
+    for index, layer in enumerate(layers):
+        term: dict[str, float] = {}
+        if use_variety:
+            if "global" not in layer:
+                raise ValueError(f"layer {index} has no 'global' entry (needed for F_v)")
+            samples = layer["global"] if global_voxels == "all" else varied_global(layer, index)
+            variety = feature_variety(samples, s, energy=energy)
+            if not variety > 0.0:
+                raise ValueError(f"layer {index}: F_v = {variety} <= 0, log F_v is undefined")
+            term["log_variety"] = float(np.log(variety))
+        if use_consistency:
+            if "cases" not in layer:
+                raise ValueError(f"layer {index} has no 'cases' entry (needed for C_cons)")
+            consistency = class_consistency(
+                layer["cases"], distance=distance, backend=backend, device=device
+            )
+            if not consistency > 0.0:
+                raise ValueError(
+                    f"layer {index}: C_cons = {consistency} <= 0, log C_cons is undefined"
+                )
+            term["neg_log_consistency"] = float(-np.log(consistency))
+        terms.append(term)
+    return terms
 
 
 def ccfv_score(
@@ -232,6 +325,8 @@ def ccfv_score(
     single_scale: bool = False,
     distance: str = "w2",
     s: float = 1.0,
+    energy: str = "mean",
+    global_voxels: str = "all",
     backend: str = "numpy",
     device: Any = None,
 ) -> float:
@@ -239,7 +334,7 @@ def ccfv_score(
 
         T = (1/D) sum_{l=1}^{D} log( F_v^l / C_cons^l )
 
-    with ``F_v^l = feature_variety(layer["global"], s)`` and
+    with ``F_v^l = feature_variety(layer["global"], s, energy)`` and
     ``C_cons^l = class_consistency(layer["cases"], distance=distance)``.
 
     Ablations (paper Table 2):
@@ -247,6 +342,12 @@ def ccfv_score(
         * ``use_variety=False``:     T = (1/D) sum_l -log C_cons^l.
         * ``single_scale=True``:     only the last element of ``layers`` is used (D = 1).
         * ``distance="kl"`` / ``"bhattacharyya"``: replaces W2 in C_cons.
+
+    Comparable across architectures: ``energy="mean"`` (default) takes the hyperspherical energy as the
+    mean over voxel pairs, so a model whose sampling keeps fewer voxels per layer (UNETR's four hooked
+    stages, ``sampling.layer_ratios``) gets no ``-log L(L-1)`` for free; ``energy="sum"`` is eq. 3 as
+    written (docs/metrics.md). ``global_voxels="varied"``: F_v over the voxels whose input is not locally
+    constant only (:func:`varied_global`; a pre-registered variant, docs/preregistration.md).
 
     Conventions: natural log; mean (not sum) over layers.
 
@@ -265,13 +366,16 @@ def ccfv_score(
     Args:
         layers: decoder layers ordered from the one nearest the bottleneck to the last one (the
             layer before the final convolution). Each is a mapping with ``"cases"`` (the input of
-            ``class_consistency``) and ``"global"`` (the input of ``feature_variety``); only the
-            keys the enabled terms need are read.
+            ``class_consistency``) and ``"global"`` (the input of ``feature_variety``; with
+            ``global_voxels="varied"`` also ``"global_input_std"``); only the keys the enabled terms
+            need are read.
         use_consistency: include -log C_cons.
         use_variety: include log F_v.
         single_scale: use the last layer only.
         distance: one of ``DISTANCES``.
         s: hyperspherical energy exponent (the paper uses 1).
+        energy: ``"mean"`` or ``"sum"`` over voxel pairs (see above).
+        global_voxels: ``"all"`` or ``"varied"`` (see above).
         backend: backend of the W2 computation in ``class_consistency`` ("numpy" or "torch").
         device: torch device for ``backend="torch"`` (``None`` = CUDA when available).
 
@@ -279,38 +383,87 @@ def ccfv_score(
         T as a Python float.
 
     Raises:
-        ValueError: both terms disabled, no layers, a missing key, or F_v <= 0 / C_cons <= 0
-            (log undefined).
+        ValueError: both terms disabled, no layers, a missing key, an unknown ``energy`` or
+            ``global_voxels``, or F_v <= 0 / C_cons <= 0 (log undefined).
     """
     if not (use_consistency or use_variety):
         raise ValueError("at least one of use_consistency and use_variety must be True")
+    if energy not in ENERGY_REDUCTIONS:
+        raise ValueError(f"energy must be one of {ENERGY_REDUCTIONS}, got {energy!r}")
     check_backend(backend, device)
     layers = list(layers)
     if not layers:
         raise ValueError("ccfv_score needs at least one layer")
     if single_scale:
         layers = layers[-1:]
+    terms = ccfv_terms(layers, use_consistency=use_consistency, use_variety=use_variety, distance=distance, s=s,
+                       energy=energy, global_voxels=global_voxels, backend=backend, device=device)
+    # x - y and x + (-y) are the same float: the score is unchanged by going through the terms.
+    per_layer = [0.0 + term.get("log_variety", 0.0) + term.get("neg_log_consistency", 0.0) for term in terms]
+    return float(np.mean(per_layer))
 
+
+# --------------------------------------------------------------------------------------------------
+# Discriminative CC-FV (pre-registered, docs/preregistration.md)
+# --------------------------------------------------------------------------------------------------
+
+
+def class_separation(cases: Sequence[Mapping[Any, np.ndarray]], background: Sequence[np.ndarray]) -> float:
+    """Within-case separation of the classes from the background: S = sum_k (1/|I_k|) sum_{i in I_k}
+    W2(F_i^k, B_i), where I_k are the cases holding class k (>= 2 samples) and >= 2 background samples
+    B_i. The counterpart of :func:`class_consistency`, which sums over classes too. Higher = the classes
+    stand further out of their own case's background.
+
+    Args:
+        cases: N cases, each {class_id: features [n_k, d]} (foreground classes).
+        background: N arrays [n_b, d], the background samples of each case.
+
+    Raises:
+        ValueError: different numbers of cases, or no (case, class) with enough samples.
+    """
+    cases, background = list(cases), list(background)
+    if len(cases) != len(background):
+        raise ValueError(f"{len(cases)} cases but {len(background)} background sets")
+    per_class: dict[Any, list[float]] = {}
+    for index, (case, bg) in enumerate(zip(cases, background)):
+        bg = as_matrix(bg, f"background[{index}]")
+        if bg.shape[0] < 2:
+            continue
+        for class_id, features in case.items():
+            features = as_matrix(features, f"cases[{index}][{class_id!r}]")
+            if features.shape[0] >= 2:
+                per_class.setdefault(class_id, []).append(float(w2_matrix([features, bg], "numpy", None)[0, 1]))
+    if not per_class:
+        raise ValueError("class_separation needs a case with >= 2 samples of a class and of the background")
+    return float(sum(np.mean(values) for values in per_class.values()))
+
+
+def discriminative_ccfv_score(layers: Sequence[Mapping[str, Any]], *, single_scale: bool = False) -> float:
+    """Discriminative CC-FV (CC-FV-D; pre-registered, docs/preregistration.md): eq. 5 with the feature
+    variety replaced by the within-case separation of each class from its background:
+
+        T_D = (1/D) sum_l log( S^l / C_cons^l )
+
+    with ``S^l = class_separation(layer["cases"], layer["background"])`` and ``C_cons^l`` eq. 2 (W2). Both
+    sum over classes and scale linearly with the features, so T_D is invariant to their scale and to how
+    many voxels or layers a model's sampling keeps (a mean over layers, means over cases and pairs).
+    Higher = classes consistent across cases *and* apart from the background within each case.
+
+    Raises:
+        ValueError: no layers, a layer without ``"cases"`` or ``"background"``, or S or C_cons <= 0.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("discriminative_ccfv_score needs at least one layer")
+    if single_scale:
+        layers = layers[-1:]
     per_layer = []
     for index, layer in enumerate(layers):
-        term = 0.0
-        if use_variety:
-            if "global" not in layer:
-                raise ValueError(f"layer {index} has no 'global' entry (needed for F_v)")
-            variety = feature_variety(layer["global"], s)
-            if not variety > 0.0:
-                raise ValueError(f"layer {index}: F_v = {variety} <= 0, log F_v is undefined")
-            term += np.log(variety)
-        if use_consistency:
-            if "cases" not in layer:
-                raise ValueError(f"layer {index} has no 'cases' entry (needed for C_cons)")
-            consistency = class_consistency(
-                layer["cases"], distance=distance, backend=backend, device=device
-            )
-            if not consistency > 0.0:
-                raise ValueError(
-                    f"layer {index}: C_cons = {consistency} <= 0, log C_cons is undefined"
-                )
-            term -= np.log(consistency)
-        per_layer.append(term)
+        if "cases" not in layer or "background" not in layer:
+            raise ValueError(f"layer {index} needs 'cases' and 'background' (the background samples per case)")
+        separation = class_separation(layer["cases"], layer["background"])
+        consistency = class_consistency(layer["cases"])
+        if not (separation > 0.0 and consistency > 0.0):
+            raise ValueError(f"layer {index}: S = {separation}, C_cons = {consistency}; the log is undefined")
+        per_layer.append(float(np.log(separation) - np.log(consistency)))
     return float(np.mean(per_layer))

@@ -85,21 +85,22 @@ def slow_bhattacharyya(a, b):
     )
 
 
-def slow_hse(v, s):
-    """Equation 3 with a double loop over ordered pairs."""
-    total = 0.0
+def slow_hse(v, s, reduction="sum"):
+    """Equation 3 with a double loop over ordered pairs; ``reduction="mean"`` divides by their number."""
+    total, pairs = 0.0, 0
     for i in range(len(v)):
         for j in range(len(v)):
             if i == j:
                 continue
             dist = max(float(np.linalg.norm(v[i] - v[j])), HSE_DISTANCE_FLOOR)
             total += math.log(1 / dist) if s == 0 else dist ** (-s)
-    return total
+            pairs += 1
+    return total / pairs if reduction == "mean" else total
 
 
-def slow_feature_variety(cases_global, s=1):
-    """Equation 4."""
-    return sum(1 / slow_hse(v, s) for v in cases_global) / len(cases_global)
+def slow_feature_variety(cases_global, s=1, energy="mean"):
+    """Equation 4, the energy reduced as ``energy`` says (CC-FV's default: the mean over pairs)."""
+    return sum(1 / slow_hse(v, s, energy) for v in cases_global) / len(cases_global)
 
 
 SLOW_DISTANCES = {"w2": slow_w2, "kl": slow_kl, "bhattacharyya": slow_bhattacharyya}
@@ -118,11 +119,11 @@ def slow_class_consistency_eq2(cases, distance="w2"):
     return total / (n * (n - 1))
 
 
-def slow_ccfv(layers, distance="w2"):
+def slow_ccfv(layers, distance="w2", energy="mean"):
     """Equation 5."""
     terms = []
     for layer in layers:
-        fv = slow_feature_variety(layer["global"])
+        fv = slow_feature_variety(layer["global"], energy=energy)
         cc = slow_class_consistency_eq2(layer["cases"], distance)
         terms.append(math.log(fv / cc))
     return sum(terms) / len(terms)

@@ -10,7 +10,10 @@ import pytest
 from ccfv.scores.metrics.ccfv import (
     HSE_DISTANCE_FLOOR,
     ccfv_score,
+    ccfv_terms,
     class_consistency,
+    class_separation,
+    discriminative_ccfv_score,
     feature_variety,
     hyperspherical_energy,
 )
@@ -25,6 +28,7 @@ from .references import (
     slow_class_consistency_eq2,
     slow_feature_variety,
     slow_hse,
+    slow_w2,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -36,6 +40,9 @@ from .references import (
 def test_hse_matches_loop_reference(rng, s):
     v = rng.normal(size=(25, 6))
     assert hyperspherical_energy(v, s) == pytest.approx(slow_hse(v, s), rel=RTOL)
+    assert hyperspherical_energy(v, s, reduction="mean") == pytest.approx(slow_hse(v, s, "mean"), rel=RTOL)
+    with pytest.raises(ValueError, match="reduction"):
+        hyperspherical_energy(v, s, reduction="median")
 
 
 def test_hse_hand_computed_and_log_form():
@@ -86,12 +93,17 @@ def test_feature_variety_matches_loop_reference(rng):
     assert feature_variety(cases_global, 2) == pytest.approx(
         slow_feature_variety(cases_global, 2), rel=RTOL
     )
+    for s in (1, 2):
+        assert feature_variety(cases_global, s, energy="sum") == pytest.approx(
+            slow_feature_variety(cases_global, s, energy="sum"), rel=RTOL
+        )
 
 
 def test_feature_variety_hand_computed():
-    near = np.array([[0.0], [2.0]])  # E_1 = 1
-    far = np.array([[0.0], [4.0]])  # E_1 = 1/2
-    assert feature_variety([near, far]) == pytest.approx((1.0 + 2.0) / 2)
+    near = np.array([[0.0], [2.0]])  # E_1 = 1 (sum over the 2 ordered pairs), 1/2 (their mean)
+    far = np.array([[0.0], [4.0]])  # E_1 = 1/2, 1/4
+    assert feature_variety([near, far], energy="sum") == pytest.approx((1.0 + 2.0) / 2)
+    assert feature_variety([near, far]) == pytest.approx((2.0 + 4.0) / 2)
 
 
 def test_feature_variety_higher_when_features_spread(rng):
@@ -343,3 +355,113 @@ def test_ccfv_score_common_scaling_shifts_by_s_minus_1_log_c(rng, s):
     assert ccfv_score(scaled, use_variety=False) == pytest.approx(
         ccfv_score(layers, use_variety=False) - log_c
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparable across architectures (issue 24): the score must not depend on how many voxels or layers a
+# model's sampling keeps
+# --------------------------------------------------------------------------------------------------
+
+
+def same_distribution_layers(rng, n_global, d=6, n_cases=6):
+    """Layers whose features all come from one distribution, keeping ``n_global[l]`` global voxels per case."""
+    layers = []
+    for n in n_global:
+        cases = [{1: rng.normal(size=(30, d)), 2: rng.normal(loc=2.0, size=(30, d))} for _ in range(n_cases)]
+        layers.append({"cases": cases, "global": [rng.normal(size=(n, d)) for _ in range(n_cases)]})
+    return layers
+
+
+def test_mean_energy_score_does_not_depend_on_the_number_of_sampled_voxels():
+    """The same features subsampled to L = 25 or 200 voxels: the same expected score with the mean energy;
+    eq. 3's sum gives the smaller sample log(200*199 / (25*24)) = 4.28 nats more."""
+    rng = np.random.default_rng(7)
+    few, many = [], []
+    few_sum, many_sum = [], []
+    for _ in range(20):
+        full = same_distribution_layers(rng, [200])
+        sub = [{**full[0], "global": [v[:25] for v in full[0]["global"]]}]
+        few.append(ccfv_score(sub, use_consistency=False))
+        many.append(ccfv_score(full, use_consistency=False))
+        few_sum.append(ccfv_score(sub, use_consistency=False, energy="sum"))
+        many_sum.append(ccfv_score(full, use_consistency=False, energy="sum"))
+    assert abs(np.mean(few) - np.mean(many)) < 0.05
+    assert np.mean(few_sum) - np.mean(many_sum) == pytest.approx(math.log(200 * 199 / (25 * 24)), abs=0.05)
+
+
+def test_one_more_hooked_layer_gains_nothing():
+    """A model hooking four stages sampled 25/50/100/200 (UNETR's ratios) against one hooking three sampled
+    50/100/200 (the U-Net's), features of one distribution: equal expected scores with the mean energy; the
+    sum hands the four-stage model the +0.70 nats issue 24 measured on the study."""
+    rng = np.random.default_rng(11)
+    three, four, three_sum, four_sum = [], [], [], []
+    for _ in range(15):
+        unet = same_distribution_layers(rng, [50, 100, 200])
+        unetr = same_distribution_layers(rng, [25, 50, 100, 200])
+        three.append(ccfv_score(unet))
+        four.append(ccfv_score(unetr))
+        three_sum.append(ccfv_score(unet, energy="sum"))
+        four_sum.append(ccfv_score(unetr, energy="sum"))
+    assert abs(np.mean(four) - np.mean(three)) < 0.05
+    offset = np.mean([math.log(n * (n - 1)) for n in (50, 100, 200)]) - np.mean(
+        [math.log(n * (n - 1)) for n in (25, 50, 100, 200)])
+    assert offset == pytest.approx(0.70, abs=0.01)
+    assert np.mean(four_sum) - np.mean(three_sum) == pytest.approx(offset, abs=0.05)
+
+
+def test_ccfv_terms_add_up_to_the_score(rng):
+    layers = random_layers(rng)
+    terms = ccfv_terms(layers)
+    assert ccfv_score(layers) == np.mean([t["log_variety"] + t["neg_log_consistency"] for t in terms])
+    assert [set(t) for t in ccfv_terms(layers, use_variety=False)] == [{"neg_log_consistency"}] * len(layers)
+
+
+def test_varied_global_voxels_leave_constant_input_out(rng):
+    """``global_voxels="varied"``: F_v over the voxels whose input varies, as if the others were never sampled."""
+    layers = random_layers(rng)
+    varied = []
+    for layer in layers:
+        std = [np.where(np.arange(len(v)) % 2 == 0, 0.0, 1.0) for v in layer["global"]]  # every other voxel flat
+        varied.append({**layer, "global_input_std": std})
+    kept = [{**layer, "global": [v[1::2] for v in layer["global"]]} for layer in layers]
+    assert ccfv_score(varied, global_voxels="varied") == pytest.approx(ccfv_score(kept), rel=1e-12)
+    with pytest.raises(ValueError, match="global_input_std"):
+        ccfv_score(layers, global_voxels="varied")
+    flat = [{**layer, "global_input_std": [np.zeros(len(v)) for v in layer["global"]]} for layer in layers]
+    with pytest.raises(ValueError, match="no case has 2 global voxels"):
+        ccfv_score(flat, global_voxels="varied")
+    with pytest.raises(ValueError, match="global_voxels"):
+        ccfv_score(layers, global_voxels="some")
+
+
+# --------------------------------------------------------------------------------------------------
+# CC-FV-D (pre-registered, docs/preregistration.md)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_class_separation_against_a_loop_reference(rng):
+    cases = [{1: rng.normal(size=(12, 3)), 2: rng.normal(loc=1.0, size=(12, 3))}, {1: rng.normal(size=(12, 3))}]
+    background = [rng.normal(loc=-1.0, size=(20, 3)), rng.normal(loc=-1.0, size=(20, 3))]
+    expected = (slow_w2(cases[0][1], background[0]) + slow_w2(cases[1][1], background[1])) / 2 \
+        + slow_w2(cases[0][2], background[0])
+    assert class_separation(cases, background) == pytest.approx(expected, rel=1e-8)
+    with pytest.raises(ValueError, match="1 background sets"):
+        class_separation(cases, background[:1])
+
+
+def test_discriminative_ccfv_is_the_mean_log_ratio_and_scale_invariant(rng):
+    layers = random_layers(rng)
+    for layer in layers:
+        d = layer["global"][0].shape[1]
+        layer["background"] = [rng.normal(loc=-2.0, size=(15, d)) for _ in layer["cases"]]
+    expected = np.mean([math.log(class_separation(layer["cases"], layer["background"]))
+                        - math.log(class_consistency(layer["cases"])) for layer in layers])
+    assert discriminative_ccfv_score(layers) == pytest.approx(expected, rel=1e-12)
+    scaled = [{"cases": [{k: 5.0 * v for k, v in c.items()} for c in layer["cases"]],
+               "background": [5.0 * b for b in layer["background"]]} for layer in layers]
+    assert discriminative_ccfv_score(scaled) == pytest.approx(discriminative_ccfv_score(layers), rel=1e-9)
+    # classes further from the background score higher
+    apart = [{**layer, "background": [b - 10.0 for b in layer["background"]]} for layer in layers]
+    assert discriminative_ccfv_score(apart) > discriminative_ccfv_score(layers)
+    with pytest.raises(ValueError, match="background"):
+        discriminative_ccfv_score([{"cases": layers[0]["cases"]}])
