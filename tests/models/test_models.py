@@ -4,6 +4,7 @@ test_rank.py on real nnU-Net folders and bank models)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_bundle_metadata_modality_and_missing_entries(tmp_path):
         load_model("mr", bundle)
 
 
-def _bank_model(tmp_path, source_task: str | None, channel_names: dict) -> "Path":
+def _bank_model(tmp_path, source_task: str | None, channel_names: dict) -> Path:
     """A bank model (a seeded random network on a tiny U-Net) whose card says it was pretrained on
     ``source_task`` (None: a random member), planned on a dataset with ``channel_names``."""
     from ccfv.bank.training import random_model
