@@ -303,3 +303,33 @@ def test_pinned_runs_with_two_threads_are_identical(tiny_dataset, tiny_split):
     second = fingerprint(tiny_dataset, tiny_split, threads=2, busy=1)
     assert first["deviations"] == [] and second["deviations"] == []
     assert first == second
+
+
+def write_reference_fingerprint() -> dict:
+    """Make the tiny pinned run's reference (``REFERENCE_FINGERPRINT``) on this machine: conftest.py's tiny
+    task, its split, the pinned fingerprint at x86-64-v3 with 1 thread, and the CPU it was made on."""
+    import tempfile
+
+    from ccfv.data.synthetic import write_task
+    from ccfv.preprocess.nnunet import case_identifiers, convert_msd_task, plan_and_preprocess
+    from ccfv.preprocess.splits import make_split, write_split
+
+    from .conftest import TASK, TINY_NETWORK, TinyDataset
+
+    root = Path(tempfile.mkdtemp())
+    task_dir = write_task(TASK, root / "msd", n_cases=5, seed=0, shape=(32, 32, 16))
+    raw = convert_msd_task(task_dir, root / "raw")
+    preprocessed = plan_and_preprocess(raw, root / "preprocessed", TINY_NETWORK)
+    dataset = TinyDataset(task_dir, root / "raw", raw, root / "preprocessed", preprocessed, TINY_NETWORK)
+    split = root / "split.json"
+    write_split(make_split(case_identifiers(preprocessed), 0.2, seed=0), split)
+    found = fingerprint(dataset, split, threads=1)
+    reference = {"weights": found["weights"], "features": found["features"], "dice": found["dice"],
+                 "cpu_model": numerics_record()["cpu"]["model"], "level": DEFAULT_LEVEL, "threads": 1}
+    REFERENCE_FINGERPRINT.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE_FINGERPRINT.write_text(json.dumps(reference, indent=2) + "\n")
+    return reference
+
+
+if __name__ == "__main__":  # python -m tests.test_reproducibility (from the repository root)
+    print(json.dumps(write_reference_fingerprint(), indent=2))
