@@ -168,12 +168,28 @@ def test_bench_msd_scale_smoke(tmp_path):
     result = run_script("bench_msd_scale.py", "--config", config, "--shape", 24, 24, 24, "--cases", 4,
                         "--json", out, timeout=300)
     line = last_line(result)
-    match = re.fullmatch(rf"s_per_case=({NUMBER}) peak_rss_gib=({NUMBER}) te_over_finetune=({NUMBER})", line)
+    match = re.fullmatch(rf"s_per_case=({NUMBER}) peak_rss_gib=({NUMBER}) te_over_finetune=({NUMBER}) "
+                         rf"budget_time_ratio=({NUMBER})", line)
     assert match, line
     for value in match.groups():
         assert float(value) > 0 and f"{float(value):.6g}" == value, line  # 6 significant digits
     data = json.loads(out.read_text())
     sample, train, score = data["sample"], data["train"], data["score"]
+    # The budgeted case (msd.yaml's budget, else 2 windows per key) runs whole, within its bound; the ratio is
+    # the bank's mean seconds per case with it over the full pass at the same warm speed (choose_voxels +
+    # every batch at the steady batch time); 5 U-Nets and 5 UNETRs per target: the plain mean.
+    budget = data["window_budget"]
+    assert budget == (paper["sampling"].get("window_budget") or 2)
+    for arch in ("unet", "unetr"):
+        b = sample[arch]["budget"]
+        assert b["window_budget"] == budget and b["windows_run"] <= min(8, budget * (1 + 2))
+        assert b["batches"] == len(b["batch_seconds"]) == math.ceil(b["windows_run"] / 2)
+        assert b["full_s_per_case_warm"] == pytest.approx(sample[arch]["t_choose"] + 4 * sample[arch]["batch_seconds"][1])
+        assert b["s_per_case"] == pytest.approx(b["t_choose"] + b["t_sample"])
+    ratio = (sample["unet"]["budget"]["s_per_case"] + sample["unetr"]["budget"]["s_per_case"]) / (
+        sample["unet"]["budget"]["full_s_per_case_warm"] + sample["unetr"]["budget"]["full_s_per_case_warm"])
+    assert float(match.group(4)) == pytest.approx(ratio, rel=1e-5)
+    assert f"Window budget {budget}" in result.stdout
     for arch in ("unet", "unetr"):
         assert sample[arch]["batches_total"] == 4 and sample[arch]["batches_run"] == 2
         assert not sample[arch]["whole_case"]
