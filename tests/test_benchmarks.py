@@ -50,7 +50,7 @@ def figures(line: str) -> dict[str, str]:
 
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_msd_scale.py", "bench_sampling.py", "bench_scoring.py", "bench_training.py",
-              "source_vs_seed_spread.py",
+              "source_vs_seed_spread.py", "budget_rankings.py",
               "bench_real_models.py"}  # its smoke test needs the shared models: tests/models/test_bench_real_models.py
     assert {p.name for p in BENCHMARKS.glob("*.py")} == tested, "a new benchmark script needs a smoke test here"
 
@@ -323,3 +323,90 @@ def test_source_vs_seed_spread_bad_input(tmp_path, problem):
                "one seed": "T: only 1 fine-tuning seed(s)",
                "malformed": f"{bad}: not a fine-tuning result"}[problem]
     assert message in result.stderr
+
+
+# --- budget_rankings.py -------------------------------------------------------------------------------------
+
+def load_script(name: str):
+    """A benchmark script as a module, to call its main() in this process (no second torch import)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), BENCHMARKS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_budget_rankings_smoke(tiny_dataset, tmp_path, capsys):
+    """A hand-made results folder (tiny nnU-Net task, three random U-Nets, the full pass sampled and scored as
+    the workflow does): the script resamples with a budget and with the reference seed, and its Kendall and
+    weighted taus equal scipy's on the files it wrote."""
+    from scipy import stats
+
+    from ccfv.bank.training import random_model
+    from ccfv.features.file import read_features
+    from ccfv.features.target import sample_target
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+    from ccfv.scores.scoring import read_scores, score_pair
+
+    target = "Task94_SynthSpleen"
+    results = tmp_path / "results"
+    (results / "nnunet" / target).mkdir(parents=True)
+    (results / "nnunet" / target / "preprocessed").symlink_to(tiny_dataset.preprocessed_root)
+    split = results / "splits" / f"{target}.json"
+    split.parent.mkdir()
+    write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.4, seed=0), split)
+    sampling = {"total": 40, "minimum": 4, "n_global": 30, "n_background": 20, "step_size": 0.5, "batch_size": 2,
+                "seed": 0, "layer_ratios": {"unet": [0.5, 1.0]}}
+    metrics = {"logme": {"method": "logme"}, "ccfv": {"method": "ccfv"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"tasks": [target], "sampling": sampling,
+                                      "scoring": {"metrics": metrics, "tables": {"table1": ["logme", "ccfv"]}}}))
+    models = ["unet-Task91_SynthLiver", "unet-Task92_SynthLung", "unet-random"]
+    dice = {m: d for m, d in zip(models, [0.7, 0.5, 0.2])}
+    for seed, model in enumerate(models):
+        random_model(tiny_dataset.preprocessed, model, results / "bank" / model, seed=seed)
+        features = results / "features" / target / f"{model}.h5"
+        sample_target(results / "bank" / model, tiny_dataset.preprocessed, split, features, target=target,
+                      sampling=sampling, device="cpu")
+        score_pair(features, metrics, results / "scores" / target / f"{model}.json")
+    (tmp_path / "dice.csv").write_text("target,model,dice_mean_over_seeds\n"
+                                       + "".join(f"{target},{m},{d}\n" for m, d in dice.items()))
+    (tmp_path / "noise.csv").write_text(f"target,seed_sd\n{target},0.05\n")
+    scratch, out = tmp_path / "scratch", tmp_path / "out.json"
+    argv = ["--results", str(results), "--configfile", str(config), "--dice", str(tmp_path / "dice.csv"),
+            "--noise", str(tmp_path / "noise.csv"), "--budget", "2", "--scratch", str(scratch),
+            "--simulations", "50", "--json", str(out)]
+    script = load_script("budget_rankings.py")
+    assert script.main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    values = figures(line)
+    assert list(values) == ["budget", "pairs", "min_kendall", "mean_abs_delta", "max_abs_delta_avg", "within_noise"]
+    assert values["budget"] == "2" and values["pairs"] == "3" and re.fullmatch(r"\d/2", values["within_noise"])
+
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 and [s["metric"] for s in data["summary"]] == ["logme", "ccfv"]
+    for model in models:
+        meta = read_features(scratch / "budget2" / "features" / target / f"{model}.h5").meta
+        assert meta["window_budget"] == 2
+        full_run = read_features(results / "features" / target / f"{model}.h5").meta["windows_run"]
+        for case, (run, total) in meta["windows_run"].items():
+            assert run <= 2 * (1 + 1) and total == full_run[case][1]  # one class: at most 2 + 2 windows
+        assert read_features(scratch / "seed1" / "features" / target / f"{model}.h5").meta["seed"] == 1
+    for row in data["rows"]:
+        full = [read_scores(results / "scores" / target / f"{m}.json")[row["metric"]] for m in models]
+        budget = [read_scores(scratch / "budget2" / "scores" / target / f"{m}.json")[row["metric"]] for m in models]
+        d = [dice[m] for m in models]
+        assert row["kendall"] == pytest.approx(stats.kendalltau(full, budget).statistic)
+        assert row["tau_full"] == pytest.approx(stats.weightedtau(full, d).statistic)
+        assert row["delta"] == pytest.approx(stats.weightedtau(budget, d).statistic - row["tau_full"])
+        assert row["seed_sd_tau"] >= 0
+
+    # Resumable: a second call keeps the resampled files and prints the same figures.
+    stamp = (scratch / "budget2" / "features" / target / f"{models[0]}.h5").stat().st_mtime_ns
+    assert script.main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == line
+    assert (scratch / "budget2" / "features" / target / f"{models[0]}.h5").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit):
+        script.main([*argv[:-6], "--scratch", str(results / "x")])  # scratch inside the results: refused
