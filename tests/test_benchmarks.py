@@ -50,7 +50,7 @@ def figures(line: str) -> dict[str, str]:
 
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_msd_scale.py", "bench_sampling.py", "bench_scoring.py", "bench_training.py",
-              "source_vs_seed_spread.py", "budget_rankings.py",
+              "source_vs_seed_spread.py", "budget_rankings.py", "gpu_check.py",
               "bench_real_models.py"}  # its smoke test needs the shared models: tests/models/test_bench_real_models.py
     assert {p.name for p in BENCHMARKS.glob("*.py")} == tested, "a new benchmark script needs a smoke test here"
 
@@ -410,3 +410,59 @@ def test_budget_rankings_smoke(tiny_dataset, tmp_path, capsys):
     assert (scratch / "budget2" / "features" / target / f"{models[0]}.h5").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit):
         script.main([*argv[:-6], "--scratch", str(results / "x")])  # scratch inside the results: refused
+
+
+# --- gpu_check.py -------------------------------------------------------------------------------------------
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_77():
+    """No CUDA device (hidden here, whatever the machine has): a clear message, nothing run, status 77."""
+    import os
+
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.startswith("gpu_check: no GPU:") and "--allow-cpu" in result.stderr
+    assert result.stdout == ""
+
+
+def prepared_work(tiny_dataset, work: Path) -> Path:
+    """gpu_check's work folder holding the session's tiny task (its prepare step then reuses it)."""
+    import shutil
+
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+
+    shutil.copytree(tiny_dataset.raw, work / "raw" / tiny_dataset.raw.name)
+    shutil.copytree(tiny_dataset.preprocessed, work / "preprocessed" / tiny_dataset.preprocessed.name)
+    (work / "preprocessed" / tiny_dataset.preprocessed.name / "splits_final.json").unlink(missing_ok=True)
+    write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.4, seed=0), work / "split.json")
+    return work
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_tiny_on_the_cpu(tiny_dataset, tmp_path, capsys):
+    """--allow-cpu --tiny: every step (sampling, the training step, the trainer path, ccfv rank) on the CPU,
+    one name=value line each, ending in gpu_check=ok. (Most of its time is ccfv rank's nnU-Net fingerprint.)"""
+    work = prepared_work(tiny_dataset, tmp_path / "work")
+    script = load_script("gpu_check.py")
+    assert script.main(["--allow-cpu", "--tiny", "--work", str(work)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in out if re.match(r"[a-z0-9_]+=", line)]  # nnU-Net's trainer prints its own lines
+    values = dict(line.split("=", 1) for line in lines)
+    assert len(values) == len(lines) and out[-1] == "gpu_check=ok"
+    assert values["mode"] == "cpu" and values["prepare"] == "reused" and "peak_gpu_memory_gib" not in values
+    for name in ("sample_unet_s_per_window", "sample_unetr_s_per_window", "step_unet_s_per_it",
+                 "step_unetr_s_per_it", "trainer_first_step_s", "trainer_s_per_it", "trainer_epoch_s_per_it",
+                 "rank_wall_s", "peak_rss_gib", "total_s"):
+        assert float(values[name]) > 0, name
+    assert values["sample_unet_windows"] == values["sample_unetr_windows"] == "8"
+    assert values["trainer_iterations"] == "4" and values["trainer_compiled"] == "0"
+    assert values["step_patch"] == "16x16x16" and values["rank_exit_status"] == "0"
+    assert (work / "rank" / "ranking.csv").is_file()
+
+
+def test_gpu_check_stops_at_its_time_limit(tmp_path, capsys):
+    script = load_script("gpu_check.py")
+    assert script.main(["--allow-cpu", "--tiny", "--time-limit", "1", "--work", str(tmp_path)]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"gpu_check=timeout step=(sample|step|prepare|trainer|rank)", last), last
