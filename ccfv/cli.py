@@ -67,13 +67,22 @@ def _report(args) -> int:
     return 0
 
 
+def rank_sampling(args) -> dict:
+    """``ccfv rank``'s sampling settings from its options: ``--window-budget 0`` is no budget, no option the
+    default of ``SamplingSettings``."""
+    sampling = {"seed": args.seed, "total": args.samples}
+    if args.window_budget is not None:
+        sampling["window_budget"] = args.window_budget or None
+    return sampling
+
+
 def _rank(args) -> int:
     from .rank.outputs import print_ranking
     from .rank.run import rank_models
 
     ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
-                          sampling={"seed": args.seed, "total": args.samples},
+                          sampling=rank_sampling(args),
                           features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code,
                           # bars redraw with carriage returns and escape codes: only for a terminal, not a log file
                           progress=sys.stderr.isatty())
@@ -84,6 +93,16 @@ def _rank(args) -> int:
 FEATURES_AS_GIVEN_HELP = ("score the decoder features as sampled: TransRate without its released pipeline's row "
                           "normalisation, GBC without its PCA to 64 dimensions (default: as the authors' released "
                           "pipelines, docs/metrics.md)")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000, metavar="N",
                    help="foreground voxels sampled per case (default 1000, as the demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel (and --max-cases) choice")
+    p.add_argument("--window-budget", type=_non_negative, default=None, metavar="B",
+                   help="draw each case's voxels inside at most B sliding windows per voxel kind, so that large scans "
+                        "cost a bounded number of windows (docs/sampling.md, 1b); 0: no budget (default: none)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
     p.add_argument("--trust-bundle-code", action="store_true",
