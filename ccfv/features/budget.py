@@ -78,18 +78,19 @@ class WindowCells:
         return (sizes[0][:, None, None] * sizes[1][None, :, None] * sizes[2][None, None, :]).reshape(-1)
 
     def counts(self, mask: np.ndarray) -> np.ndarray:
-        """int64 [n_windows]: the True voxels of ``mask`` [D, H, W] in each window's cell."""
-        out = np.asarray(mask, dtype=bool)
-        for axis, b in enumerate(self.bounds):
-            nonempty = np.flatnonzero(np.diff(b) > 0)
-            summed = np.add.reduceat(out, b[nonempty], axis=axis, dtype=np.int64)
-            full_shape = list(summed.shape)
-            full_shape[axis] = len(b) - 1
-            full = np.zeros(full_shape, dtype=np.int64)
-            index = [slice(None)] * 3
-            index[axis] = nonempty
-            full[tuple(index)] = summed
-            out = full
+        """int64 [n_windows]: the True voxels of ``mask`` [D, H, W] in each window's cell.
+
+        One slab of cells along the first axis at a time is counted into an [H, W] plane (``count_nonzero``
+        reads the boolean mask once, without widening it), then summed over the cells of the other axes."""
+        mask = np.asarray(mask, dtype=bool)
+        b0, b1, b2 = self.bounds
+        out = np.zeros(self.steps, dtype=np.int64)
+        rows = np.flatnonzero(np.diff(b1) > 0)  # reduceat needs strictly increasing starts: skip empty cells
+        cols = np.flatnonzero(np.diff(b2) > 0)
+        for i in np.flatnonzero(np.diff(b0) > 0):
+            plane = np.count_nonzero(mask[b0[i]:b0[i + 1]], axis=0)
+            per_row = np.add.reduceat(plane, b1[rows], axis=0)
+            out[i][np.ix_(rows, cols)] = np.add.reduceat(per_row, b2[cols], axis=1)
         return out.reshape(-1)
 
 
@@ -251,18 +252,17 @@ def choose_voxels_in_windows(
                              n_background=n_background, rng=rng)
 
     uniforms = rng.random(budget)  # the same stratum points for every key: keys tend to share windows
-    sizes = {k: int(np.count_nonzero(seg == k)) for k in ids}
+    pools = {k: cells.counts(seg == k) for k in ids}  # class voxels per window (one mask at a time)
+    sizes = {k: int(pool.sum()) for k, pool in pools.items()}
     chosen: dict[str, np.ndarray] = {}
     for k, n_k in class_sample_counts(sizes, total=total, minimum=minimum).items():
-        mask = seg == k
-        pool = cells.counts(mask)
+        pool = pools[k]
         if np.count_nonzero(pool) <= budget:  # its windows would all run anyway
-            chosen[class_key(k)] = _draw_whole_pool(seg, mask, n_k, rng)
+            chosen[class_key(k)] = _draw_whole_pool(seg, seg == k, n_k, rng)
         else:
             hits = stratified_hits(pool, uniforms)
             chosen[class_key(k)] = _draw_on_hits(cells, seg, lambda labels, k=k: labels == k, pool, hits, pool,
                                                  n_k, rng)
-        del mask
     hits = stratified_hits(volumes, uniforms)
     chosen[GLOBAL_KEY] = _draw_on_hits(cells, seg, None, volumes, hits, volumes, n_global, rng)
     background = cells.counts(seg <= 0)
