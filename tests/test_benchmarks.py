@@ -466,3 +466,20 @@ def test_gpu_check_stops_at_its_time_limit(tmp_path, capsys):
     assert script.main(["--allow-cpu", "--tiny", "--time-limit", "1", "--work", str(tmp_path)]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"gpu_check=timeout step=(sample|step|prepare|trainer|rank)", last), last
+
+
+def test_gpu_check_names_a_failed_step_and_goes_on(tmp_path, capsys, monkeypatch):
+    """A step that fails is named (here: sampling, made to fail) and the next ones still run."""
+    script = load_script("gpu_check.py")
+
+    def broken(config, device):
+        raise RuntimeError("CUDA error: out of memory (simulated)")
+
+    monkeypatch.setattr(script, "step_sample", broken)
+    monkeypatch.setattr(script, "step_prepare", lambda *a: {})  # nothing prepared: trainer and rank are skipped
+    assert script.main(["--allow-cpu", "--tiny", "--work", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[-1] == "gpu_check=failed step=sample,trainer,rank"
+    assert any(line.startswith("step_unet_s_per_it=") for line in lines)  # the step after the failure ran
+    assert "step sample failed: RuntimeError: CUDA error: out of memory (simulated)" in captured.err
