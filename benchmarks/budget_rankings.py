@@ -24,6 +24,9 @@ Then per metric and target, over the bank's models:
 * ``tau_full``, ``tau_budget``: weighted tau with the Dice (``ccfv.results.measures.statistic("tau", ...)``:
   ``scipy.stats.weightedtau``), and ``delta = tau_budget - tau_full``; ``delta_reference`` the same for the
   reference seed;
+* ``kendall_committed``, ``delta_committed``: when the Dice file also holds the metrics' scores (the
+  workflow's ``scores_and_dice.csv`` does), the same comparison of the full pass with them: how much a
+  second run of the whole pipeline (its bank retrained) moves the rankings;
 * ``seed_sd_tau``: the spread of the weighted tau across fine-tuning seeds: the SD, over ``--simulations``
   seeded draws, of the weighted tau of the full pass's scores with one seed's Dice, simulated as the mean
   Dice plus Normal noise of the target's ``seed_sd`` (the per-seed Dice are not in the committed tables;
@@ -133,8 +136,10 @@ def seed_spread(scores: np.ndarray, dice: np.ndarray, seed_sd: float, simulation
 
 
 def compare(full: dict, other: dict, dice: dict, seed_sd: dict, metrics: Sequence[str], simulations: int,
-            reference: dict | None) -> list[dict]:
-    """One row per (metric, target): Kendall tau of the two score rankings, weighted taus with the Dice."""
+            reference: dict | None, committed: dict | None = None) -> list[dict]:
+    """One row per (metric, target): Kendall tau of the two score rankings, weighted taus with the Dice; the
+    same against the reference seed's resampling and against the scores of the Dice file (another run of
+    the whole pipeline) when given."""
     from ccfv.results.measures import kendall_tau, statistic
 
     rows = []
@@ -152,6 +157,10 @@ def compare(full: dict, other: dict, dice: dict, seed_sd: dict, metrics: Sequenc
                 r = np.array([reference[target][m][metric] for m in models])
                 row["kendall_reference"] = kendall_tau(a, r)
                 row["delta_reference"] = statistic("tau", r, d) - row["tau_full"]
+            if committed is not None and all(metric in committed[target][m] for m in models):
+                c = np.array([committed[target][m][metric] for m in models])
+                row["kendall_committed"] = kendall_tau(a, c)
+                row["delta_committed"] = statistic("tau", c, d) - row["tau_full"]
             rows.append(row)
     return rows
 
@@ -173,10 +182,14 @@ def summarise(rows: list[dict], metrics: Sequence[str]) -> list[dict]:
             "targets_within_seed_sd": sum(abs(r["delta"]) <= r["seed_sd_tau"] for r in mine),
         }
         summary["within_noise"] = abs(summary["delta_avg"]) <= sd_avg
-        if "delta_reference" in mine[0]:
+        if all("delta_reference" in r for r in mine):
             summary["kendall_reference_mean"] = sum(r["kendall_reference"] for r in mine) / n
             summary["delta_reference_avg"] = sum(r["delta_reference"] for r in mine) / n
             summary["mean_abs_delta_reference"] = sum(abs(r["delta_reference"]) for r in mine) / n
+        if all("delta_committed" in r for r in mine):
+            summary["kendall_committed_mean"] = sum(r["kendall_committed"] for r in mine) / n
+            summary["delta_committed_avg"] = sum(r["delta_committed"] for r in mine) / n
+            summary["mean_abs_delta_committed"] = sum(abs(r["delta_committed"]) for r in mine) / n
         out.append(summary)
     return out
 
@@ -200,6 +213,12 @@ def print_tables(rows: list[dict], summary: list[dict], budget: int, reference_s
         print(line)
     print("  (tau_w: weighted tau with the Dice, averaged over the targets; change: budget - full; seed SD: the SD of "
           "that average under one fine-tuning seed's noise; within: |change| <= seed SD)")
+    if any("kendall_committed_mean" in s for s in summary):
+        print("\nThe full pass against the scores of the Dice file (another run of the whole pipeline, bank included):")
+        print(f"  {'metric':20s} {'Kendall mean':>12s} {'change':>7s} {'|change| mean':>13s}")
+        for s in (s for s in summary if "kendall_committed_mean" in s):
+            print(f"  {s['metric']:20s} {s['kendall_committed_mean']:12.3f} {s['delta_committed_avg']:+7.3f} "
+                  f"{s['mean_abs_delta_committed']:13.3f}")
     print("\nPer metric and target:")
     print(f"  {'metric':20s} {'target':22s} {'Kendall':>7s} {'tau_w full':>10s} {'budget':>7s} {'change':>7s} "
           f"{'seed SD':>7s}" + (f" {'seed ' + str(reference_seed) + ' change':>14s}" if ref else ""))
@@ -242,8 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = args.targets or list(config["tasks"])
 
     dice: dict[str, dict[str, float]] = {}
+    committed: dict[str, dict[str, dict[str, float]]] = {}  # the Dice file's own score columns, if any
     for row in read_csv(args.dice, ["target", "model", "dice_mean_over_seeds"]):
         dice.setdefault(row["target"], {})[row["model"]] = float(row["dice_mean_over_seeds"])
+        committed.setdefault(row["target"], {})[row["model"]] = {
+            m: float(row[m]) for m in metrics if row.get(m) not in (None, "")}
     seed_sd = {row["target"]: float(row["seed_sd"]) for row in read_csv(args.noise, ["target", "seed_sd"])}
     banks = {}
     for target in targets:
@@ -292,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path.is_file():
                 full_windows += list(read_features(path).meta.get("windows_run", {}).values())
     rows = compare(full, resampled["budget"], dice, seed_sd, metrics, args.simulations,
-                   resampled.get("reference"))
+                   resampled.get("reference"), committed)
     summary = summarise(rows, metrics)
     reference_seed = None if args.no_reference else args.reference_seed
     print(f"budget_rankings: {results} ({pairs} pairs, targets {targets}); config {[str(p) for p in args.configfile]}; "

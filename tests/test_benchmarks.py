@@ -371,8 +371,10 @@ def test_budget_rankings_smoke(tiny_dataset, tmp_path, capsys):
         sample_target(results / "bank" / model, tiny_dataset.preprocessed, split, features, target=target,
                       sampling=sampling, device="cpu")
         score_pair(features, metrics, results / "scores" / target / f"{model}.json")
-    (tmp_path / "dice.csv").write_text("target,model,dice_mean_over_seeds\n"
-                                       + "".join(f"{target},{m},{d}\n" for m, d in dice.items()))
+    # the Dice file also carries the full pass's logme (as the workflow's scores_and_dice.csv carries every score)
+    logme = {m: read_scores(results / "scores" / target / f"{m}.json")["logme"] for m in models}
+    (tmp_path / "dice.csv").write_text("target,model,dice_mean_over_seeds,logme\n"
+                                       + "".join(f"{target},{m},{d},{logme[m]!r}\n" for m, d in dice.items()))
     (tmp_path / "noise.csv").write_text(f"target,seed_sd\n{target},0.05\n")
     scratch, out = tmp_path / "scratch", tmp_path / "out.json"
     argv = ["--results", str(results), "--configfile", str(config), "--dice", str(tmp_path / "dice.csv"),
@@ -402,6 +404,10 @@ def test_budget_rankings_smoke(tiny_dataset, tmp_path, capsys):
         assert row["tau_full"] == pytest.approx(stats.weightedtau(full, d).statistic)
         assert row["delta"] == pytest.approx(stats.weightedtau(budget, d).statistic - row["tau_full"])
         assert row["seed_sd_tau"] >= 0
+        if row["metric"] == "logme":  # the Dice file's scores are the full pass's: the same ranking
+            assert row["kendall_committed"] == pytest.approx(1) and row["delta_committed"] == pytest.approx(0)
+        else:
+            assert "kendall_committed" not in row
 
     # Resumable: a second call keeps the resampled files and prints the same figures.
     stamp = (scratch / "budget2" / "features" / target / f"{models[0]}.h5").stat().st_mtime_ns
