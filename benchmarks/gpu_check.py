@@ -15,17 +15,18 @@ Steps, in order, each printing its figures as soon as they are measured:
 4. ``prepare`` (CPU): a synthetic task (``ccfv.data.synthetic``, ``--cases`` cases) converted, planned and
    preprocessed by nnU-Net with the config's U-Net (``ccfv.preprocess.nnunet``); skipped when ``--work``
    already holds one (``raw/``, ``preprocessed/``, ``split.json``).
-5. ``trainer``: the workflow's own fine-tuning path, ``ccfv.bank.training.train`` (nnU-Net's trainer with
+5. ``rank``: ``ccfv rank`` (``ccfv.cli.main``, in this process: torch already imported) on the task's raw
+   dataset (``--max-cases 4``; tiny: 2) with two bank models (``random_model`` on the task's plans, seeds 0
+   and 1), every metric, on the device. Its wall time includes nnU-Net's planning of the data for the
+   models (a fingerprint in a pool of spawned processes), which dominates it on the CPU.
+6. ``trainer``: the workflow's own fine-tuning path, ``ccfv.bank.training.train`` (nnU-Net's trainer with
    ccfv's budget, split and zero heads, started from a bank model: ``random_model`` on the task's plans), for
    ``--trainer-iterations`` iterations. nnU-Net compiles the network on a GPU (``torch.compile``): the
    first iterations hold the compilation. Figures: the median seconds of nnU-Net's ``train_step`` (data on
    the device, forward, loss, backward, step) after the first two, the first one's seconds, and the wall
    seconds per iteration of the whole epoch (data loading and augmentation included, in-process as the
    workflow runs them: ``nnUNet_n_proc_DA=0``).
-6. ``rank``: ``ccfv rank`` (``ccfv.cli.main``, in this process: torch already imported) on the task's raw
-   dataset (``--max-cases 4``; tiny: 2) with two bank models (``random_model`` on the task's plans, seeds 0
-   and 1), every metric, on the device. Its wall time includes nnU-Net's planning of the data for the
-   models (a fingerprint in a pool of spawned processes), which dominates it on the CPU.
+   It runs last: on a first run nnU-Net's compilation can take minutes, and a time-out then costs only it.
 
 Then ``peak_gpu_memory_gib`` (``torch.cuda.max_memory_allocated`` over the whole run, this process: steps
 2, 3, 5 and 6), ``peak_rss_gib`` and ``total_s``. A step that fails is named with its traceback on stderr and
@@ -35,8 +36,9 @@ the steps that do not need it still run (5 and 6 need 4). The last line is ``gpu
 
 Without a GPU (``torch.cuda.is_available()`` false) the check prints ``gpu_check: no GPU ...`` on stderr and
 exits with status 77 (the "skipped" status of automake's test harness): nothing was checked, nothing failed.
-``--allow-cpu`` runs it on the CPU instead, and ``--tiny`` at tiny sizes (the test suite's network, 4 cases,
-a few iterations), so that the test suite runs every step and this script cannot rot:
+``--allow-cpu`` runs it on the CPU instead, and ``--tiny`` at tiny sizes (a three-stage U-Net and a tiny UNETR
+at 16^3, 32 x 32 x 16 cases, 4 trainer iterations, ``ccfv rank`` on 2 cases), so that the test suite runs
+every step and this script cannot rot:
 
     .venv/bin/python benchmarks/gpu_check.py [--config config/msd.yaml] [--work DIR] [--time-limit 300]
     .venv/bin/python benchmarks/gpu_check.py --allow-cpu --tiny      # every step, tiny, on the CPU
@@ -291,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         ("sample", lambda: step_sample(config, device)),
         ("step", lambda: step_train_step(config, device, iterations)),
         ("prepare", lambda: prepared.update(step_prepare(config, work, args.cases, shape))),
-        ("trainer", lambda: step_trainer(prepared, work, device, trainer_iterations)),
+        # ccfv rank before the trainer: nnU-Net's torch.compile of the network can take minutes on a first run
         ("rank", lambda: step_rank(prepared, work, device, max_cases=2 if args.tiny else 4)),
+        ("trainer", lambda: step_trainer(prepared, work, device, trainer_iterations)),
     ]
     outcome = None
     try:

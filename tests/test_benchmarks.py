@@ -486,6 +486,6 @@ def test_gpu_check_names_a_failed_step_and_goes_on(tmp_path, capsys, monkeypatch
     assert script.main(["--allow-cpu", "--tiny", "--work", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[-1] == "gpu_check=failed step=sample,trainer,rank"
+    assert lines[-1] == "gpu_check=failed step=sample,rank,trainer"
     assert any(line.startswith("step_unet_s_per_it=") for line in lines)  # the step after the failure ran
     assert "step sample failed: RuntimeError: CUDA error: out of memory (simulated)" in captured.err
