@@ -184,7 +184,8 @@ def test_bench_msd_scale_smoke(tmp_path):
         b = sample[arch]["budget"]
         assert b["window_budget"] == budget and b["windows_run"] <= min(8, budget * (1 + 2))
         assert b["batches"] == len(b["batch_seconds"]) == math.ceil(b["windows_run"] / 2)
-        assert b["full_s_per_case_warm"] == pytest.approx(sample[arch]["t_choose"] + 4 * sample[arch]["batch_seconds"][1])
+        steady = sample[arch]["batch_seconds"][1]
+        assert b["full_s_per_case_warm"] == pytest.approx(sample[arch]["t_choose"] + 4 * steady)
         assert b["s_per_case"] == pytest.approx(b["t_choose"] + b["t_sample"])
     ratio = (sample["unet"]["budget"]["s_per_case"] + sample["unetr"]["budget"]["s_per_case"]) / (
         sample["unet"]["budget"]["full_s_per_case_warm"] + sample["unetr"]["budget"]["full_s_per_case_warm"])

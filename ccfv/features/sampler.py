@@ -403,8 +403,8 @@ def sample_dataset(
     if missing:
         raise ValueError(f"budgets misses {missing}; needs {list(budget_keys)}")
     budgets = {k: int(budgets[k]) for k in budget_keys}
-    if window_budget is not None and (isinstance(window_budget, bool) or not isinstance(window_budget, (int, np.integer))
-                                      or window_budget < 1):
+    if window_budget is not None and (isinstance(window_budget, bool)
+                                      or not isinstance(window_budget, (int, np.integer)) or window_budget < 1):
         raise ValueError(f"window_budget must be None or an integer >= 1, got {window_budget!r}")
     ids = check_class_ids(class_ids)
     layer_names = [str(n) for n in layer_names]
