@@ -24,6 +24,14 @@ Pieces, per architecture of the config's ``architectures:``:
   whole volume is in memory; every batch has the same shape), plus, when extrapolated, the buffers that
   grow with the voxels of the rest of the case (each hooked stage's and the output's float32 values and
   their ~128 bytes of index and weight per voxel), which the output states.
+  Then, in the same child on the warmed-up network, the same case with the window budget (``--window-budget
+  B``, default the config's ``sampling.window_budget``, else 2): ``ccfv.features.budget.choose_voxels_in_windows``
+  (timed) draws every voxel key inside at most B windows, and the windows that own a chosen voxel (at most
+  B for global and background plus min(B, the class's windows) per class) all run: MEASURED whole, never
+  extrapolated. Its seconds per case are compared with the full pass's at the same warm speed,
+  ``choose_voxels`` + every batch of the case x the steady batch time (a sampling job pays the first batch's
+  set-up once, not per case); ``budget_time_ratio`` is that ratio over the bank (means as ``s_per_case``).
+  The full pass always draws without a budget, whatever the config says.
 * ``train-<arch>``: seconds per fine-tuning iteration (``bench_training.iterations_per_second``: forward,
   nnU-Net's Dice + CE with deep supervision for the U-Net, backward, clipping, SGD) at ``--train-patch`` x
   the config's batch size, 1 warm-up then ``--train-iterations`` timed. At a patch smaller than the
@@ -54,15 +62,17 @@ left out of both (it is the bank, not the estimation).
 24 24 --cases 4``); ``--device cuda`` runs the networks and the class consistency (torch backend) on a GPU
 and adds its peak allocated memory; only CPU figures have been measured so far (docs/models.md).
 
-The last line printed is ``s_per_case=<x> peak_rss_gib=<y> te_over_finetune=<z>`` (6 significant
-digits): x = seconds to sample one case with one bank model, the mean over the bank's members (with
-msd.yaml's 5 U-Nets and 5 UNETRs per target, the mean of the two architectures); y = the largest peak
-resident memory of sampling one whole case over the architectures (GiB, 2^30 bytes); z = estimation over
-fine-tuning of the full benchmark.
+The last line printed is ``s_per_case=<x> peak_rss_gib=<y> te_over_finetune=<z> budget_time_ratio=<r>`` (6
+significant digits): x = seconds to sample one case with one bank model without a window budget, the mean
+over the bank's members (with msd.yaml's 5 U-Nets and 5 UNETRs per target, the mean of the two
+architectures); y = the largest peak resident memory of sampling one whole case over the architectures
+(GiB, 2^30 bytes); z = estimation over fine-tuning of the full benchmark without a budget (the report
+prints it with the budget too); r = the bank's mean seconds per case with the window budget over x, both
+measured in this run.
 
     nice -n 5 .venv/bin/python benchmarks/bench_msd_scale.py [--config config/msd.yaml] [--shape 192 256 256]
         [--batches 2] [--train-patch 64 64 64] [--train-iterations 1] [--cases 100] [--threads 1]
-        [--device cpu|cuda] [--metrics logme ...] [--train-cases N] [--json FILE]
+        [--device cpu|cuda] [--metrics logme ...] [--train-cases N] [--window-budget B] [--json FILE]
 """
 from __future__ import annotations
 
@@ -98,6 +108,8 @@ SEED = 0
 #: corner indices 8 x 8 and weights 8 x 4): the memory that grows with a case's voxels besides the values.
 INDEX_BYTES_PER_VOXEL = 8 + 24 + 64 + 32
 GIB = 2.0**30
+#: The window budget measured when neither --window-budget nor the config's sampling.window_budget gives one.
+DEFAULT_WINDOW_BUDGET = 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,10 +190,13 @@ def case_volume(shape: tuple[int, int, int]):
 
 
 def child_sample(config: dict, arch: str, args) -> dict:
+    """One case sampled by ``arch``: the full pass (the first ``--batches`` batches run, the rest
+    extrapolated), then, in the same process and warmed up, the window budget's pass (the whole case)."""
     import numpy as np
     import torch
 
     from ccfv.bank import networks
+    from ccfv.features.budget import choose_voxels_in_windows
     from ccfv.features.file import BACKGROUND_KEY, class_key
     from ccfv.features.sampler import case_rng, sample_case
     from ccfv.features.settings import layer_ratios_for
@@ -198,11 +213,6 @@ def child_sample(config: dict, arch: str, args) -> dict:
     step, batch = float(s["step_size"]), int(s["batch_size"])
     image, seg = case_volume(tuple(args.shape))
 
-    start = time.perf_counter()
-    coords = choose_voxels(seg, CLASS_IDS, rng=case_rng(int(s["seed"]), "bench_msd_case"), **budgets(config))
-    t_choose = time.perf_counter() - start
-    probs_keys = [k for k in [class_key(c) for c in CLASS_IDS] + [BACKGROUND_KEY] if k in coords]
-
     # The windows of the whole case, in sample_case's rule (nnU-Net's tiling, one owner window per voxel).
     # (padding computed on a 1-byte proxy of the case, not on a copy of the image)
     padded, offset = pad_to_patch(np.zeros((1, *image.shape[1:]), dtype=np.uint8), patch)
@@ -213,28 +223,36 @@ def child_sample(config: dict, arch: str, args) -> dict:
     def owner(c):
         return np.ravel_multi_index(tuple(assign_windows(c + offset, starts, patch).T), steps)
 
-    owners = {k: owner(v) for k, v in coords.items()}
-    used = np.unique(np.concatenate(list(owners.values())))
-    total_batches = math.ceil(len(used) / batch)
-    run_batches = total_batches if args.batches == 0 else min(args.batches, total_batches)
-    keep = set(used[: run_batches * batch].tolist())
-    part = {k: v[np.isin(owners[k], list(keep))] for k, v in coords.items()}
+    def run(coords, batches):
+        """sample_case on the voxels owned by the first ``batches`` window batches (0: all):
+        (samples, used windows, batches in the case, batches run, seconds, per-batch seconds)."""
+        owners = {k: owner(v) for k, v in coords.items()}
+        used = np.unique(np.concatenate(list(owners.values())))
+        total_batches = math.ceil(len(used) / batch)
+        run_batches = total_batches if batches == 0 else min(batches, total_batches)
+        keep = used[: run_batches * batch]
+        part = {k: v[np.isin(owners[k], keep)] for k, v in coords.items()}
+        probs_keys = [k for k in [class_key(c) for c in CLASS_IDS] + [BACKGROUND_KEY] if len(part.get(k, ()))]
+        stamps: list[float] = []
 
-    stamps: list[float] = []
+        def progress(done, total):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
 
-    def progress(done, total):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+        start = time.perf_counter()
+        samples = sample_case(net, layers, image, part, patch_size=patch, step_size=step, batch_size=batch,
+                              layer_ratios=ratios, device=device, probs_keys=probs_keys, progress=progress)
+        seconds = time.perf_counter() - start
+        deltas = [stamps[0] - start] + [b - a for a, b in zip(stamps, stamps[1:])]
+        return samples, used, total_batches, run_batches, part, seconds, deltas
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    samples = sample_case(net, layers, image, part, patch_size=patch, step_size=step, batch_size=batch,
-                          layer_ratios=ratios, device=device, probs_keys=[k for k in probs_keys if len(part[k])],
-                          progress=progress)
-    t_sample = time.perf_counter() - start
-    deltas = [stamps[0] - start] + [b - a for a, b in zip(stamps, stamps[1:])]
+    coords = choose_voxels(seg, CLASS_IDS, rng=case_rng(int(s["seed"]), "bench_msd_case"), **budgets(config))
+    t_choose = time.perf_counter() - start
+    samples, used, total_batches, run_batches, part, t_sample, deltas = run(coords, args.batches)
     steady = sum(deltas[1:]) / (len(deltas) - 1) if len(deltas) > 1 else deltas[0]
     whole = run_batches == total_batches
     s_case = t_choose + t_sample + (total_batches - run_batches) * steady
@@ -246,11 +264,23 @@ def child_sample(config: dict, arch: str, args) -> dict:
         for ratio, channels in zip(ratios, samples.channels):
             rows = sum(layer_sample_count(n[k], ratio) for k in n)
             total += rows * (4 * channels + INDEX_BYTES_PER_VOXEL)
-        rows = sum(n[k] for k in probs_keys if k in n)
+        rows = sum(n[k] for k in n if k != "global")
         return total + rows * (4 * samples.num_output_channels + INDEX_BYTES_PER_VOXEL)
 
     rest = 0 if whole else max(0, grown_bytes(coords) - grown_bytes(part))
     peak = proc_status_gib("VmHWM")
+    gpu_peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None
+
+    # The window budget's pass, on the warmed-up network: all of its windows run. Its per-case seconds are
+    # compared with the full pass's at the same (warm) speed: choose_voxels + every batch at the steady
+    # batch time, since a sampling job pays the first batch's set-up once, not per case.
+    start = time.perf_counter()
+    budgeted = choose_voxels_in_windows(seg, CLASS_IDS, window_budget=args.window_budget, patch_size=patch,
+                                        step_size=step, rng=case_rng(int(s["seed"]), "bench_msd_case"),
+                                        **budgets(config))
+    t_choose_budget = time.perf_counter() - start
+    b_samples, b_used, b_batches, _, _, t_budget, b_deltas = run(budgeted, 0)
+    full_warm = t_choose + total_batches * steady
     return {
         "arch": arch, "layers": layers, "channels": samples.channels, "ratios": ratios,
         "voxels": {k: int(len(v)) for k, v in coords.items()},
@@ -260,7 +290,13 @@ def child_sample(config: dict, arch: str, args) -> dict:
         # a single batch may hold fewer windows than the batch size; later batches are always full
         "s_per_window": steady / (batch if run_batches > 1 else samples.windows_run), "s_per_case": s_case,
         "peak_rss_gib_measured": peak, "rest_of_case_gib": rest / GIB, "peak_rss_gib": peak + rest / GIB,
-        "gpu_peak_gib": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None,
+        "gpu_peak_gib": gpu_peak,
+        "budget": {
+            "window_budget": args.window_budget, "voxels": {k: int(len(v)) for k, v in budgeted.items()},
+            "windows_run": b_samples.windows_run, "batches": b_batches, "t_choose": t_choose_budget,
+            "t_sample": t_budget, "batch_seconds": b_deltas, "s_per_case": t_choose_budget + t_budget,
+            "full_s_per_case_warm": full_warm, "time_ratio": (t_choose_budget + t_budget) / full_warm,
+        },
     }
 
 
@@ -406,7 +442,8 @@ def run_piece(piece: str, args) -> dict:
     command = [sys.executable, __file__, "--child", piece, "--config", str(args.config), "--shape",
                *map(str, args.shape), "--batches", str(args.batches), "--train-patch", *map(str, args.train_patch),
                "--train-iterations", str(args.train_iterations), "--cases", str(args.cases),
-               "--threads", str(args.threads), "--device", args.device, "--metrics", *args.metrics]
+               "--threads", str(args.threads), "--device", args.device, "--metrics", *args.metrics,
+               "--window-budget", str(args.window_budget)]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
@@ -570,10 +607,45 @@ def report(config: dict, args, sample: dict, train: dict, score: dict, projectio
     print(f"  (1 {args.device} and {args.threads} thread(s) per job; pretraining excluded from both; case loading "
           "from disk not included)")
 
-    bank = {a: sum(bank_members(config, t)[a] for t in config["tasks"]) for a in archs}
-    s_per_case = sum(bank[a] * sample[a]["s_per_case"] for a in archs) / sum(bank.values())
+    s_per_case = bank_mean(config, {a: sample[a]["s_per_case"] for a in archs})
     return {"s_per_case": s_per_case, "peak_rss_gib": max(sample[a]["peak_rss_gib"] for a in archs),
             "te_over_finetune": totals["te_over_finetune"]}
+
+
+def bank_mean(config: dict, values: dict[str, float]) -> float:
+    """The mean of a per-architecture figure over every bank member of the benchmark."""
+    archs = architectures(config)
+    bank = {a: sum(bank_members(config, t)[a] for t in config["tasks"]) for a in archs}
+    return sum(bank[a] * values[a] for a in archs) / sum(bank.values())
+
+
+def report_budget(config: dict, args, sample: dict, budgeted: dict, projection: dict,
+                  budget_projection: dict) -> float:
+    """Print the window budget's section; return the bank's mean seconds per case with it over without
+    (both at the warm batch speed)."""
+    archs = architectures(config)
+    first = budgeted[archs[0]]
+    print(f"\nWindow budget {args.window_budget} (sampling.window_budget; ccfv.features.budget), same case: voxels "
+          f"per key {first['voxels']}; bound: {args.window_budget} windows for global and background + per class "
+          f"min({args.window_budget}, its windows)")
+    print(f"  {'network':8s} {'windows run':>14s} {'full':>5s} {'s/case full':>12s} {'s/case budget':>14s} "
+          f"{'ratio':>7s}")
+    for arch in archs:
+        full, part = sample[arch], budgeted[arch]
+        print(f"  {arch:8s} {part['windows_run']:>8d} of {full['windows_total']:<3d} {full['windows_used']:5d} "
+              f"{part['full_s_per_case_warm']:12.4g} {part['s_per_case']:14.4g} {part['time_ratio']:7.3f}")
+        print(f"           choose_voxels_in_windows {part['t_choose']:.2f} s (choose_voxels {full['t_choose']:.2f} s); "
+              f"batch seconds {', '.join(f'{x:.2f}' for x in part['batch_seconds'])} (measured whole)")
+    print("  (s/case full here: choose_voxels + every batch at the steady batch time, the warm speed the budgeted "
+          "pass runs at)")
+    totals, budget_totals = projection["totals"], budget_projection["totals"]
+    print(f"  projection with the budget: sampling {hours(budget_totals['sampling_s'])} (without: "
+          f"{hours(totals['sampling_s'])}); estimation / fine-tuning = {budget_totals['te_over_finetune']:.4g} "
+          f"(without: {totals['te_over_finetune']:.4g})")
+    ratio = (bank_mean(config, {a: budgeted[a]["s_per_case"] for a in archs})
+             / bank_mean(config, {a: budgeted[a]["full_s_per_case_warm"] for a in archs}))
+    print(f"  bank mean seconds per case, budgeted / full: {ratio:.3f}")
+    return ratio
 
 
 def main() -> None:
@@ -593,6 +665,8 @@ def main() -> None:
                         "through the config's split)")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads per piece")
     parser.add_argument("--device", default="cpu", help="torch device of the networks and of ccfv (cpu, cuda)")
+    parser.add_argument("--window-budget", type=int, help="windows per voxel key of the budgeted sampling (default: "
+                        "the config's sampling.window_budget, else 2)")
     parser.add_argument("--json", type=Path, help="also write every measurement and the projection here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -616,6 +690,10 @@ def main() -> None:
         parser.error("--batches >= 0, --train-iterations >= 1, --cases >= 2 and --threads >= 1 are needed")
     if min(args.shape) < 1:
         parser.error(f"--shape {args.shape}: every axis must be positive")
+    if args.window_budget is None:
+        args.window_budget = config["sampling"].get("window_budget") or DEFAULT_WINDOW_BUDGET
+    if args.window_budget < 1:
+        parser.error(f"--window-budget {args.window_budget}: must be at least 1")
     if args.child:
         child(args.child, args)
         return
@@ -628,18 +706,22 @@ def main() -> None:
     archs = architectures(config)
     print(f"bench_msd_scale: {len(archs) * 3} pieces, one child process each", flush=True)
     sample = {a: run_piece(f"sample-{a}", args) for a in archs}
+    budgeted = {a: sample[a]["budget"] for a in archs}
     train = {a: run_piece(f"train-{a}", args) for a in archs}
     score = {a: run_piece(f"score-{a}", args) for a in archs}
     projection = project(config, sample, train, score, args.cases, args.train_cases)
+    budget_projection = project(config, budgeted, train, score, args.cases, args.train_cases)
     wall = time.perf_counter() - start
     load_after = os.getloadavg()
     figures = report(config, args, sample, train, score, projection, (load_before, load_after), wall)
+    figures["budget_time_ratio"] = report_budget(config, args, sample, budgeted, projection, budget_projection)
     if args.json:
         args.json.write_text(json.dumps({
             "config": str(args.config_shown), "machine": machine(), "device": args.device, "threads": args.threads,
             "shape": args.shape, "cases": args.cases, "train_patch": args.train_patch, "metrics": args.metrics,
             "load_before": load_before, "load_after": load_after, "wall_s": wall,
-            "sample": sample, "train": train, "score": score, "projection": projection, "figures": figures,
+            "sample": sample, "window_budget": args.window_budget, "train": train, "score": score,
+            "projection": projection, "budget_projection": budget_projection, "figures": figures,
         }, indent=2))
     print(" ".join(f"{k}={v:.6g}" for k, v in figures.items()))
 

@@ -72,6 +72,15 @@ def _report(args) -> int:
     return 0
 
 
+def rank_sampling(args) -> dict:
+    """``ccfv rank``'s sampling settings from its options: ``--window-budget 0`` is no budget, no option the
+    default of ``SamplingSettings``."""
+    sampling = {"seed": args.seed, "total": args.samples}
+    if args.window_budget is not None:
+        sampling["window_budget"] = args.window_budget or None
+    return sampling
+
+
 def _rank(args) -> int:
     from .reproducibility import pin_or_warn
 
@@ -82,7 +91,7 @@ def _rank(args) -> int:
 
     ranking = rank_models(args.data, args.model, args.out, metrics=args.metric, device=args.device,
                           dice_file=args.dice, max_cases=args.max_cases, threads=args.threads,
-                          sampling={"seed": args.seed, "total": args.samples},
+                          sampling=rank_sampling(args),
                           features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code,
                           confidence_resamples=args.confidence_resamples,
                           # bars redraw with carriage returns and escape codes: only for a terminal, not a log file
@@ -94,6 +103,16 @@ def _rank(args) -> int:
 FEATURES_AS_GIVEN_HELP = ("score the decoder features as sampled: TransRate without its released pipeline's row "
                           "normalisation, GBC without its PCA to 64 dimensions (default: as the authors' released "
                           "pipelines, docs/metrics.md)")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000, metavar="N",
                    help="foreground voxels sampled per case (default 1000, as the demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel (and --max-cases) choice")
+    p.add_argument("--window-budget", type=_non_negative, default=None, metavar="B",
+                   help="draw each case's voxels inside at most B sliding windows per voxel kind, so that large scans "
+                        "cost a bounded number of windows (docs/sampling.md, 1b); 0: no budget (default: none)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (default 1; results are reproduced bit for bit with the same count)")
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)

@@ -83,10 +83,14 @@ def bank(target):
 
 def sampling_for(model):
     """The sampling settings of one bank model, with layer_ratios resolved for its architecture (so that
-    the ratios of one architecture never rerun the other's sampling)."""
+    the ratios of one architecture never rerun the other's sampling). A null window_budget (no budget) is
+    left out, so that features sampled before the setting existed keep their params and are not rerun."""
     arch = model_architecture(model)
     ratios = config["sampling"]["layer_ratios"]
-    return canonical({**config["sampling"], "layer_ratios": ratios[arch] if isinstance(ratios, dict) else ratios})
+    settings = {**config["sampling"], "layer_ratios": ratios[arch] if isinstance(ratios, dict) else ratios}
+    if settings.get("window_budget") is None:
+        settings.pop("window_budget", None)
+    return canonical(settings)
 
 
 def network_params(arch):

@@ -50,7 +50,7 @@ def figures(line: str) -> dict[str, str]:
 
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_msd_scale.py", "bench_sampling.py", "bench_scoring.py", "bench_training.py",
-              "source_vs_seed_spread.py",
+              "source_vs_seed_spread.py", "budget_rankings.py", "gpu_check.py",
               "bench_real_models.py",  # its smoke test needs the shared models: tests/models/test_bench_real_models.py
               "bench_pinning.py"}  # smoke test in tests/test_bench_pinning.py
     assert {p.name for p in BENCHMARKS.glob("*.py")} == tested, "a new benchmark script needs a smoke test here"
@@ -169,12 +169,29 @@ def test_bench_msd_scale_smoke(tmp_path):
     result = run_script("bench_msd_scale.py", "--config", config, "--shape", 24, 24, 24, "--cases", 4,
                         "--json", out, timeout=300)
     line = last_line(result)
-    match = re.fullmatch(rf"s_per_case=({NUMBER}) peak_rss_gib=({NUMBER}) te_over_finetune=({NUMBER})", line)
+    match = re.fullmatch(rf"s_per_case=({NUMBER}) peak_rss_gib=({NUMBER}) te_over_finetune=({NUMBER}) "
+                         rf"budget_time_ratio=({NUMBER})", line)
     assert match, line
     for value in match.groups():
         assert float(value) > 0 and f"{float(value):.6g}" == value, line  # 6 significant digits
     data = json.loads(out.read_text())
     sample, train, score = data["sample"], data["train"], data["score"]
+    # The budgeted case (msd.yaml's budget, else 2 windows per key) runs whole, within its bound; the ratio is
+    # the bank's mean seconds per case with it over the full pass at the same warm speed (choose_voxels +
+    # every batch at the steady batch time); 5 U-Nets and 5 UNETRs per target: the plain mean.
+    budget = data["window_budget"]
+    assert budget == (paper["sampling"].get("window_budget") or 2)
+    for arch in ("unet", "unetr"):
+        b = sample[arch]["budget"]
+        assert b["window_budget"] == budget and b["windows_run"] <= min(8, budget * (1 + 2))
+        assert b["batches"] == len(b["batch_seconds"]) == math.ceil(b["windows_run"] / 2)
+        steady = sample[arch]["batch_seconds"][1]
+        assert b["full_s_per_case_warm"] == pytest.approx(sample[arch]["t_choose"] + 4 * steady)
+        assert b["s_per_case"] == pytest.approx(b["t_choose"] + b["t_sample"])
+    ratio = (sample["unet"]["budget"]["s_per_case"] + sample["unetr"]["budget"]["s_per_case"]) / (
+        sample["unet"]["budget"]["full_s_per_case_warm"] + sample["unetr"]["budget"]["full_s_per_case_warm"])
+    assert float(match.group(4)) == pytest.approx(ratio, rel=1e-5)
+    assert f"Window budget {budget}" in result.stdout
     for arch in ("unet", "unetr"):
         assert sample[arch]["batches_total"] == 4 and sample[arch]["batches_run"] == 2
         assert not sample[arch]["whole_case"]
@@ -308,3 +325,169 @@ def test_source_vs_seed_spread_bad_input(tmp_path, problem):
                "one seed": "T: only 1 fine-tuning seed(s)",
                "malformed": f"{bad}: not a fine-tuning result"}[problem]
     assert message in result.stderr
+
+
+# --- budget_rankings.py -------------------------------------------------------------------------------------
+
+def load_script(name: str):
+    """A benchmark script as a module, to call its main() in this process (no second torch import)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), BENCHMARKS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_budget_rankings_smoke(tiny_dataset, tmp_path, capsys):
+    """A hand-made results folder (tiny nnU-Net task, three random U-Nets, the full pass sampled and scored as
+    the workflow does): the script resamples with a budget and with the reference seed, and its Kendall and
+    weighted taus equal scipy's on the files it wrote."""
+    from scipy import stats
+
+    from ccfv.bank.training import random_model
+    from ccfv.features.file import read_features
+    from ccfv.features.target import sample_target
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+    from ccfv.scores.scoring import read_scores, score_pair
+
+    target = "Task94_SynthSpleen"
+    results = tmp_path / "results"
+    (results / "nnunet" / target).mkdir(parents=True)
+    (results / "nnunet" / target / "preprocessed").symlink_to(tiny_dataset.preprocessed_root)
+    split = results / "splits" / f"{target}.json"
+    split.parent.mkdir()
+    write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.4, seed=0), split)
+    sampling = {"total": 40, "minimum": 4, "n_global": 30, "n_background": 20, "step_size": 0.5, "batch_size": 2,
+                "seed": 0, "layer_ratios": {"unet": [0.5, 1.0]}}
+    metrics = {"logme": {"method": "logme"}, "ccfv": {"method": "ccfv"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"tasks": [target], "sampling": sampling,
+                                      "scoring": {"metrics": metrics, "tables": {"table1": ["logme", "ccfv"]}}}))
+    models = ["unet-Task91_SynthLiver", "unet-Task92_SynthLung", "unet-random"]
+    dice = {m: d for m, d in zip(models, [0.7, 0.5, 0.2])}
+    for seed, model in enumerate(models):
+        random_model(tiny_dataset.preprocessed, model, results / "bank" / model, seed=seed)
+        features = results / "features" / target / f"{model}.h5"
+        sample_target(results / "bank" / model, tiny_dataset.preprocessed, split, features, target=target,
+                      sampling=sampling, device="cpu")
+        score_pair(features, metrics, results / "scores" / target / f"{model}.json")
+    # the Dice file also carries the full pass's logme (as the workflow's scores_and_dice.csv carries every score)
+    logme = {m: read_scores(results / "scores" / target / f"{m}.json")["logme"] for m in models}
+    (tmp_path / "dice.csv").write_text("target,model,dice_mean_over_seeds,logme\n"
+                                       + "".join(f"{target},{m},{d},{logme[m]!r}\n" for m, d in dice.items()))
+    (tmp_path / "noise.csv").write_text(f"target,seed_sd\n{target},0.05\n")
+    scratch, out = tmp_path / "scratch", tmp_path / "out.json"
+    argv = ["--results", str(results), "--configfile", str(config), "--dice", str(tmp_path / "dice.csv"),
+            "--noise", str(tmp_path / "noise.csv"), "--budget", "2", "--scratch", str(scratch),
+            "--simulations", "50", "--json", str(out)]
+    script = load_script("budget_rankings.py")
+    assert script.main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    values = figures(line)
+    assert list(values) == ["budget", "pairs", "min_kendall", "mean_abs_delta", "max_abs_delta_avg", "within_noise"]
+    assert values["budget"] == "2" and values["pairs"] == "3" and re.fullmatch(r"\d/2", values["within_noise"])
+
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 and [s["metric"] for s in data["summary"]] == ["logme", "ccfv"]
+    for model in models:
+        meta = read_features(scratch / "budget2" / "features" / target / f"{model}.h5").meta
+        assert meta["window_budget"] == 2
+        full_run = read_features(results / "features" / target / f"{model}.h5").meta["windows_run"]
+        for case, (run, total) in meta["windows_run"].items():
+            assert run <= 2 * (1 + 1) and total == full_run[case][1]  # one class: at most 2 + 2 windows
+        assert read_features(scratch / "seed1" / "features" / target / f"{model}.h5").meta["seed"] == 1
+    for row in data["rows"]:
+        full = [read_scores(results / "scores" / target / f"{m}.json")[row["metric"]] for m in models]
+        budget = [read_scores(scratch / "budget2" / "scores" / target / f"{m}.json")[row["metric"]] for m in models]
+        d = [dice[m] for m in models]
+        assert row["kendall"] == pytest.approx(stats.kendalltau(full, budget).statistic)
+        assert row["tau_full"] == pytest.approx(stats.weightedtau(full, d).statistic)
+        assert row["delta"] == pytest.approx(stats.weightedtau(budget, d).statistic - row["tau_full"])
+        assert row["seed_sd_tau"] >= 0
+        if row["metric"] == "logme":  # the Dice file's scores are the full pass's: the same ranking
+            assert row["kendall_committed"] == pytest.approx(1) and row["delta_committed"] == pytest.approx(0)
+        else:
+            assert "kendall_committed" not in row
+
+    # Resumable: a second call keeps the resampled files and prints the same figures.
+    stamp = (scratch / "budget2" / "features" / target / f"{models[0]}.h5").stat().st_mtime_ns
+    assert script.main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == line
+    assert (scratch / "budget2" / "features" / target / f"{models[0]}.h5").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit):
+        script.main([*argv[:-6], "--scratch", str(results / "x")])  # scratch inside the results: refused
+
+
+# --- gpu_check.py -------------------------------------------------------------------------------------------
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_77():
+    """No CUDA device (hidden here, whatever the machine has): a clear message, nothing run, status 77."""
+    import os
+
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.startswith("gpu_check: no GPU:") and "--allow-cpu" in result.stderr
+    assert result.stdout == ""
+
+
+def prepared_work(tiny_dataset, work: Path) -> Path:
+    """gpu_check's work folder holding the session's tiny task (its prepare step then reuses it)."""
+    import shutil
+
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+
+    shutil.copytree(tiny_dataset.raw, work / "raw" / tiny_dataset.raw.name)
+    shutil.copytree(tiny_dataset.preprocessed, work / "preprocessed" / tiny_dataset.preprocessed.name)
+    (work / "preprocessed" / tiny_dataset.preprocessed.name / "splits_final.json").unlink(missing_ok=True)
+    write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.4, seed=0), work / "split.json")
+    return work
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_tiny_on_the_cpu(tiny_dataset, tmp_path, capsys):
+    """--allow-cpu --tiny: every step (sampling, the training step, the trainer path, ccfv rank) on the CPU,
+    one name=value line each, ending in gpu_check=ok. (Most of its time is ccfv rank's nnU-Net fingerprint.)"""
+    work = prepared_work(tiny_dataset, tmp_path / "work")
+    script = load_script("gpu_check.py")
+    assert script.main(["--allow-cpu", "--tiny", "--work", str(work)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in out if re.match(r"[a-z0-9_]+=", line)]  # nnU-Net's trainer prints its own lines
+    values = dict(line.split("=", 1) for line in lines)
+    assert len(values) == len(lines) and out[-1] == "gpu_check=ok"
+    assert values["mode"] == "cpu" and values["prepare"] == "reused" and "peak_gpu_memory_gib" not in values
+    for name in ("sample_unet_s_per_window", "sample_unetr_s_per_window", "step_unet_s_per_it",
+                 "step_unetr_s_per_it", "trainer_first_step_s", "trainer_s_per_it", "trainer_epoch_s_per_it",
+                 "rank_wall_s", "peak_rss_gib", "total_s"):
+        assert float(values[name]) > 0, name
+    assert values["sample_unet_windows"] == values["sample_unetr_windows"] == "8"
+    assert values["trainer_iterations"] == "4" and values["trainer_compiled"] == "0"
+    assert values["step_patch"] == "16x16x16" and values["rank_exit_status"] == "0"
+    assert (work / "rank" / "ranking.csv").is_file()
+
+
+def test_gpu_check_stops_at_its_time_limit(tmp_path, capsys):
+    script = load_script("gpu_check.py")
+    assert script.main(["--allow-cpu", "--tiny", "--time-limit", "1", "--work", str(tmp_path)]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"gpu_check=timeout step=(sample|step|prepare|trainer|rank)", last), last
+
+
+def test_gpu_check_names_a_failed_step_and_goes_on(tmp_path, capsys, monkeypatch):
+    """A step that fails is named (here: sampling, made to fail) and the next ones still run."""
+    script = load_script("gpu_check.py")
+
+    def broken(config, device):
+        raise RuntimeError("CUDA error: out of memory (simulated)")
+
+    monkeypatch.setattr(script, "step_sample", broken)
+    monkeypatch.setattr(script, "step_prepare", lambda *a: {})  # nothing prepared: trainer and rank are skipped
+    assert script.main(["--allow-cpu", "--tiny", "--work", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[-1] == "gpu_check=failed step=sample,rank,trainer"
+    assert any(line.startswith("step_unet_s_per_it=") for line in lines)  # the step after the failure ran
+    assert "step sample failed: RuntimeError: CUDA error: out of memory (simulated)" in captured.err

@@ -58,3 +58,17 @@ def test_unknown_metric_is_refused(tmp_path, capsys):
 def test_score_needs_a_file():
     with pytest.raises(SystemExit):
         main(["score"])
+
+
+def test_rank_window_budget_option():
+    from ccfv.cli import build_parser, rank_sampling
+    from ccfv.features.settings import SamplingSettings
+
+    def sampling(*extra):
+        return rank_sampling(build_parser().parse_args(["rank", "--data", "d", "--model", "m", *extra]))
+
+    assert sampling("--window-budget", "3") == {"seed": 0, "total": 1000, "window_budget": 3}
+    assert SamplingSettings.from_mapping(sampling("--window-budget", "0")).window_budget is None
+    assert SamplingSettings.from_mapping(sampling()).window_budget == SamplingSettings().window_budget
+    with pytest.raises(SystemExit):
+        sampling("--window-budget", "-1")

@@ -59,6 +59,8 @@ OPTIONAL_ATTRS: dict[str, str] = {
     "batch_size": "int",  # windows per forward pass
     "device": "str",  # where the network ran ("cpu", "cuda:0", ...)
     "software": "json",  # {package: version} of ccfv, torch, numpy, h5py and the network's libraries
+    "window_budget": "int",  # windows per key and case (ccfv.features.budget); 0: every window (no budget)
+    "windows_run": "json",  # {case_id: [windows run, windows in the case's tiling]}
 }
 _BUDGET_KEYS = ("total", "minimum", "n_global", "n_background")
 
@@ -149,6 +151,20 @@ def _check_meta(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
             if not isinstance(m["software"], Mapping):
                 raise TypeError(f"'software' must be a mapping, got {type(m['software']).__name__}")
             m["software"] = {str(k): str(v) for k, v in m["software"].items()}
+        if "window_budget" in m:
+            m["window_budget"] = int(m["window_budget"])
+            if m["window_budget"] < 0:
+                raise ValueError(f"'window_budget' must be >= 0 (0: no budget), got {m['window_budget']}")
+        if "windows_run" in m:
+            if not isinstance(m["windows_run"], Mapping):
+                raise TypeError(f"'windows_run' must be a mapping, got {type(m['windows_run']).__name__}")
+            runs = {}
+            for case, pair in m["windows_run"].items():
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not 0 <= int(pair[0]) <= int(pair[1]):
+                    raise ValueError(f"'windows_run' of case {case!r} must be [run, total] with 0 <= run <= total, "
+                                     f"got {pair!r}")
+                runs[str(case)] = [int(pair[0]), int(pair[1])]
+            m["windows_run"] = runs
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: malformed attribute ({type(error).__name__}: {error})") from None
     return m

@@ -7,7 +7,8 @@ training cases. This module does that sampling without ever building a full-volu
 1. ``choose_voxels`` picks the voxels first: per foreground class a count proportional to the
    class's size (the paper's class-imbalance rule), plus voxels from the whole case ("global", for
    feature variety) and from the background (for the baselines). Each array is in random order, so a
-   prefix is a uniform subsample.
+   prefix is a uniform subsample. With a window budget (``ccfv.features.budget``) every key is drawn
+   inside a bounded number of windows, so that the windows run per case do not grow with the scan.
 2. ``sample_case`` tiles the (padded) case exactly as nnU-Net does, assigns every chosen voxel to ONE
    window (per axis, the window whose centre is nearest to the voxel centre), runs only the windows
    that own a voxel, and inside forward hooks on the named layers gathers, at the owned voxels only,
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .budget import choose_voxels_in_windows
 from .file import BACKGROUND_KEY, GLOBAL_KEY, CaseRecord, FeaturesWriter, class_key
 from .voxels import (
     absent_classes,
@@ -364,6 +366,7 @@ def sample_dataset(
     source_num_classes: int | None = None,
     num_cases: int | None = None,
     progress: bool = True,
+    window_budget: int | None = None,
 ) -> Path:
     """Sample every case and write one features file (``ccfv.features.file``) atomically.
 
@@ -382,9 +385,17 @@ def sample_dataset(
             explicit value must match them).
         num_cases: length of ``cases`` for the progress bar, if it has no ``len``.
         progress: show a tqdm bar over cases.
+        window_budget: None (every key drawn over the whole case) or B >= 1: each case's voxels are
+            chosen inside at most B windows per key (``ccfv.features.budget.choose_voxels_in_windows``),
+            which bounds the windows run per case. Recorded as the root attribute ``window_budget`` (0 for
+            None); the windows run per case go to ``windows_run``.
 
     Returns:
         ``out_path`` as a Path.
+
+    Raises:
+        ValueError: a missing budget key, a window budget that is not None or an integer >= 1, a case
+            whose seg and image differ in size (naming the case), no case at all.
     """
     from tqdm.auto import tqdm
 
@@ -393,6 +404,9 @@ def sample_dataset(
     if missing:
         raise ValueError(f"budgets misses {missing}; needs {list(budget_keys)}")
     budgets = {k: int(budgets[k]) for k in budget_keys}
+    if window_budget is not None and (isinstance(window_budget, bool)
+                                      or not isinstance(window_budget, (int, np.integer)) or window_budget < 1):
+        raise ValueError(f"window_budget must be None or an integer >= 1, got {window_budget!r}")
     ids = check_class_ids(class_ids)
     layer_names = [str(n) for n in layer_names]
     ratios = resolve_ratios(layer_ratios, len(layer_names))
@@ -401,6 +415,7 @@ def sample_dataset(
 
     channels: list[int] | None = None
     out_channels: int | None = None
+    windows_run: dict[str, list[int]] = {}
     with FeaturesWriter(out_path) as writer:
         bar = tqdm(cases, total=num_cases, desc=f"sampling {model_id} -> {target}", unit="case",
                    disable=not progress)
@@ -409,7 +424,11 @@ def sample_dataset(
             seg = as_seg(seg)
             if tuple(seg.shape) != tuple(np.shape(image)[1:]):
                 raise ValueError(f"case {case_id}: seg {seg.shape} and image {np.shape(image)} differ in size")
-            coords = choose_voxels(seg, ids, rng=case_rng(seed, case_id), **budgets)
+            if window_budget is None:
+                coords = choose_voxels(seg, ids, rng=case_rng(seed, case_id), **budgets)
+            else:
+                coords = choose_voxels_in_windows(seg, ids, window_budget=int(window_budget), patch_size=patch_size,
+                                                  step_size=step_size, rng=case_rng(seed, case_id), **budgets)
             wanted = list(probs_keys) if probs_keys is not None else [class_key(k) for k in ids] + [BACKGROUND_KEY]
             samples = sample_case(
                 network, layer_names, image, coords, patch_size=patch_size, step_size=step_size,
@@ -420,6 +439,7 @@ def sample_dataset(
                 channels, out_channels = samples.channels, samples.num_output_channels
             elif samples.channels != channels or samples.num_output_channels != out_channels:
                 raise RuntimeError(f"case {case_id}: layer channels changed between cases")
+            windows_run[case_id] = [samples.windows_run, samples.windows_total]
             writer.add_case(CaseRecord(
                 case_id=case_id,
                 class_ids=ids,
@@ -450,5 +470,7 @@ def sample_dataset(
             "batch_size": int(batch_size),
             "device": str(torch.device(device)),
             "software": _software_versions(network),
+            "window_budget": int(window_budget or 0),
+            "windows_run": windows_run,
         })
     return Path(out_path)

@@ -25,6 +25,10 @@ class SamplingSettings:
         seed: voxels of case ``c`` are drawn with ``ccfv.features.sampler.case_rng(seed, c)``.
         layer_ratios: the share of the voxels each hooked decoder stage keeps, deepest first: one list for
             every architecture, a mapping architecture -> list, or None for :func:`default_layer_ratios`.
+        window_budget: None (every key drawn over the whole case: every window may run) or B >= 1: each
+            key's voxels are drawn inside at most B windows of the case, so that at most B windows (global
+            and background) plus min(B, windows holding class k) per present class run per case
+            (:func:`ccfv.features.budget.choose_voxels_in_windows`, docs/sampling.md section 1b).
     """
 
     total: int = 1000
@@ -35,6 +39,12 @@ class SamplingSettings:
     batch_size: int = 2
     seed: int = 0
     layer_ratios: Sequence[float] | Mapping[str, Sequence[float]] | None = None
+    window_budget: int | None = None
+
+    def __post_init__(self):
+        budget = self.window_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"sampling.window_budget must be null (no budget) or an integer >= 1, got {budget!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | SamplingSettings | None) -> SamplingSettings:
@@ -82,6 +92,7 @@ class SamplingSettings:
             network, layers, cases, out_file, class_ids=class_ids, budgets=self.budgets, patch_size=patch_size,
             model_id=model_id, architecture=architecture, target=target, seed=self.seed, step_size=self.step_size,
             batch_size=self.batch_size, layer_ratios=ratios, device=device, num_cases=num_cases, progress=progress,
+            window_budget=self.window_budget,
         )
 
 

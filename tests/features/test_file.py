@@ -98,7 +98,8 @@ def test_on_disk_schema(written):
 
 def test_optional_provenance_attributes(tmp_path):
     rng = np.random.default_rng(3)
-    extra = {"batch_size": 2, "device": "cpu", "software": {"ccfv": ccfv.__version__, "torch": "2.x"}}
+    extra = {"batch_size": 2, "device": "cpu", "software": {"ccfv": ccfv.__version__, "torch": "2.x"},
+             "window_budget": 3, "windows_run": {"a": [5, 18]}}
     path = write_features(tmp_path / "p.h5", {**make_meta(), **extra, "not_an_attribute": 1},
                           [make_record("a", rng)])
     ff = read_features(path)
@@ -112,6 +113,11 @@ def test_optional_provenance_attributes(tmp_path):
     with h5py.File(path, "a") as h5:
         h5.attrs["software"] = "[1, 2]"
     with pytest.raises(ValueError, match="software"):
+        read_features(path)
+    with h5py.File(path, "a") as h5:
+        h5.attrs["software"] = json.dumps(extra["software"])
+        h5.attrs["windows_run"] = json.dumps({"a": [19, 18]})
+    with pytest.raises(ValueError, match="'windows_run' of case 'a' must be \\[run, total\\]"):
         read_features(path)
 
 
