@@ -32,6 +32,8 @@ from ..bank.networks import network_parameter_count
 from ..features.settings import SamplingSettings
 from ..models import load_model, model_names
 from ..models.base import ModelError
+from ..models.preprocessing import Preprocessor, safe_name
+from ..preprocess.dataset import open_dataset
 from .agreement import (
     agreement_per_metric,
     baseline_agreement,
@@ -40,9 +42,8 @@ from .agreement import (
     ranks,
     read_dice,
 )
-from .dataset import modality_warnings, open_dataset
+from .modality import modality_warnings
 from .outputs import Ranking, write_outputs
-from .preprocess import Preprocessor, safe_name
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
 RANK_METRICS = ("ccfv", "logme", "leep", "gbc", "transrate", "nce", "hscore", "ccfv_released")

@@ -392,7 +392,7 @@ def test_python_entry_point_ranks_plain_torch_modules(bank, tmp_path):
 
 def test_modality_and_channel_order_warnings(bank, tmp_path):
     """An nnU-Net model trained on MR ranked on CT: ranked, warned by name in the table and ranking.json."""
-    from ccfv.rank.dataset import modality_warnings
+    from ccfv.rank.modality import modality_warnings
 
     mr = tmp_path / "mr"
     shutil.copytree(bank["models"][SOURCES[0]], mr)
