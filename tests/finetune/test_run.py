@@ -276,3 +276,25 @@ def test_a_given_split_is_used_as_it_is(blobs, tmp_path):
     assert sorted(run.rows[0]["per_case"]) == split["test"]
     assert json.loads((tmp_path / "out" / "split.json").read_text())["train"] == split["train"]
     assert not (tmp_path / "out" / "split.record.json").exists()
+
+
+def test_a_bank_unetr_goes_through_the_same_protocol(blobs, tmp_path):
+    """The workflow's other architecture: a randomly initialised bank UNETR (MONAI's, patch 16^3) on plans of
+    the target, its head ``out`` replaced, scored on the label files."""
+    from ccfv.bank.training import random_model
+    from ccfv.models.bank import load as load_bank
+    from ccfv.preprocess.nnunet import plan_and_preprocess
+
+    from ..conftest import TINY_NETWORK
+
+    preprocessed = plan_and_preprocess(blobs, tmp_path / "preprocessed", {**TINY_NETWORK, "patch_size": [16, 16, 16]})
+    unetr = random_model(preprocessed, "unetr-random", tmp_path / "bank" / "unetr-random", seed=0, network="unetr",
+                         network_options={"hidden_size": 24, "mlp_dim": 48, "num_heads": 3, "feature_size": 4})
+    dataset = open_dataset(blobs, tmp_path / "d")
+    (tmp_path / "w").mkdir()  # nnU-Net's plans for the target, as Preprocessor would plan them: planned above
+    shutil.copy(preprocessed / "nnUNetPlans.json", tmp_path / "w" / "dataset_plans.json")
+    row = finetune_model(load_bank("unetr", unetr), Preprocessor(dataset, tmp_path / "w"),
+                         dataset_split(dataset, tmp_path), FinetuneProtocol(iterations=2), 0, tmp_path / "ck", CPU)
+    assert row["architecture"] == "unetr" and row["head"] == "out" and row["space"] == "original"
+    assert row["head_parameters"] == ["out.conv.conv.weight", "out.conv.conv.bias"]
+    assert row["patch_size"] == [16, 16, 16] and len(row["losses"]) == 2 and 0 <= row["mean_dice"] <= 1
