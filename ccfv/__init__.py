@@ -13,7 +13,7 @@ import warnings
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "rank_models", "TorchModel"]
+__all__ = ["__version__", "rank_models", "finetune_models", "TorchModel"]
 
 #: Import paths of earlier versions that users may have in their code, and where the module lives now.
 MOVED_MODULES = {"ccfv.scores.metrics": "ccfv.scores.metrics"}
@@ -25,6 +25,10 @@ def __getattr__(name: str):
         from .rank import rank_models
 
         return rank_models
+    if name == "finetune_models":
+        from .finetune.run import finetune_models
+
+        return finetune_models
     if name == "TorchModel":
         from .models.torch_module import TorchModel
 

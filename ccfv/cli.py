@@ -6,6 +6,7 @@
     ccfv score FEATURES.h5 [--metric ccfv --metric logme ...]              scores of one features file
     ccfv report RESULTS_DIR [--ground-truth]                               the result tables in the terminal
     ccfv rank --data DIR --model SPEC [--model SPEC ...] [--metric ...]     rank my own models on my own data
+    ccfv finetune --data DIR --model SPEC [--model SPEC ...] [--iterations N]   fine-tune them and measure Dice
 """
 from __future__ import annotations
 
@@ -81,6 +82,13 @@ def rank_sampling(args) -> dict:
     return sampling
 
 
+def _protocol(args, iterations: int):
+    from .finetune.protocol import FinetuneProtocol
+
+    return FinetuneProtocol(iterations=iterations, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                            head_learning_rate=args.head_learning_rate, head_init=args.head_init)
+
+
 def _rank(args) -> int:
     from .reproducibility import pin_or_warn
 
@@ -95,11 +103,43 @@ def _rank(args) -> int:
                           features_as_given=args.features_as_given, trust_bundle_code=args.trust_bundle_code,
                           confidence_resamples=args.confidence_resamples,
                           # bars redraw with carriage returns and escape codes: only for a terminal, not a log file
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), confirm=args.confirm,
+                          confirm_protocol=_protocol(args, args.confirm_iterations))
     print_ranking(ranking, args.out)
     return ranking.exit_status
 
 
+def _finetune(args) -> int:
+    from .reproducibility import pin_or_warn
+
+    # Before numpy or torch loads, as ccfv rank: the same Dice on any x86-64 machine of the level.
+    pin_or_warn(threads=args.threads)
+    from .finetune.run import finetune_models, print_finetune
+
+    run = finetune_models(args.data, args.model, args.out, seed=args.seed, protocol=_protocol(args, args.iterations),
+                          test_fraction=args.test_fraction, split_seed=args.split_seed, split_file=args.split,
+                          device=args.device, threads=args.threads, trust_bundle_code=args.trust_bundle_code)
+    print_finetune(run, args.out)
+    return run.exit_status
+
+
+def _add_protocol_options(p: argparse.ArgumentParser) -> None:
+    """The protocol's settings a user may change (docs/finetune.md says why each default)."""
+    from .finetune.protocol import HEAD_INITS, FinetuneProtocol
+
+    defaults = FinetuneProtocol()
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default 2)")
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                   help=f"Adam's rate for the pre-trained weights, poly-decayed (default {defaults.learning_rate:g})")
+    p.add_argument("--head-learning-rate", type=float, default=defaults.head_learning_rate,
+                   help=f"Adam's rate for the new head, poly-decayed (default {defaults.head_learning_rate:g})")
+    p.add_argument("--head-init", choices=HEAD_INITS, default=defaults.head_init,
+                   help="the new head's start: zero (every seed the same network) or random (default zero)")
+
+
+TRUST_HELP = ("let MONAI evaluate the bundles' configs, Python expressions and imports included, and read "
+              "TorchScript model.ts files (default: literal monai/torch classes only; a bundle needing more is refused "
+              "with the reason)")
 FEATURES_AS_GIVEN_HELP = ("score the decoder features as sampled: TransRate without its released pipeline's row "
                           "normalisation, GBC without its PCA to 64 dimensions (default: as the authors' released "
                           "pipelines, docs/metrics.md)")
@@ -198,11 +238,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (default 1; results are reproduced bit for bit with the same count)")
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
-    p.add_argument("--trust-bundle-code", action="store_true",
-                   help="let MONAI evaluate the bundles' configs, Python expressions and imports included, and read "
-                        "TorchScript model.ts files (default: literal monai/torch classes only; a bundle needing more "
-                        "is refused with the reason)")
+    p.add_argument("--trust-bundle-code", action="store_true", help=TRUST_HELP)
+    p.add_argument("--confirm", type=int, default=0, metavar="K",
+                   help="after ranking, fine-tune the top K models by the first metric (ccfv finetune's protocol, "
+                        "seed --seed, an 80/20 split recorded in OUT/confirm/) and print their held-out Dice beside "
+                        "the estimate (default 0: none)")
+    p.add_argument("--confirm-iterations", type=int, default=250, metavar="N",
+                   help="fine-tuning iterations of --confirm (default 250)")
+    _add_protocol_options(p)
     p.set_defaults(run=_rank)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune models by one protocol on a split of a labelled dataset and report held-out Dice",
+        description="Fine-tune each model by one protocol (a new head for the dataset's classes, the same patches, "
+                    "iterations, optimiser and loss for every model, each in its own input convention, batch norm "
+                    "frozen) on the training part of a recorded split of the labelled cases, then report its Dice on "
+                    "the held-out cases in the original image space (docs/finetune.md). A killed run continues "
+                    "where it stopped when rerun with the same arguments. Exit status: 0 every model fine-tuned, 1 "
+                    "some could not be (each named, with the reason), 2 none or bad arguments/data.")
+    p.add_argument("--data", type=Path, required=True,
+                   help="an MSD task folder or an nnU-Net raw dataset folder (dataset.json, imagesTr/, labelsTr/)")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                   help="any model ccfv rank reads (nnU-Net v2 model folder, MONAI bundle, ccfv bank model, brainchop "
+                        "MeshNet folder, hippodeep's weights); repeatable")
+    p.add_argument("--out", type=Path, default=Path("ccfv-finetune"),
+                   help="output folder: dice.csv, finetune.json, split.json, models/ (default: ccfv-finetune)")
+    p.add_argument("--iterations", type=int, default=250, help="fine-tuning iterations per model (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="fine-tuning seed: the patches drawn (default 0)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of the labelled cases held out for the Dice (default 0.2, as the workflow)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--split", type=Path, default=None, metavar="JSON",
+                   help="use this split (train/test case lists, e.g. the workflow's results/splits/<task>.json) "
+                        "instead of making one")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1; a fine-tuning is reproduced bit for bit with the same count)")
+    p.add_argument("--trust-bundle-code", action="store_true", help=TRUST_HELP)
+    _add_protocol_options(p)
+    p.set_defaults(run=_finetune)
     return parser
 
 

@@ -51,7 +51,8 @@ def figures(line: str) -> dict[str, str]:
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_msd_scale.py", "bench_sampling.py", "bench_scoring.py", "bench_training.py",
               "source_vs_seed_spread.py", "budget_rankings.py", "gpu_check.py",
-              "bench_real_models.py",  # its smoke test needs the shared models: tests/models/test_bench_real_models.py
+              # their smoke tests need the shared models: tests/models/test_bench_real_models.py, test_bench_finetune.py
+              "bench_real_models.py", "bench_finetune.py",
               "bench_pinning.py"}  # smoke test in tests/test_bench_pinning.py
     assert {p.name for p in BENCHMARKS.glob("*.py")} == tested, "a new benchmark script needs a smoke test here"
 

@@ -91,6 +91,9 @@ def build(network: str, architecture: dict, num_input_channels: int, num_classes
 
 #: The part of a state-dict key that marks nnU-Net's segmentation heads (``decoder.seg_layers.*``).
 HEAD_KEY = ".seg_layers."
+#: The head module of each architecture (``LoadedModel.details["head"]``): nnU-Net's segmentation layers
+#: (one 1x1x1 convolution per decoder stage, for deep supervision) and UNETR's ``UnetOutBlock``.
+HEADS = {UNET: "decoder.seg_layers", UNETR: "out"}
 
 
 def is_head(key: str) -> bool:

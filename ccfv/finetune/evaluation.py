@@ -1,5 +1,10 @@
 """Dice of a fine-tuned model on the held-out split, in the original image space.
 
+Two routes: :func:`predict_and_score` (the workflow's nnU-Net-trained fine-tunings: nnU-Net's predictor
+writes the label files back into the original geometry) and :func:`score_held_out` (the protocol of
+:mod:`ccfv.finetune.protocol`, any format: one sliding-window inferer, then the model's preprocessing undone
+by :meth:`ccfv.models.preprocessing.Preprocessor.restore`).
+
 Conventions (also in docs/evaluation.md):
 
 - Dice per foreground class and case: 2|P∩R| / (|P| + |R|) on the label map that nnU-Net's predictor
@@ -80,6 +85,53 @@ def predict_and_score(network, plans: dict, dataset_json: dict, raw_dataset: Pat
         reference = np.asarray(nib.load(str(raw_dataset / "labelsTr" / f"{case}{ending}")).dataobj)
         per_case[case] = dice_per_class(prediction, np.rint(reference).astype(np.int16), labels)
     return {"per_case": per_case, **summarise(per_case)}
+
+
+def predict_logits(network, image: np.ndarray, patch_size, device, batch_size: int = 2):
+    """Logits [K, D, H, W] (float32, on the CPU) of ``network`` over a whole preprocessed case.
+
+    MONAI's ``sliding_window_inference``: windows of ``patch_size`` overlapping by half, blended with a
+    Gaussian weight (sigma 1/8 of the window, as nnU-Net's predictor), the case zero-padded where it is
+    smaller than a window; no test-time mirroring. ``image``: [C, D, H, W]. ``network`` in eval mode, under
+    ``torch.no_grad``.
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+        logits = sliding_window_inference(inputs, roi_size=[int(p) for p in patch_size], sw_batch_size=batch_size,
+                                          predictor=network, overlap=0.5, mode="gaussian", sigma_scale=0.125,
+                                          padding_mode="constant", cval=0.0)
+    return torch.as_tensor(logits)[0].float().cpu()
+
+
+def score_held_out(network, model, preprocessor, cases: list[str], device) -> dict:
+    """Dice of a fine-tuned network on held-out cases, each predicted on the model's grid
+    (:func:`predict_logits`) and brought back onto its label file's grid
+    (:meth:`ccfv.models.preprocessing.Preprocessor.restore`).
+
+    Args:
+        network: the fine-tuned network, logits [B, K, *patch] with K = 1 + the dataset's classes.
+        model: the :class:`ccfv.models.base.LoadedModel` it came from (its patch size and preprocessing).
+        preprocessor: the dataset's :class:`ccfv.models.preprocessing.Preprocessor`.
+        cases: held-out case ids.
+        device: a ``torch.device``.
+
+    Returns:
+        ``per_case`` ({case: {label: Dice}}), ``per_class``, ``mean_dice`` (:func:`summarise`) and ``space``:
+        ``original`` when every case was scored on its label file's grid, ``model`` when the model's
+        preprocessing cannot be undone (a callable without ``restore``: Dice on its grid).
+    """
+    network.eval()
+    class_ids = list(preprocessor.dataset.class_ids)
+    per_case, spaces = {}, set()
+    for case, image, _ in preprocessor.cases(model, cases):
+        logits = predict_logits(network, image, model.patch_size, device)
+        prediction, reference, space = preprocessor.restore(model, case, logits)
+        spaces.add(space)
+        per_case[case] = dice_per_class(prediction, reference, class_ids)
+    return {"per_case": per_case, **summarise(per_case), "space": "original" if spaces == {"original"} else "model"}
 
 
 def write_dice(result: dict, path: Path, **meta) -> None:

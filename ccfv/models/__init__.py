@@ -13,7 +13,8 @@ module                          a model is                                 prepr
 ==============================  =========================================  ===============================
 
 :mod:`ccfv.bank.allowlist` holds the network classes a plans file may name; :mod:`ccfv.models.monai_networks`
-the documented decoder stages of MONAI's networks. Nothing here runs code a model's files name or hold
+the documented decoder stages and heads of MONAI's networks; :mod:`ccfv.models.preprocessing` applies each
+model's preprocessing to a dataset's cases (and brings a prediction back onto the label file's grid). Nothing here runs code a model's files name or hold
 unless the user opts in (``trust_bundle_code``).
 """
 from __future__ import annotations

@@ -48,5 +48,6 @@ def load(name: str, path: Path) -> LoadedModel:
         layers=networks.decoder_layers(network), patch_size=[int(p) for p in card["patch_size"]],
         num_input_channels=int(card["num_input_channels"]), checkpoint=path / WEIGHTS,
         sha256=sha256_file(path / WEIGHTS), stages=stages, modalities=modalities,
-        details={"source_dataset": card.get("source_task"), "model_id": card["model_id"]},
+        details={"source_dataset": card.get("source_task"), "model_id": card["model_id"],
+                 "head": networks.HEADS[kind]},
     )

@@ -1,16 +1,23 @@
 """What every model format hands to ``ccfv rank``: :class:`LoadedModel`, and the helpers the loaders share."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ..io import read_json  # noqa: F401  (the loaders' reader of plans, metadata, dataset.json)
+
 #: A case preprocessing: (image files, one per channel; label file) -> (image [C, D, H, W] float32,
-#: label [D, H, W] integer) on one voxel grid, the image as the network expects it.
+#: label [D, H, W] integer) on one voxel grid, the image as the network expects it. It may also have a
+#: ``restore`` method (:data:`CaseRestoration`), the inverse of its spatial part, with which ``ccfv finetune``
+#: scores a prediction on the label file's own grid; without one it scores on the preprocessed grid.
 CasePreprocessing = Callable[[list[Path], Path], "tuple[np.ndarray, np.ndarray]"]
+#: ``restore(prediction, image files, label file)``: a label map [D, H, W] on the grid the preprocessing
+#: returned, brought back onto the label file's voxel grid in nibabel's axis order (``nib.load(label).dataobj``),
+#: nearest-neighbour where it resamples. MeshNet's, hippodeep's and the bundles' preprocessings have one.
+CaseRestoration = Callable[[np.ndarray, list[Path], Path], np.ndarray]
 
 
 class ModelError(Exception):
@@ -56,20 +63,6 @@ class LoadedModel:
     @property
     def source_dataset(self) -> str | None:
         return self.details.get("source_dataset")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 def strip_prefixes(weights: dict) -> dict:

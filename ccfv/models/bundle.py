@@ -259,10 +259,9 @@ class BundlePreprocessing:
     def __init__(self, transforms, key: str, where: Path):
         self.transforms, self.key, self.where = transforms, key, where
 
-    def __call__(self, images: list[Path], label: Path) -> tuple[np.ndarray, np.ndarray]:
-        import torch
+    def _transformed(self, images: list[Path]):
+        """The bundle's transforms applied to the case's image file(s): a MetaTensor carrying its affine."""
         from monai.data import MetaTensor
-        from monai.transforms import LoadImage, ResampleToMatch
 
         data = {self.key: str(images[0]) if len(images) == 1 else [str(p) for p in images]}
         try:
@@ -279,6 +278,13 @@ class BundlePreprocessing:
         if not isinstance(image, MetaTensor):
             raise ValueError(f"{self.where}: the bundle's preprocessing returns {type(image).__name__} without the "
                              "image's affine (track_meta off?): ccfv cannot bring the labels onto its voxel grid")
+        return image
+
+    def __call__(self, images: list[Path], label: Path) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        from monai.transforms import LoadImage, ResampleToMatch
+
+        image = self._transformed(images)
         seg = LoadImage(image_only=True, ensure_channel_first=True)(str(label))
         seg = ResampleToMatch(mode="nearest", padding_mode="zeros")(seg, img_dst=image.detach().cpu())
         image_np = torch.as_tensor(image).detach().cpu().numpy().astype(np.float32)
@@ -287,6 +293,27 @@ class BundlePreprocessing:
             raise ValueError(f"{self.where}: preprocessed image {image_np.shape} and label {seg_np.shape} do not "
                              "share one [C, X, Y, Z] grid")
         return image_np, seg_np
+
+    def restore(self, prediction: np.ndarray, images: list[Path], label: Path) -> np.ndarray:
+        """A label map on the bundle's preprocessed grid resampled (nearest neighbour, MONAI ``ResampleToMatch``
+        through the affine the transforms tracked and the label file's affine) onto the label file's voxel
+        grid, in nibabel's axis order: the inverse of the transforms' spatial part, whatever they did
+        (orientation, spacing, cropping). Reruns the transforms on the image to recover the affine.
+        :data:`ccfv.models.base.CaseRestoration`."""
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import LoadImage, ResampleToMatch
+
+        image = self._transformed(images)
+        grid = tuple(image.shape[1:])
+        if tuple(np.shape(prediction)) != grid:
+            raise ValueError(f"{self.where}: a prediction of shape {np.shape(prediction)} on a preprocessed grid of "
+                             f"{grid}")
+        source = MetaTensor(torch.as_tensor(np.asarray(prediction, dtype=np.float32))[None],
+                            affine=image.affine.detach().cpu())
+        target = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(str(label))
+        restored = ResampleToMatch(mode="nearest", padding_mode="zeros")(source, img_dst=target)
+        return np.rint(torch.as_tensor(restored).detach().cpu().numpy()[0]).astype(np.int16)
 
 
 def _read_weights(bundle: Path, trust: bool) -> tuple[Path, dict]:
@@ -351,7 +378,7 @@ def load(name: str, path: Path, *, trust_bundle_code: bool = False) -> LoadedMod
         ModelError: a missing or unreadable file, an unsupported network, weights that do not fit.
     """
     from ..data.checksums import sha256_file
-    from .monai_networks import decoder_stages
+    from .monai_networks import HEADS, decoder_stages
 
     bundle = Path(path)
     config_file = find_config(bundle)
@@ -408,5 +435,5 @@ def load(name: str, path: Path, *, trust_bundle_code: bool = False) -> LoadedMod
         preprocess_key="bundle-" + hashlib.sha256(prep_identity.encode()).hexdigest()[:16],
         modalities=modalities, stages=stages,
         details={"source_dataset": metadata.get("name") or metadata.get("task"), "version": metadata.get("version"),
-                 "trusted_code": bool(trust_bundle_code)},
+                 "trusted_code": bool(trust_bundle_code), "head": HEADS.get(type(network).__name__)},
     )

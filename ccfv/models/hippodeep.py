@@ -227,6 +227,13 @@ class HippodeepPreprocessing:
             raise ValueError(f"{images[0]}: constant intensities; nothing to z-score")
         return ((image - float(image.mean())) / std).astype(np.float32)[None], seg
 
+    def restore(self, prediction: np.ndarray, images: list[Path], label: Path) -> np.ndarray:
+        """A label map on the ``axes`` grid back in the image file's voxel order (the inverse of step 2):
+        :data:`ccfv.models.base.CaseRestoration`."""
+        from .meshnet import restore_orientation
+
+        return restore_orientation(prediction, images[0], self.axes)
+
 
 def load(name: str, path: Path, *, patch_size: Sequence[int] = PATCH_SIZE,
          axes: Sequence[str] = ("R", "A", "S")) -> LoadedModel:

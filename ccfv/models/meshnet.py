@@ -405,6 +405,11 @@ class MeshNetPreprocessing:
         image, seg = reorient_case(images, label, INPUT_AXES)
         return scale_to_unit(image, self.percentiles, images[0])[None], seg
 
+    def restore(self, prediction: np.ndarray, images: list[Path], label: Path) -> np.ndarray:
+        """A label map on the LIA grid back in the image file's voxel order (the inverse of step 2; steps 1 and
+        3 do not move voxels): :data:`ccfv.models.base.CaseRestoration`."""
+        return restore_orientation(prediction, images[0], INPUT_AXES)
+
 
 def reorient_case(images: list[Path], label: Path, axes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(image float32 [D, H, W], label int16 [D, H, W]) of a one-channel 1 mm case, voxel axes reordered to
@@ -430,6 +435,27 @@ def reorient_case(images: list[Path], label: Path, axes: Sequence[str]) -> tuple
     data = orientations.apply_orientation(np.asarray(img.dataobj, dtype=np.float32), transform)
     seg = orientations.apply_orientation(np.asarray(lab.dataobj).reshape(img.shape), transform)
     return np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(np.rint(seg).astype(np.int16))
+
+
+def restore_orientation(prediction: np.ndarray, image: Path, axes: Sequence[str]) -> np.ndarray:
+    """The inverse of :func:`reorient_case`: a [D, H, W] array with voxel axes in ``axes`` order back in the
+    voxel order of ``image`` (as nibabel reads it), by the inverse flips and permutations (exact, no
+    interpolation).
+
+    Raises:
+        ValueError: naming ``image``: ``prediction`` does not have the image's shape once reordered.
+    """
+    import nibabel as nib
+    from nibabel import orientations
+
+    img = nib.load(str(image))
+    transform = orientations.ornt_transform(orientations.axcodes2ornt(tuple(axes)),
+                                            orientations.io_orientation(img.affine))
+    restored = orientations.apply_orientation(np.asarray(prediction), transform)
+    if tuple(restored.shape) != tuple(img.shape[:3]):
+        raise ValueError(f"{image}: a prediction of shape {np.shape(prediction)} in {''.join(axes)} order is "
+                         f"{restored.shape} in the image's order, not its {tuple(img.shape[:3])}")
+    return np.ascontiguousarray(restored)
 
 
 def scale_to_unit(data: np.ndarray, percentiles: tuple[float, float], where: Path) -> np.ndarray:

@@ -30,6 +30,12 @@ import math
 
 #: Class names whose decoder stages ccfv knows.
 SUPPORTED = ("UNet", "SegResNet", "SwinUNETR", "UNETR", "DynUNet")
+#: The module that maps the last decoder features to the classes (``LoadedModel.details["head"]``), which
+#: ``ccfv finetune`` replaces by one with the target's classes: SegResNet's ``conv_final`` (norm, activation,
+#: 1x1x1 convolution), the ``UnetOutBlock`` of SwinUNETR and UNETR (``out``) and of DynUNet (``output_block``).
+#: MONAI's UNet has none: its top up-sampling layer outputs the classes (a transposed convolution, with a
+#: residual unit after it when ``num_res_units`` > 0), so giving it other classes would change a decoder layer.
+HEADS = {"SegResNet": "conv_final", "SwinUNETR": "out", "UNETR": "out", "DynUNet": "output_block"}
 
 
 def _per_axis(strides, n: int) -> tuple[int, ...]:

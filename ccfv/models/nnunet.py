@@ -135,5 +135,5 @@ def load(name: str, path: Path) -> LoadedModel:
         stages=networks.decoder_stages(networks.UNET, architecture),
         details={"source_dataset": model_json.get("name", plans.get("dataset_name")),
                  "trainer": checkpoint.get("trainer_name"), "epoch": checkpoint.get("current_epoch"),
-                 "channel_names": channel_names},
+                 "channel_names": channel_names, "head": networks.HEADS[networks.UNET]},
     )

@@ -4,4 +4,6 @@
 - :mod:`ccfv.preprocess.nnunet`: MSD -> nnU-Net raw, the shared plans, preprocessing, reading a case back.
 - :mod:`ccfv.preprocess.plans`: reading a preprocessed dataset's plans and ``dataset.json``.
 - :mod:`ccfv.preprocess.splits`: the recorded train/test split of a task.
+- :mod:`ccfv.preprocess.dataset`: a user's labelled dataset (``ccfv rank``, ``ccfv finetune``): an MSD task
+  validated and converted, or an nnU-Net raw dataset; its cases and classes.
 """

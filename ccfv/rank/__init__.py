@@ -3,20 +3,20 @@
 The paper's question for one user, without Snakemake (docs/rank.md). For every model given:
 
 1. load it without executing anything from its files (:mod:`ccfv.models`, one module per format);
-2. preprocess the user's labelled cases as the model expects them (:mod:`ccfv.rank.preprocess`), once per
-   distinct preprocessing;
+2. preprocess the user's labelled cases (:mod:`ccfv.preprocess.dataset`) as the model expects them
+   (:mod:`ccfv.models.preprocessing`), once per distinct preprocessing;
 3. sample decoder features during sliding-window inference (:mod:`ccfv.features`) and score them
    (:mod:`ccfv.scores`).
 
-- :mod:`ccfv.rank.dataset`: the user's dataset and the modality check.
-- :mod:`ccfv.rank.preprocess`: each case in each model's preprocessing.
+- :mod:`ccfv.rank.modality`: the check that a model was trained on the target's modality.
 - :mod:`ccfv.rank.run`: :func:`rank_models`, the run.
 - :mod:`ccfv.rank.agreement`: with ``--dice``, the agreement of each ranking with the known Dice.
 - :mod:`ccfv.rank.outputs`: ``ranking.csv``, ``ranking.json``, ``agreement.csv``, ``ranking.png``, the table.
 """
 from ..models import ModelError, load_model, model_names, parse_model_spec
 from .agreement import agreement, baseline_agreement, dice_health, read_dice
-from .dataset import modality_warnings, open_dataset
+from ..preprocess.dataset import open_dataset
+from .modality import modality_warnings
 from .outputs import Ranking, print_ranking
 from .run import DEFAULT_RANK_METRICS, RANK_METRICS, metric_definitions, rank_models
 

@@ -47,6 +47,9 @@ def ranking_csv(ranking: Ranking) -> str:
     for metric in ranking.metrics:
         header += [metric, f"{metric}_rank"]
     header += ["dice", "parameters", "path", "checkpoint_sha256", "warnings"]
+    confirmed = ranking.meta.get("confirm") is not None
+    if confirmed:
+        header.append("finetuned_dice")
     writer.writerow(header)
     for row in ranking.rows:
         line = [row["ranks"][ranking.metrics[0]], row["model"], row["kind"], row["architecture"]]
@@ -55,6 +58,8 @@ def ranking_csv(ranking: Ranking) -> str:
         line += ["" if row["dice"] is None else repr(row["dice"]),
                  "" if row.get("parameters") is None else row["parameters"], row["path"], row["sha256"] or "",
                  "; ".join(row.get("warnings") or [])]
+        if confirmed:
+            line.append("" if row.get("finetuned_dice") is None else repr(row["finetuned_dice"]))
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -177,6 +182,22 @@ def _with_interval(entry: dict, name: str) -> str:
     return _fmt(entry.get(name)) + ("" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
+def _confirm_summary(ranking: Ranking, confirm: dict) -> str:
+    """What ``--confirm`` measured, in one sentence: the protocol's budget and split, and whether the best
+    fine-tuned Dice among the top K is the first pick's."""
+    split = confirm["split"]
+    done = [(r["model"], r["finetuned_dice"]) for r in ranking.rows[:confirm["k"]]
+            if r.get("finetuned_dice") is not None]
+    text = (f"Fine-tuned Dice: the top {confirm['k']} by {ranking.metrics[0]}, each fine-tuned "
+            f"{confirm['protocol']['iterations']} iterations (seed {confirm['seed']}) on {len(split['train'])} "
+            f"case(s), Dice on {len(split['test'])} held-out case(s) (docs/finetune.md).")
+    if len(done) >= 2:
+        best = max(done, key=lambda d: d[1])
+        text += (f" The first pick, {done[0][0]}, is also the best of them." if best[0] == done[0][0] else
+                 f" The best of them is {best[0]} ({best[1]:.4f}), not the first pick {done[0][0]} ({done[0][1]:.4f}).")
+    return text
+
+
 def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
     """The ranked table (rich), the models that could not be ranked, and the correlations with ``--dice``."""
     from rich.console import Console
@@ -195,6 +216,9 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
     has_dice = any(r["dice"] is not None for r in ranking.rows)
     if has_dice:
         table.add_column("known Dice", justify="right")
+    confirm = ranking.meta.get("confirm")
+    if confirm is not None:
+        table.add_column("fine-tuned Dice", justify="right")
     has_warnings = any(r.get("warnings") for r in ranking.rows)
     if has_warnings:
         table.add_column("warning")
@@ -203,6 +227,8 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
         cells += [f"{row['scores'][m]:.4g} ({row['ranks'][m]})" for m in ranking.metrics]  # score (its rank)
         if has_dice:
             cells.append("" if row["dice"] is None else f"{row['dice']:.4f}")
+        if confirm is not None:
+            cells.append("" if row.get("finetuned_dice") is None else f"{row['finetuned_dice']:.4f}")
         if has_warnings:
             cells.append("; ".join(w.split(":")[0] for w in row.get("warnings") or []))
         table.add_row(*cells)
@@ -236,6 +262,10 @@ def print_ranking(ranking: Ranking, out: Path, console=None) -> None:
         else:
             console.print("[red]The known Dice cannot rank the models[/red]: " + "; ".join(health["reasons"])
                           + ". The agreement above measures noise, not the metrics.", highlight=False)
+    if confirm is not None:
+        console.print(_confirm_summary(ranking, confirm), highlight=False)
+        for failure in confirm["failed"]:
+            console.print(f"[red]not fine-tuned[/red] {failure['model']}: {failure['error']}", highlight=False)
     for failure in ranking.failed:
         console.print(f"[red]not ranked[/red] {failure['model']}: {failure['error']}", highlight=False)
     console.print(f"written: {out / 'ranking.csv'}, {out / 'ranking.json'}"

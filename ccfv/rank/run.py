@@ -30,8 +30,12 @@ import numpy as np
 from .. import __version__
 from ..bank.networks import network_parameter_count
 from ..features.settings import SamplingSettings
+from ..finetune.protocol import FinetuneProtocol
+from ..finetune.run import confirm_ranking
 from ..models import load_model, model_names
 from ..models.base import ModelError
+from ..models.preprocessing import Preprocessor, safe_name
+from ..preprocess.dataset import open_dataset
 from .agreement import (
     agreement_per_metric,
     baseline_agreement,
@@ -40,9 +44,8 @@ from .agreement import (
     ranks,
     read_dice,
 )
-from .dataset import modality_warnings, open_dataset
+from .modality import modality_warnings
 from .outputs import Ranking, write_outputs
-from .preprocess import Preprocessor, safe_name
 from .recommendation import CONFIDENCE_RESAMPLES, RECOMMENDED_METRIC, recommend, top_pick_confidence
 
 #: What ``--metric`` accepts; ``all`` is every one of them.
@@ -80,7 +83,8 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
                 sampling: SamplingSettings | dict | None = None, threads: int | None = None, features_as_given: bool = False,
                 trust_bundle_code: bool = False, progress: bool = True,
                 confidence_resamples: int = CONFIDENCE_RESAMPLES,
-                log: Callable[[str], None] | None = None) -> Ranking:
+                log: Callable[[str], None] | None = None, confirm: int = 0,
+                confirm_protocol: FinetuneProtocol | None = None) -> Ranking:
     """Rank every model of ``specs`` on the labelled cases of ``data`` and write the outputs into ``out``.
 
     ``specs``: ``[NAME=]PATH`` strings or paths (nnU-Net v2 model folders, ccfv bank models, MONAI bundles;
@@ -95,6 +99,12 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
     With ``dice_file`` the known Dice is compared with every metric and checked by the ground-truth health
     rule (:func:`dice_health`, ``ground_truth`` in ``ranking.json``). ``features_as_given``: TransRate and
     GBC without their released pipelines' preprocessing (:func:`ccfv.scores.scoring.features_as_given`).
+
+    With ``confirm`` = K > 0 (``--confirm K``), the K best models by the first metric are then fine-tuned by
+    the protocol (``confirm_protocol``, default :class:`ccfv.finetune.protocol.FinetuneProtocol`; seed: the
+    sampling seed) on a split of the dataset recorded in ``out/confirm/`` and scored on its held-out cases
+    (:func:`ccfv.finetune.run.confirm_ranking`): each row's ``finetuned_dice``, and ``confirm`` in
+    ``ranking.json``.
 
     Errors in the arguments, the dataset or ``--dice`` raise (ValueError, FileNotFoundError) before any model is
     loaded, leaving ``out`` as it was; among them a dataset with fewer than :data:`MIN_CASES` labelled cases (after
@@ -126,6 +136,9 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
     sampling = SamplingSettings.from_mapping(sampling)
     if dice_file is not None:
         read_dice(dice_file)  # a malformed file is an error before any work
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 0:
+        raise ValueError(f"--confirm {confirm!r}: the number of top models to fine-tune, an integer >= 0")
+    confirm_protocol = confirm_protocol or FinetuneProtocol()
     given = [s for s in specs if isinstance(s, TorchModel)]
     paths = [str(s) for s in specs if not isinstance(s, TorchModel)]
     named: list[tuple[str, Any]] = model_names(paths) + [(m.name, m) for m in given]
@@ -202,11 +215,10 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
             if torch_device.type == "cuda":
                 torch.cuda.empty_cache()
     except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
         if created:  # a bad dataset (or Ctrl-C) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     for metric in metric_names:
         for row, r in zip(rows, ranks([row["scores"][metric] for row in rows]) if rows else []):
@@ -218,6 +230,21 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
             f"({confidence_resamples} resamples)")
         confidence = top_pick_confidence({row["model"]: out / row["features"] for row in rows},
                                          definitions[metric_names[0]], confidence_resamples, seed=sampling.seed)
+    confirmed = None
+    try:
+        if confirm and rows:
+            specs_by_name = dict(named)
+
+            def loader(name: str):
+                spec = specs_by_name[name]
+                return (lambda: spec.load()) if isinstance(spec, TorchModel) else \
+                    (lambda: load_model(name, spec, trust_bundle_code=trust_bundle_code))
+
+            confirmed = confirm_ranking(rows[:confirm], {r["model"]: loader(r["model"]) for r in rows[:confirm]},
+                                        preprocessor, confirm_protocol, sampling.seed, out / "confirm",
+                                        torch_device, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     with_dice = dice is not None and bool(rows)
     agreements = agreement_per_metric(rows, metric_names) if with_dice else None
     baselines = baseline_agreement(rows) if with_dice else None
@@ -229,7 +256,7 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
               "device": str(torch_device), "sampling": sampling.as_dict(), "metrics": definitions,
               "ranked_by": metric_names[0], "ccfv_version": __version__,
               "recommendation": recommend(rows, metric_names[0], confidence) if rows else None,
-              "dice_file": None if dice_file is None else str(dice_file)},
+              "dice_file": None if dice_file is None else str(dice_file), "confirm": confirmed},
     )
     write_outputs(ranking, out)
     return ranking

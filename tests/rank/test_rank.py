@@ -473,7 +473,7 @@ def test_python_entry_point_ranks_plain_torch_modules(bank, tmp_path):
 
 def test_modality_and_channel_order_warnings(bank, tmp_path):
     """An nnU-Net model trained on MR ranked on CT: ranked, warned by name in the table and ranking.json."""
-    from ccfv.rank.dataset import modality_warnings
+    from ccfv.rank.modality import modality_warnings
 
     mr = tmp_path / "mr"
     shutil.copytree(bank["models"][SOURCES[0]], mr)
@@ -642,3 +642,37 @@ def test_agreement_flags_a_dice_that_cannot_rank():
     # fewer than 3 models with a Dice: no measure, a note; the regret still
     two = agreement_per_metric(rows[:2], ["ccfv"])["ccfv"]
     assert two["rel_at_1"] is None and two["note"].startswith("needs the Dice") and two["top1_regret"] == 0.0
+
+
+def test_rank_confirm_finetunes_the_top_pick_and_prints_its_dice_beside_the_estimate(tmp_path, capsys):
+    """``ccfv rank --confirm 1`` with two tiny MONAI bundles (SegResNet: head ``conv_final``; the bundle's own
+    transforms, undone by resampling to the label files) on a tiny labelled task: the first pick is
+    fine-tuned by ccfv finetune's protocol, its held-out Dice printed and written; the other is not."""
+    from ..finetune.conftest import write_raw_dataset
+    from ..models.test_bundle import NETWORKS, write_bundle
+
+    data = write_raw_dataset(tmp_path / "data", n_cases=6)
+    network_def, roi = NETWORKS["SegResNet"]
+    bundles = [write_bundle(tmp_path / f"seg{i}", network_def, roi, seed=i, extra={"pixdim": [1.0, 1.0, 1.0]})
+               for i in range(2)]
+    models = [a for i, bundle in enumerate(bundles) for a in ("--model", f"seg{i}={bundle}")]
+    out = tmp_path / "ranking"
+    status = main(["rank", "--data", str(data), *models, "--metric", "logme", "--out", str(out), "--device", "cpu",
+                   "--threads", "1", "--confirm", "1", "--confirm-iterations", "3"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    report = json.loads((out / "ranking.json").read_text())
+    first, second = report["models"]
+    confirm = report["confirm"]
+    assert confirm["k"] == 1 and confirm["protocol"]["iterations"] == 3 and confirm["failed"] == []
+    assert list(confirm["models"]) == [first["model"]]
+    assert confirm["models"][first["model"]]["space"] == "original" and confirm["models"][first["model"]]["rank"] == 1
+    assert first["finetuned_dice"] == confirm["models"][first["model"]]["dice"] and 0 <= first["finetuned_dice"] <= 1
+    assert "finetuned_dice" not in second
+    assert len(confirm["split"]["test"]) == 1 and len(confirm["split"]["train"]) == 5
+    assert (out / "confirm" / "split.json").is_file() and not (out / "confirm" / ".checkpoints").exists()
+    rows = list(csv.DictReader((out / "ranking.csv").open()))
+    assert float(rows[0]["finetuned_dice"]) == pytest.approx(first["finetuned_dice"])
+    assert rows[1]["finetuned_dice"] == ""
+    assert "fine-tuned Dice" in printed
+    assert "Fine-tuned Dice: the top 1 by logme, each fine-tuned 3 iterations" in printed

@@ -1,13 +1,12 @@
-"""The user's labelled dataset for ``ccfv rank``: an MSD task (validated, then converted) or an nnU-Net raw
-dataset, its cases and classes, and the check that a model was trained on the target's modality."""
+"""A user's labelled dataset (``ccfv rank``, ``ccfv finetune``): an MSD task (validated, then converted) or an
+nnU-Net raw dataset, its cases and classes."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-from ..models.base import read_json as _read_json
+from ..io import read_json as _read_json
 
 
 @dataclass
@@ -30,11 +29,6 @@ class Dataset:
         """The channel names in channel order (nnU-Net's ``channel_names``: "CT", "T2", "ADC", ...)."""
         names = self.dataset_json["channel_names"]
         return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]
-
-
-# ----------------------------------------------------------------------------------------------
-# The dataset
-# ----------------------------------------------------------------------------------------------
 
 
 def _class_ids(labels: dict, where: Path) -> list[int]:
@@ -101,39 +95,7 @@ def open_dataset(path: Path, work: Path) -> Dataset:
         if len(files["images"]) != len(dataset_json["channel_names"]):
             raise ValueError(f"{raw}: case {case!r} has {len(files['images'])} image file(s) for "
                              f"{len(dataset_json['channel_names'])} channel(s)")
-    return Dataset(name=raw.name, source=path, raw=raw, dataset_json=dataset_json, cases=dict(sorted(cases.items())),
-                   class_ids=class_ids)
-
-
-# ----------------------------------------------------------------------------------------------
-# The models
-# ----------------------------------------------------------------------------------------------
-
-
-#: Channel names that are all MR (nnU-Net datasets name MR channels by sequence); anything else is its own kind.
-MR_NAMES = frozenset({"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD",
-                      "NONCT"})
-
-
-def _modality_kind(name: str) -> str:
-    key = re.sub(r"[^A-Z0-9]", "", str(name).upper())
-    return "CT" if key == "CT" else "MR" if key in MR_NAMES or key.startswith("MR") else key
-
-
-def modality_warnings(model: Sequence[str] | None, target: Sequence[str]) -> list[str]:
-    """Warnings when a model was trained on other channels than the target has: another modality (CT against
-    MR: CT normalisation of MR intensities makes the features meaningless), or the same channels in another
-    order. Empty when the model does not say what it was trained on."""
-    if not model or len(model) != len(target):
-        return []
-    model, target = [str(m) for m in model], [str(t) for t in target]
-    if sorted(m.upper() for m in model) == sorted(t.upper() for t in target) and \
-            [m.upper() for m in model] != [t.upper() for t in target]:
-        return [f"channels in another order: the model was trained on {model}, the target has {target}; "
-                "reorder the target's channels"]
-    differ = [(i, m, t) for i, (m, t) in enumerate(zip(model, target)) if _modality_kind(m) != _modality_kind(t)]
-    if differ:
-        pairs = ", ".join(f"channel {i}: model {m}, target {t}" for i, m, t in differ)
-        return [f"modality mismatch ({pairs}): the model's intensity normalisation does not fit the target's "
-                "intensities, so its features (and scores) mean little"]
-    return []
+    # nnU-Net names the cases with numpy strings; plain ones keep them out of pickles (checkpoints) and JSON
+    cases = {str(case): {"images": [str(f) for f in files["images"]], "label": str(files["label"])}
+             for case, files in sorted(cases.items())}
+    return Dataset(name=raw.name, source=path, raw=raw, dataset_json=dataset_json, cases=cases, class_ids=class_ids)
