@@ -60,13 +60,13 @@ def child(args: argparse.Namespace) -> None:
         pin_cpu_numerics(args.threads, args.level, onednn=args.child != "pinned_no_onednn")
     import hashlib
 
+    import bench_sampling
+    import bench_training
     import numpy as np
     import torch
     import yaml
 
-    import bench_sampling
-    import bench_training
-    from ccfv import networks
+    from ccfv.bank import networks
     from ccfv.reproducibility import numerics_record
 
     torch.set_num_threads(args.threads)

@@ -46,7 +46,6 @@ every step and this script cannot rot:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import shutil
@@ -113,8 +112,8 @@ def step_sample(config: dict, device) -> None:
     """Seconds per window of sample_case at the config's patch, per architecture."""
     import numpy as np
     import torch
-
     from bench_msd_scale import SOURCE_CLASSES, architecture_entry, architectures
+
     from ccfv.bank import networks
     from ccfv.features.budget import window_cells
     from ccfv.features.file import GLOBAL_KEY

@@ -51,7 +51,8 @@ def test_bench_pinning_smoke(tmp_path):
     assert match, lines[-1]
     unpinned, pinned, *ratios, identical, no_onednn, ratio = match.groups()
     assert float(unpinned) > 0 and float(pinned) > 0 and all(float(r) > 0 for r in ratios)
-    assert float(ratio) == pytest.approx(float(pinned) / float(unpinned), abs=2e-3)
+    # the seconds are printed rounded to 3 decimals, the ratio from the unrounded ones
+    assert float(ratio) == pytest.approx(float(pinned) / float(unpinned), rel=0.02)
     assert float(no_onednn) > 0
     assert identical == "1"  # two pinned children in fresh processes, bit for bit
     assert "pinned bits differ from unpinned ones: True" in result.stdout

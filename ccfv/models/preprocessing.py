@@ -19,6 +19,7 @@ from ..io import write_json
 from ..preprocess.dataset import Dataset
 from .base import LoadedModel
 
+
 def _dataset_plans(dataset: Dataset, work: Path) -> dict:
     """nnU-Net's own plans for the dataset (fingerprint + default planner), for ccfv bank models: the
     workflow preprocesses every target with its own spacing and normalisation."""

@@ -2,7 +2,6 @@
 nnU-Net raw dataset, its cases and classes."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -14,8 +14,8 @@ The paper's question for one user, without Snakemake (docs/rank.md). For every m
 - :mod:`ccfv.rank.outputs`: ``ranking.csv``, ``ranking.json``, ``agreement.csv``, ``ranking.png``, the table.
 """
 from ..models import ModelError, load_model, model_names, parse_model_spec
-from .agreement import agreement, baseline_agreement, dice_health, read_dice
 from ..preprocess.dataset import open_dataset
+from .agreement import agreement, baseline_agreement, dice_health, read_dice
 from .modality import modality_warnings
 from .outputs import Ranking, print_ranking
 from .run import DEFAULT_RANK_METRICS, RANK_METRICS, metric_definitions, rank_models

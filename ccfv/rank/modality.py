@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-
 #: Channel names that are all MR (nnU-Net datasets name MR channels by sequence); anything else is its own kind.
 MR_NAMES = frozenset({"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD",
                       "NONCT"})

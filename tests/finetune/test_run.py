@@ -49,7 +49,6 @@ def test_a_prediction_is_brought_back_onto_the_label_files_grid(blobs, tmp_path)
     """The perfect prediction on the model's grid (the one-hot of its preprocessed label) restored: exactly the
     label file, for a callable with restore() (a flip of the LPS volumes) and for nnU-Net's route (a bank
     model: the dataset's own plans, nnU-Net's export)."""
-    from ccfv.models.bank import load as load_bank
 
     dataset = open_dataset(blobs, tmp_path / "d")
     preprocessor = Preprocessor(dataset, tmp_path / "w")

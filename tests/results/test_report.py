@@ -94,10 +94,10 @@ def test_print_report_prints_every_table(tmp_path, benchmarks):
     results = _make_results(tmp_path)
     build_costs(benchmarks, results / "tables")
     console = Console(file=io.StringIO(), width=200, color_system=None)
-    assert print_report(results, console) == 10
+    assert print_report(results, console) == 11  # no table3: its metrics were not asked for
     text = console.file.getvalue()
     for title in ("Table 1", "Table 2", "paper's published", "Top-1 regret", "Noise ceiling", "bootstrap",
-                  "Rel@1 and top-3 hit rate", "Leave-one-out stability", "Cost per stage", "fine-tuning cost"):
+                  "Rel@1 and top-3 hit rate", "Leave-one-out stability", "eta squared", "Cost per stage", "fine-tuning cost"):
         assert title in text, title
     assert "Task01" in text and "CC-FV" in text and "Larger source dataset first" in text
     ceiling = list(csv.DictReader((results / "tables/noise_ceiling.csv").open()))
