@@ -13,7 +13,7 @@ import torch
 from nibabel import orientations
 from torch import nn
 
-from ..models.conftest import brainchop_dir, hippodeep_weights, task04_dir  # noqa: F401  (the shared material)
+from ..models.conftest import brainchop_dir, hippodeep_weights  # noqa: F401  (the shared material; task04_dir: tests/conftest.py)
 
 #: Voxel axes of the stored volumes: diag(-1, -1, 1) affines, as the synthetic MSD tasks store theirs.
 SHAPE = (24, 24, 16)
