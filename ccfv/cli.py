@@ -64,7 +64,12 @@ def _score(args) -> int:
 def _report(args) -> int:
     from .results.console import print_ground_truth, print_reference_comparison, print_report
 
-    if args.reference is not None:
+    if args.write_reference is not None:
+        from .results.reference import write_reference
+
+        write_reference(args.results, args.write_reference)
+        print(f"wrote the reference of {args.results} into {args.write_reference}")
+    elif args.reference is not None:
         print_reference_comparison(args.results, args.reference)
     elif args.ground_truth:
         print_ground_truth(args.results)
@@ -200,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, metavar="DIR",
                    help="compare the run with a reference run (records.json, provenance.json; the demo's: docs/demo) "
                         "and print whether every number is identical, or which differ, by how much and why")
+    p.add_argument("--write-reference", type=Path, metavar="DIR",
+                   help="make this run the reference: copy its records.json, provenance.json and Tables 1/3 into DIR "
+                        "(docs/demo is refreshed this way, only with a reason: docs/reproducibility.md)")
     p.set_defaults(run=_report)
 
     p = sub.add_parser(

@@ -102,6 +102,10 @@ def _reasons(ours: dict, reference: dict) -> list[str]:
     return out
 
 
+#: The tables copied beside a reference's records for a reader (the comparison reads records.json only).
+READER_TABLES = ("scores_and_dice.csv", "table1.csv", "table1.md", "table3.csv", "table3.md")
+
+
 def compare_with_reference(results_dir: str | Path, reference_dir: str | Path) -> Comparison:
     """Compare ``<results_dir>/tables/records.json`` with ``<reference_dir>/records.json``, number by number
     (each seed's Dice and each score: exact float equality), when both runs used the same config
@@ -146,11 +150,24 @@ def compare_with_reference(results_dir: str | Path, reference_dir: str | Path) -
 
 
 def write_reference(results_dir: str | Path, reference_dir: str | Path) -> Path:
-    """Copy a run's ``records.json`` and ``provenance.json`` into ``reference_dir`` (the reference others
-    compare with)."""
+    """Copy a run's ``tables/records.json`` and ``provenance.json`` into ``reference_dir`` (the reference others
+    compare with), and for a reader the tables a reference is read by, where the run wrote them
+    (``scores_and_dice.csv``, ``table1.{csv,md}``, ``table3.{csv,md}``).
+
+    Raises:
+        FileNotFoundError: ``records.json`` or ``provenance.json`` missing (named); nothing is written then.
+    """
     from ..io import write_text
 
     results, reference = Path(results_dir), Path(reference_dir)
-    write_text(reference / "records.json", (results / "tables" / "records.json").read_text())
-    write_text(reference / "provenance.json", (results / "provenance.json").read_text())
+    required = [results / "tables" / "records.json", results / "provenance.json"]
+    for path in required:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; a reference needs a finished run's records and provenance")
+    for path in required:
+        write_text(reference / path.name, path.read_text())
+    for name in READER_TABLES:
+        path = results / "tables" / name
+        if path.is_file():
+            write_text(reference / name, path.read_text())
     return reference

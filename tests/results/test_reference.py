@@ -66,3 +66,15 @@ def test_cli_report_reference(tmp_path, capsys):
     run = write_run(tmp_path / "b", RECORDS)
     assert main(["report", str(run), "--reference", str(reference)]) == 0
     assert "identical to the reference" in capsys.readouterr().out
+
+
+def test_ccfv_report_writes_a_reference_with_the_reader_tables_and_refuses_an_unfinished_run(tmp_path, capsys):
+    run = write_run(tmp_path / "a", RECORDS)
+    (run / "tables" / "table1.md").write_text("| Table 1 |")
+    assert main(["report", str(run), "--write-reference", str(tmp_path / "ref")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == ["provenance.json", "records.json", "table1.md"]
+    assert compare_with_reference(run, tmp_path / "ref").identical
+    (run / "provenance.json").unlink()
+    with pytest.raises(FileNotFoundError, match="provenance.json: missing"):
+        write_reference(run, tmp_path / "ref2")
+    assert not (tmp_path / "ref2").exists()
