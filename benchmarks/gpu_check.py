@@ -314,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 print(f"gpu_check: step {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
                 failed.append(name)
+            if time.perf_counter() - start > args.time_limit:
+                # the alarm can be swallowed by a library's bare ``except:`` (nnU-Net's worker pools): the clock decides
+                outcome = f"timeout step={name}"
+                break
     finally:
         signal.alarm(0)
         if args.work is None:

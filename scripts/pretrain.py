@@ -1,13 +1,14 @@
 """Snakemake script: pretrain a bank network (U-Net or UNETR) on a source task through nnU-Net's trainer."""
 from ccfv.workflow import log_to, start_job
 
-start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+# nnU-Net's "spawn" workers import this file again as __mp_main__, where `snakemake` is not defined: only the
+# job itself pins (its workers inherit the variables the pin sets) and runs.
+if __name__ == "__main__":
+    start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
 
 from ccfv.preprocess.paths import dataset_folder
 from ccfv.bank.training import TrainingBudget, pretrain
 
-# nnU-Net starts "spawn" worker processes, which import this file again: the guard keeps them from
-# running the job a second time.
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         budget = dict(snakemake.params.budget)

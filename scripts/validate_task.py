@@ -1,7 +1,10 @@
 """Snakemake script: validate one task in MSD layout and record the checksums of its files."""
 from ccfv.workflow import log_to, start_job
 
-start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
+# nnU-Net's "spawn" workers import this file again as __mp_main__, where `snakemake` is not defined: only the
+# job itself pins (its workers inherit the variables the pin sets) and runs.
+if __name__ == "__main__":
+    start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
 
 from pathlib import Path
 

@@ -507,4 +507,19 @@ def test_every_script_pins_before_it_imports_anything_else():
         body = ast.parse(script.read_text()).body
         body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
         assert ast.unparse(body[0]) == "from ccfv.workflow import log_to, start_job", script.name
-        assert ast.unparse(body[1]) == "start_job(snakemake)", script.name
+        assert ast.unparse(body[1]) == "if __name__ == '__main__':\n    start_job(snakemake)", script.name
+
+
+def test_every_script_can_be_imported_again_by_a_spawned_worker():
+    """nnU-Net's conversion and preprocessing start "spawn" workers, which run the job's script again as
+    ``__mp_main__`` without the ``snakemake`` object: a script that touches it outside its ``__main__`` guard
+    crashes every worker, and the job then waits for them forever (CI's whole-DAG test hung on this)."""
+    code = ("import runpy, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    runpy.run_path(path, run_name='__mp_main__')\n"
+            "print('imported', len(sys.argv) - 1)")
+    scripts = sorted(str(s) for s in (ROOT / "scripts").glob("*.py"))
+    result = subprocess.run([sys.executable, "-c", code, *scripts], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == f"imported {len(scripts)}"

@@ -122,7 +122,7 @@ def _bank_model(tmp_path, source_task: str | None, channel_names: dict) -> Path:
 
 def test_bank_model_modalities_come_from_its_card(tmp_path):
     """A bank model pretrained on CT says so, and ranking it on MR data (Task04_Hippocampus: "MRI") warns."""
-    from ccfv.rank.dataset import modality_warnings
+    from ccfv.rank.modality import modality_warnings
 
     model = _bank_model(tmp_path, "Task09_Spleen", {"0": "CT"})
     loaded = load_model("ct", model)

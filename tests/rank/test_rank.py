@@ -259,7 +259,7 @@ def _msd_task(tmp_path: Path, keep: int | None = None, images_ts: bool = True) -
 def test_a_dataset_without_imagesTs_is_opened(tmp_path):
     """User-made tasks and copies without MSD's unlabelled test images (the real Task04_Hippocampus) have no
     imagesTs/; ccfv rank needs only the labelled cases."""
-    from ccfv.rank.dataset import open_dataset
+    from ccfv.preprocess.dataset import open_dataset
 
     task = _msd_task(tmp_path, images_ts=False)
     dataset = open_dataset(task, tmp_path / "work")
