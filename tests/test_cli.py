@@ -72,3 +72,12 @@ def test_rank_window_budget_option():
     assert SamplingSettings.from_mapping(sampling()).window_budget == SamplingSettings().window_budget
     with pytest.raises(SystemExit):
         sampling("--window-budget", "-1")
+
+
+def test_rank_uses_at_most_twenty_cases_by_default_and_all_with_zero():
+    from ccfv.cli import DEFAULT_MAX_CASES, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["rank", "--data", "d", "--model", "m"])
+    assert args.max_cases == DEFAULT_MAX_CASES == 20
+    assert parser.parse_args(["rank", "--data", "d", "--model", "m", "--max-cases", "0"]).max_cases == 0
