@@ -295,7 +295,7 @@ def finetune_models(data: Path, specs: Sequence[Any], out: Path, *, seed: int = 
     import torch
 
     from ..bank.networks import pick_device
-    from ..models import load_model, model_names
+    from ..models import load_model, name_models
     from ..models.torch_module import TorchModel
     from ..preprocess.dataset import open_dataset
 
@@ -312,12 +312,7 @@ def finetune_models(data: Path, specs: Sequence[Any], out: Path, *, seed: int = 
     torch_device = pick_device(device)
     if threads:
         torch.set_num_threads(int(threads))
-    given = [s for s in specs if isinstance(s, TorchModel)]
-    paths = [str(s) for s in specs if not isinstance(s, TorchModel)]
-    named = model_names(paths) + [(m.name, m) for m in given]
-    taken = [n for n, _ in named]
-    if len(set(taken)) != len(taken):
-        raise ValueError(f"model names must be unique: {taken}")
+    named = name_models(specs)
 
     out = Path(out)
     created = not out.exists()

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .base import LoadedModel, ModelError
 
-__all__ = ["LoadedModel", "ModelError", "TorchModel", "load_model", "model_names", "parse_model_spec", "random_copy"]
+__all__ = ["LoadedModel", "ModelError", "TorchModel", "load_model", "model_names", "name_models", "parse_model_spec", "random_copy"]
 
 
 def __getattr__(name: str):
@@ -95,6 +95,23 @@ def parse_model_spec(spec: str) -> tuple[str | None, Path]:
     if sep and name and "/" not in name and not Path(spec).exists():
         return name, Path(path)
     return None, Path(spec)
+
+
+def name_models(specs: Sequence) -> list[tuple[str, object]]:
+    """(name, spec) for ``ccfv rank``'s and ``ccfv finetune``'s models: paths named by :func:`model_names`,
+    ``TorchModel`` objects by their ``name``, paths first.
+
+    Raises:
+        ValueError: two models with one name (a ``TorchModel`` named like a path's model).
+    """
+    from .torch_module import TorchModel
+
+    given = [s for s in specs if isinstance(s, TorchModel)]
+    named = model_names([str(s) for s in specs if not isinstance(s, TorchModel)]) + [(m.name, m) for m in given]
+    taken = [n for n, _ in named]
+    if len(set(taken)) != len(taken):
+        raise ValueError(f"model names must be unique: {taken}")
+    return named
 
 
 def model_names(specs: Sequence[str]) -> list[tuple[str, Path]]:

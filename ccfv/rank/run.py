@@ -32,7 +32,7 @@ from ..bank.networks import network_parameter_count
 from ..features.settings import SamplingSettings
 from ..finetune.protocol import FinetuneProtocol
 from ..finetune.run import confirm_ranking
-from ..models import load_model, model_names
+from ..models import load_model, name_models
 from ..models.base import ModelError
 from ..models.preprocessing import Preprocessor, safe_name
 from ..preprocess.dataset import open_dataset
@@ -139,12 +139,7 @@ def rank_models(data: Path, specs: Sequence[Any], out: Path, *, metrics: Sequenc
     if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 0:
         raise ValueError(f"--confirm {confirm!r}: the number of top models to fine-tune, an integer >= 0")
     confirm_protocol = confirm_protocol or FinetuneProtocol()
-    given = [s for s in specs if isinstance(s, TorchModel)]
-    paths = [str(s) for s in specs if not isinstance(s, TorchModel)]
-    named: list[tuple[str, Any]] = model_names(paths) + [(m.name, m) for m in given]
-    taken = [n for n, _ in named]
-    if len(set(taken)) != len(taken):
-        raise ValueError(f"model names must be unique: {taken}")
+    named = name_models(specs)
 
     out = Path(out)
     created = not out.exists()
