@@ -77,3 +77,61 @@ def test_study_cases_smoke(tiny_study, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
     assert {(r["metric"], r["n"]) for r in rows} == {(m, n) for m in ("logme", "ccfv") for n in ("2", "3", "4")}
+
+
+def _write_world(results: Path, taus: dict, rel: dict, can_rank: dict):
+    """A results folder's three tables in the workflow's formats (tables/statistics.csv, selection.csv,
+    ground_truth.csv), with the given weighted tau and Rel@1 per (metric, target)."""
+    kinds = {"ccfv": "metric", "ccfv_disc": "metric", "ccfv_varied": "metric", "rankme": "metric",
+             "logme": "metric", "pretrained_first": "baseline", "random": "baseline"}
+    tables = results / "tables"
+    tables.mkdir(parents=True)
+    with (tables / "statistics.csv").open("w", newline="") as s, (tables / "selection.csv").open("w", newline="") as c:
+        stat, sel = csv.writer(s), csv.writer(c)
+        stat.writerow(["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid",
+                       "p_value", "ground_truth"])
+        sel.writerow(["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid",
+                      "ground_truth"])
+        for metric, kind in kinds.items():
+            for target in can_rank:
+                stat.writerow([metric.upper(), metric, kind, target, "tau", taus[metric][target], -1, 1, 1000, 0.5, "ok"])
+                stat.writerow([metric.upper(), metric, kind, target, "pearson", 0.0, -1, 1, 1000, 0.5, "ok"])
+                for statistic, value in (("kendall", 0.1), ("rel_at_1", rel[metric][target]), ("top3", 1.0)):
+                    sel.writerow([metric.upper(), metric, kind, target, statistic, value, 0, 1, 1000, "ok"])
+            stat.writerow([metric.upper(), metric, kind, "Avg", "tau", 9.9, -1, 1, 1000, 0.5, "ok"])
+    with (tables / "ground_truth.csv").open("w", newline="") as g:
+        writer = csv.writer(g)
+        writer.writerow(["target", "can_rank", "reasons"])
+        for target, ok in can_rank.items():
+            writer.writerow([target, ok, "" if ok else "ties"])
+
+
+def test_heldout_summary_applies_the_preregistered_criteria(tmp_path):
+    t = ("TaskA", "TaskB")
+    # World 1: TaskB cannot rank, so only TaskA counts; world 2: both count. Means over the three that can rank.
+    tau1 = {"ccfv": {t[0]: 0.0, t[1]: 9}, "ccfv_disc": {t[0]: 0.6, t[1]: 9}, "ccfv_varied": {t[0]: 0.3, t[1]: 9},
+            "rankme": {t[0]: 0.2, t[1]: 9}, "logme": {t[0]: 0.1, t[1]: 9}, "pretrained_first": {t[0]: 0.5, t[1]: 9},
+            "random": {t[0]: 0.0, t[1]: 0}}
+    tau2 = {m: {t[0]: v[t[0]], t[1]: v[t[0]]} for m, v in tau1.items()}
+    rel = {m: {t[0]: 0.9, t[1]: 0.9} for m in tau1}
+    rel["ccfv_varied"] = {t[0]: 0.5, t[1]: 0.5}  # below the static ranker's 0.9
+    _write_world(tmp_path / "results-w1", tau1, rel, {t[0]: True, t[1]: False})
+    _write_world(tmp_path / "results-w2", tau2, rel, {t[0]: True, t[1]: True})
+    out = tmp_path / "out"
+    result = run("heldout.py", tmp_path / "results-w1", tmp_path / "results-w2", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert summary["ccfv_disc"]["n_targets"] == "3" and float(summary["ccfv_disc"]["mean_tau"]) == pytest.approx(0.6)
+    text = (out / "summary.md").read_text()
+    assert "left out: w1:TaskB" in text
+    assert "CCFV_DISC (ccfv_disc): mean tau 0.600, mean Rel@1 0.900: works" in text
+    assert "CCFV_VARIED (ccfv_varied): mean tau 0.300, mean Rel@1 0.500: not shown to work" in text
+    assert "not cleared by LOGME (0.100)" in text  # a label-using metric below RankMe's 0.2
+    assert (out / "w2" / "selection.csv").is_file()
+
+
+def test_heldout_refuses_an_unfinished_world(tmp_path):
+    (tmp_path / "results-w1" / "tables").mkdir(parents=True)
+    result = run("heldout.py", tmp_path / "results-w1", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "statistics.csv: missing" in result.stderr
+    assert not (tmp_path / "out").exists()
