@@ -159,20 +159,112 @@ def data_path_only(until: Sequence[str], targets: Sequence[str], results: str, t
     return bool(targets) and all(t in DATA_PATH_RULES or os.path.normpath(t).startswith(prefixes) for t in targets)
 
 
+def targets_of(config: Mapping) -> list[str]:
+    """The tasks whose banks are scored and fine-tuned: ``targets``, default every task of ``tasks``."""
+    return list(config.get("targets") or config["tasks"])
+
+
+def task_source(config: Mapping, task: str) -> str:
+    """Where ``task``'s data comes from: ``synthetic`` or ``msd`` (``data.sources``, default ``data.source``)."""
+    data = config["data"]
+    return (data.get("sources") or {}).get(task, data["source"])
+
+
+def external_members(config: Mapping) -> dict[str, Mapping]:
+    """``bank.external``: {name: entry} of the released models added to every target's bank."""
+    return dict((config.get("bank") or {}).get("external") or {})
+
+
 def check_bank_size(config: Mapping, source: ConfigSource | None = None) -> None:
     """Each target's bank must hold at least 3 models (a rank correlation over fewer says nothing): per
-    architecture, the other tasks (each with its pretraining snapshots) and a random member. Raises ValueError
-    naming the file that sets ``tasks``, and how to run the data path alone."""
+    architecture, the other tasks (each with its pretraining snapshots) and a random member, plus the external
+    members (``bank.external``, each with its random copy). Raises ValueError naming the file that sets
+    ``tasks``, and how to run the data path alone."""
+    from .models.members import member_names
+
     tasks, architectures = list(config["tasks"]), list(config["architectures"])
     snapshots = config["pretrain"].get("snapshots", [])
-    bank_size = len(architectures) * ((len(tasks) - 1) * (1 + len(snapshots)) + 1)
+    external = len(member_names(external_members(config)))
+    bank_size = len(architectures) * ((len(tasks) - 1) * (1 + len(snapshots)) + 1) + external
     if bank_size < 3:
         raise ValueError(
             f"config ({_where(source, 'tasks')}): each target's bank would hold {bank_size} models "
-            f"({len(tasks) - 1} other task(s) + a random member, for each of {architectures}); correlations need "
-            f"at least 3: add a task or an architecture (to run only the data path, i.e. validation, nnU-Net "
-            f"preprocessing and the split, add --until make_split)"
+            f"({len(tasks) - 1} other task(s) + a random member, for each of {architectures}; {external} external); "
+            f"correlations need at least 3: add a task, an architecture or an external member (to run only the "
+            f"data path, i.e. validation, nnU-Net preprocessing and the split, add --until make_split)"
         )
+
+
+def check_study_config(config: Mapping, source: ConfigSource | None = None) -> None:
+    """What the JSON Schema cannot check of ``targets``, ``data.sources``, ``bank.external`` and
+    ``finetune.method``, before any job: targets and per-task sources name tasks of ``tasks`` whose source
+    section is given; every external member's path exists (relative paths: from the working directory) and
+    is a model of a known format (the declared ``format`` if given), with a random copy and a patch size only
+    where its format has them, named unlike the bank's architectures; ``sampling.layer_ratios`` names only
+    architectures and external members; external members are fine-tuned by ``finetune.method: protocol``
+    only (nnU-Net's trainer fits networks built from nnU-Net plans). Raises ValueError:
+    ``config (<file>): <dotted key>: <problem>``."""
+    from .models.members import RANDOM_COPY_FORMATS, detect_format
+
+    tasks = list(config["tasks"])
+    for i, target in enumerate(config.get("targets") or []):
+        if target not in tasks:
+            raise ValueError(f"config ({_where(source, 'targets', i)}): targets: {target} is not one of tasks "
+                             f"{tasks}; a target must also be a task (its data is validated, preprocessed and split)")
+    data = config["data"]
+    for task, kind in (data.get("sources") or {}).items():
+        if task not in tasks:
+            raise ValueError(f"config ({_where(source, 'data', 'sources', task)}): data.sources.{task}: not one of "
+                             f"tasks {tasks}")
+    for task in tasks:
+        kind = task_source(config, task)
+        if not data.get(kind):
+            where = ("data", "sources", task) if task in (data.get("sources") or {}) else ("data", "source")
+            raise ValueError(f"config ({_where(source, *where)}): {'.'.join(where)}: {task}'s data is {kind}, but "
+                             f"the config has no data.{kind} section")
+    architectures = list(config["architectures"])
+    external = external_members(config)
+    for name, entry in external.items():
+        key = ("bank", "external", name)
+        dotted = ".".join(key)
+        if name in architectures:
+            raise ValueError(f"config ({_where(source, *key)}): {dotted}: the name {name!r} is one of the bank's "
+                             f"architectures {architectures}; give the external member another name")
+        path = Path(entry["path"])
+        if not path.exists():
+            raise ValueError(f"config ({_where(source, *key, 'path')}): {dotted}.path: {entry['path']!r} does not "
+                             f"exist ({path.resolve()}; a relative path is taken from the working directory)")
+        fmt = detect_format(path)
+        if fmt is None:
+            raise ValueError(f"config ({_where(source, *key, 'path')}): {dotted}.path: {entry['path']!r} is not a "
+                             "model of a known format (a brainchop MeshNet folder, hippodeep's .pt, a ccfv bank "
+                             "model, a MONAI bundle or an nnU-Net model folder)")
+        if entry.get("format") not in (None, fmt):
+            raise ValueError(f"config ({_where(source, *key, 'format')}): {dotted}.format: {entry['format']!r}, but "
+                             f"{entry['path']!r} is a {fmt!r} model")
+        for option, given in (("random_copy", entry.get("random_copy", True)), ("patch_size", entry.get("patch_size"))):
+            if given and fmt not in RANDOM_COPY_FORMATS:
+                raise ValueError(f"config ({_where(source, *key, option)}): {dotted}.{option}: a {fmt!r} model has "
+                                 f"none here (only {list(RANDOM_COPY_FORMATS)}); set random_copy: false and leave "
+                                 "patch_size out")
+        patch = entry.get("patch_size")
+        if patch and fmt == "hippodeep" and any(p % 4 for p in patch):
+            raise ValueError(f"config ({_where(source, *key, 'patch_size')}): {dotted}.patch_size: {patch}: "
+                             "hippodeep's patch sides must be multiples of 4")
+    ratios = config["sampling"]["layer_ratios"]
+    if isinstance(ratios, Mapping):
+        from .bank.networks import UNET, UNETR
+
+        unknown = [k for k in ratios if k not in (UNET, UNETR) and k not in external]
+        if unknown:
+            raise ValueError(f"config ({_where(source, 'sampling', 'layer_ratios', unknown[0])}): "
+                             f"sampling.layer_ratios.{unknown[0]}: neither an architecture {[UNET, UNETR]} nor an "
+                             f"external member {sorted(external)}")
+    method = config["finetune"].get("method", "nnunet")
+    if external and method != "protocol":
+        raise ValueError(f"config ({_where(source, 'finetune', 'method')}): finetune.method: {method!r} cannot "
+                         f"fine-tune the external members {sorted(external)} (nnU-Net's trainer fits networks built "
+                         "from nnU-Net plans only); set finetune.method: protocol (docs/finetune.md)")
 
 
 def check_config(config: Mapping, source: ConfigSource | None = None, bank: bool = True) -> None:
@@ -189,7 +281,7 @@ def check_config(config: Mapping, source: ConfigSource | None = None, bank: bool
     from .scores.scoring import check_metric
 
     msd = config.get("data", {}).get("msd") or {}
-    if config.get("data", {}).get("source") == "msd" and msd.get("local"):
+    if any(task_source(config, t) == "msd" for t in config["tasks"]) and msd.get("local"):
         local, root = Path(msd["local"]).resolve(), Path(msd["root"]).resolve()
         if root == local or local in root.parents:
             raise ValueError(
@@ -209,6 +301,7 @@ def check_config(config: Mapping, source: ConfigSource | None = None, bank: bool
                 f"end of {task}'s pretraining ({iterations} iterations); a snapshot must be taken at an iteration "
                 f"between 1 and {iterations - 1}"
             )
+    check_study_config(config, source)
     if bank:
         check_bank_size(config, source)
     # Hooked decoder stages per architecture: the U-Net's (features_per_stage minus one) and UNETR's four.

@@ -53,3 +53,32 @@ rule random_init:
         CONTAINER
     script:
         "../scripts/random_init.py"
+
+
+if EXTERNAL:
+
+    # An external member (bank.external) is read where it is; its card records what the results stage needs of
+    # it (parameter count, the authors' training cases) and checks once that it loads.
+    rule describe_member:
+        input:
+            model=lambda wc: member_path(wc.model),
+        output:
+            card=f"{R}/bank/{{model}}/member.json",
+        log:
+            "logs/pretrain/{model}.log",
+        benchmark:
+            f"{R}/benchmarks/pretrain/{{model}}.tsv"
+        wildcard_constraints:
+            model=external_model_id_pattern(list(EXTERNAL)),
+        params:
+            member=lambda wc: member(wc.model),
+            source_cases=lambda wc: EXTERNAL[model_architecture(wc.model)].get("source_cases"),
+        resources:
+            **resources_for("default"),
+        threads: 1
+        conda:
+            NNUNET_ENV
+        container:
+            CONTAINER
+        script:
+            "../scripts/describe_member.py"

@@ -6,10 +6,11 @@ from snakemake.utils import validate
 
 # The config checks and the model-id format live in the ccfv package (tests reach them there), which the
 # Python running Snakemake must import (true for make demo, the cluster's .venv and the container).
-from ccfv.bank.model_ids import (TASK_PATTERN, model_architecture, model_id_pattern, pretrained_model_id, random_model_id,
-                                 snapshot_model_id)
+from ccfv.bank.model_ids import (TASK_PATTERN, external_model_id_pattern, model_architecture, model_id_pattern,
+                                 pretrained_model_id, random_model_id, snapshot_model_id)
+from ccfv.models.members import external_member, member_names
 from ccfv.workflow import (check_bank_size, check_config, check_config_before_schema, config_error_message, config_layers,
-                           config_origin, data_path_only)
+                           config_origin, data_path_only, external_members, targets_of, task_source)
 
 # Where each config value came from, lowest precedence first (config/config.yaml, --configfile, --config).
 CONFIG_LAYERS = config_layers(workflow.configfiles, workflow.config_settings.configfiles,
@@ -36,6 +37,8 @@ check_config(config, config_source, bank=False)
 
 R = config["results"]
 TASKS = list(config["tasks"])
+# The tasks whose banks are scored and fine-tuned (config key targets, default every task); the others are sources only.
+TARGETS = targets_of(config)
 # The bank's architectures (docs/models.md); a bank model is named <architecture>-<source task> or
 # <architecture>-random (ccfv.bank.model_ids).
 ARCHITECTURES = list(config["architectures"])
@@ -46,6 +49,11 @@ DATA_ENV = "../envs/data.yaml"
 NNUNET_ENV = "../envs/nnunet.yaml"
 SCORES_ENV = "../envs/scores.yaml"
 FT_SEEDS = list(config["finetune"]["seeds"])
+# nnunet: nnU-Net's trainer (rules/finetune.smk's finetune); protocol: ccfv.finetune's one recipe for every format.
+FT_METHOD = config["finetune"].get("method", "nnunet")
+# Released models added to every target's bank (bank.external): <name>-released, <name>-random (ccfv.models.members).
+EXTERNAL = external_members(config)
+EXTERNAL_MODELS = member_names(EXTERNAL)
 # Pretraining iterations after which each pretrained network is also kept as a bank member
 # (<architecture>-<source task>@<iteration>; docs/models.md). Sorted: the order of the pretrain rule's outputs.
 SNAPSHOTS = sorted(config["pretrain"].get("snapshots", []))
@@ -64,30 +72,49 @@ def metric_labels():
 wildcard_constraints:
     task=TASK_PATTERN,
     target=TASK_PATTERN,
-    model=model_id_pattern(ARCHITECTURES),
+    model=model_id_pattern(ARCHITECTURES, list(EXTERNAL)),
     arch="|".join(ARCHITECTURES),
     seed="[0-9]+",
 
 
 def bank(target):
     """The target's model bank: for every architecture, a model pretrained on every other task, its training
-    snapshots (pretrain.snapshots), plus a random one."""
+    snapshots (pretrain.snapshots), plus a random one; then the external members (bank.external)."""
     return [
         m
         for a in ARCHITECTURES
         for t in TASKS
         if t != target
         for m in [pretrained_model_id(a, t), *(snapshot_model_id(pretrained_model_id(a, t), i) for i in SNAPSHOTS)]
-    ] + [random_model_id(a) for a in ARCHITECTURES]
+    ] + [random_model_id(a) for a in ARCHITECTURES] + EXTERNAL_MODELS
+
+
+def is_external(model):
+    return model in EXTERNAL_MODELS
+
+
+def member(model):
+    """What a job needs to load one bank member (ccfv.models.members.ExternalMember's mapping): a bank model's
+    folder, or an external member's path, random-copy seed and patch."""
+    if is_external(model):
+        return canonical(external_member(model, EXTERNAL, config["random_init"]["seed"]))
+    return {"name": model, "path": bank_dir(model), "patch_size": None, "random_seed": None}
+
+
+def member_path(model):
+    """The file or folder a bank member is read from: its bank folder, or the external model's path."""
+    return external_member(model, EXTERNAL, 0)["path"] if is_external(model) else bank_dir(model)
 
 
 def sampling_for(model):
     """The sampling settings of one bank model, with layer_ratios resolved for its architecture (so that
-    the ratios of one architecture never rerun the other's sampling). A null window_budget (no budget) is
-    left out, so that features sampled before the setting existed keep their params and are not rerun."""
+    the ratios of one architecture never rerun the other's sampling). An external member without an entry
+    gets null: ccfv.features.settings.default_layer_ratios of its hooked layers. A null window_budget (no
+    budget) is left out, so that features sampled before the setting existed keep their params and are not
+    rerun."""
     arch = model_architecture(model)
     ratios = config["sampling"]["layer_ratios"]
-    settings = {**config["sampling"], "layer_ratios": ratios[arch] if isinstance(ratios, dict) else ratios}
+    settings = {**config["sampling"], "layer_ratios": ratios.get(arch) if isinstance(ratios, dict) else ratios}
     if settings.get("window_budget") is None:
         settings.pop("window_budget", None)
     return canonical(settings)
@@ -100,9 +127,10 @@ def network_params(arch):
 
 
 def task_folder(task):
-    """The MSD-layout folder of a task: generated for the demo; for MSD an extracted copy in
-    data.msd.local when there is one (read in place, never copied), else fetched into data.msd.root."""
-    if config["data"]["source"] == "synthetic":
+    """The MSD-layout folder of a task: generated for the demo (and every task data.sources marks synthetic);
+    for MSD an extracted copy in data.msd.local when there is one (read in place, never copied), else fetched
+    into data.msd.root."""
+    if task_source(config, task) == "synthetic":
         return f"{R}/data/{task}"
     local = config["data"]["msd"].get("local")
     if local and Path(local, task, "dataset.json").is_file():
@@ -134,9 +162,16 @@ def budget_for(stage, task):
     task's budget or a new seed reruns no other job."""
     section = config[stage]
     # An empty snapshot list is left out: it must not rerun the pretraining of a config that had none.
-    budget = {k: v for k, v in section.items() if k not in ("per_task", "seeds") and not (k == "snapshots" and not v)}
+    budget = {k: v for k, v in section.items()
+              if k not in ("per_task", "seeds", "method", "protocol") and not (k == "snapshots" and not v)}
     budget.update(section.get("per_task", {}).get(task, {}))
     return canonical(budget)
+
+
+def protocol_for(target):
+    """finetune.protocol (ccfv.finetune.protocol.FinetuneProtocol's settings) without checkpoint_every, which
+    changes no result: a new value must not rerun the fine-tunings. The job passes it on separately."""
+    return canonical({k: v for k, v in (config["finetune"].get("protocol") or {}).items() if k != "checkpoint_every"})
 
 
 def resources_for(kind):
@@ -154,7 +189,7 @@ def finetune_results(wildcards):
     settings = workflow.dag_settings
     if not data_path_only(settings.until, settings.targets, R, settings.target_jobs):
         check_bank_size(config, config_source)
-    return [f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS]
+    return [f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TARGETS for m in bank(t) for s in FT_SEEDS]
 
 
 def final_outputs():

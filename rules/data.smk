@@ -1,7 +1,10 @@
 # Stage 1: the tasks in MSD layout. The demo generates them; MSD tasks are fetched (or found in place).
-# Every task, demo or MSD, is validated before anything reads it.
+# Every task, demo or MSD, is validated before anything reads it. Each task's source is data.source unless
+# data.sources names another (e.g. synthetic source tasks for a real MSD target).
+SYNTHETIC_TASKS = [t for t in TASKS if task_source(config, t) == "synthetic"]
+MSD_TASKS = [t for t in TASKS if task_source(config, t) == "msd"]
 
-if config["data"]["source"] == "synthetic":
+if SYNTHETIC_TASKS:
 
     rule synthesize_task:
         output:
@@ -10,6 +13,8 @@ if config["data"]["source"] == "synthetic":
             "logs/data/synthesize_{task}.log",
         benchmark:
             f"{R}/benchmarks/data/synthesize_{{task}}.tsv"
+        wildcard_constraints:
+            task="|".join(SYNTHETIC_TASKS),
         params:
             n_cases=config["data"]["synthetic"]["n_cases"],
             seed=config["data"]["synthetic"]["seed"],
@@ -24,7 +29,8 @@ if config["data"]["source"] == "synthetic":
         script:
             "../scripts/synthesize_task.py"
 
-else:
+
+if MSD_TASKS:
 
     rule fetch_msd_task:
         output:
@@ -34,6 +40,8 @@ else:
             "logs/data/fetch_{task}.log",
         benchmark:
             f"{R}/benchmarks/data/fetch_{{task}}.tsv"
+        wildcard_constraints:
+            task="|".join(MSD_TASKS),
         params:
             base_url=config["data"]["msd"].get("base_url"),
             local=config["data"]["msd"].get("local"),

@@ -10,13 +10,13 @@ report: "report/workflow.rst"
 # The statistics beyond the paper (docs/report.md): seeded, so reruns give the same numbers.
 STATISTICS = {"n_bootstrap": 1000, "n_permutations": 2000, "n_simulations": 1000, "seed": 0}
 # Fig. 3: a t-SNE of one foreground class's features of every model of one target's bank.
-TSNE = {"target": TASKS[0], "class_id": 1, "per_case": 30, "seed": 0}
+TSNE = {"target": TARGETS[0], "class_id": 1, "per_case": 30, "seed": 0}
 TABLE_FILES = [f"{R}/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex")]
 RESULTS_ENV = SCORES_ENV
 # The health check's thresholds (docs/report.md); a missing key takes ccfv.results.ground_truth.HealthRule's default.
 GROUND_TRUTH = config.get("ground_truth", {})
 # Every model of any target's bank, once.
-BANK_MODELS = sorted({m for t in TASKS for m in bank(t)})
+BANK_MODELS = sorted({m for t in TARGETS for m in bank(t)})
 
 
 rule ground_truth:
@@ -37,9 +37,9 @@ rule ground_truth:
     benchmark:
         f"{R}/benchmarks/results/ground_truth.tsv"
     params:
-        targets=TASKS,
+        targets=TARGETS,
         # (target, model) pairs; input.dice holds len(seeds) files per pair, in this order.
-        pairs=[[t, m] for t in TASKS for m in bank(t)],
+        pairs=[[t, m] for t in TARGETS for m in bank(t)],
         n_seeds=len(FT_SEEDS),
         rule=canonical(GROUND_TRUTH),
     resources:
@@ -55,8 +55,8 @@ rule ground_truth:
 
 rule tables:
     input:
-        scores=[f"{R}/scores/{t}/{m}.json" for t in TASKS for m in bank(t)],
-        dice=[f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TASKS for m in bank(t) for s in FT_SEEDS],
+        scores=[f"{R}/scores/{t}/{m}.json" for t in TARGETS for m in bank(t)],
+        dice=[f"{R}/finetune/{t}/{m}/seed{s}.json" for t in TARGETS for m in bank(t) for s in FT_SEEDS],
         ground_truth=f"{R}/tables/ground_truth.csv",
     output:
         csv=[
@@ -83,9 +83,9 @@ rule tables:
     benchmark:
         f"{R}/benchmarks/results/tables.tsv"
     params:
-        targets=TASKS,
+        targets=TARGETS,
         # (target, model) in the order of input.scores; input.dice holds len(seeds) files per pair.
-        pairs=[[t, m] for t in TASKS for m in bank(t)],
+        pairs=[[t, m] for t in TARGETS for m in bank(t)],
         n_seeds=len(FT_SEEDS),
         tables=config["scoring"]["tables"],
         labels=metric_labels(),
@@ -105,8 +105,9 @@ rule statistics:
         records=f"{R}/tables/records.json",
         splits=[f"{R}/splits/{t}.json" for t in TASKS],
         ground_truth=f"{R}/tables/ground_truth.csv",
-        # the larger-model-first ranker counts the weights in each bank model's safetensors header
-        bank=[bank_dir(m) for m in BANK_MODELS],
+        # the larger-model-first ranker counts the weights in each bank model's safetensors header (an external
+        # member's card, bank/<model>/member.json, holds its count and the authors' training cases)
+        bank=[f"{bank_dir(m)}/member.json" if is_external(m) else bank_dir(m) for m in BANK_MODELS],
     output:
         statistics=report(
             f"{R}/tables/statistics.csv",
@@ -151,7 +152,7 @@ rule statistics:
     benchmark:
         f"{R}/benchmarks/results/statistics.tsv"
     params:
-        targets=TASKS,
+        targets=TARGETS,
         tables=config["scoring"]["tables"],
         labels=metric_labels(),
         # the model ids of input.bank, in its order
@@ -190,7 +191,7 @@ rule figures:
     benchmark:
         f"{R}/benchmarks/results/figures.tsv"
     params:
-        targets=TASKS,
+        targets=TARGETS,
         # Fig. 2 shows the methods of the first table (the paper's Table 1).
         metrics=next(iter(config["scoring"]["tables"].values())),
         labels=metric_labels(),
@@ -237,9 +238,9 @@ rule costs:
     input:
         # Benchmark files are products of their jobs, so this waits for every estimation and fine-tuning;
         # the other results jobs come first so that the per-stage sums see their benchmarks too.
-        features=[f"{R}/benchmarks/features/{t}/{m}.tsv" for t in TASKS for m in bank(t)],
-        scores=[f"{R}/benchmarks/scores/{t}/{m}.tsv" for t in TASKS for m in bank(t)],
-        finetune=[f"{R}/benchmarks/finetune/{t}/{m}/seed{s}.tsv" for t in TASKS for m in bank(t) for s in FT_SEEDS],
+        features=[f"{R}/benchmarks/features/{t}/{m}.tsv" for t in TARGETS for m in bank(t)],
+        scores=[f"{R}/benchmarks/scores/{t}/{m}.tsv" for t in TARGETS for m in bank(t)],
+        finetune=[f"{R}/benchmarks/finetune/{t}/{m}/seed{s}.tsv" for t in TARGETS for m in bank(t) for s in FT_SEEDS],
         results=[f"{R}/tables/records.json", f"{R}/tables/statistics.csv", f"{R}/figures/scores_vs_dice.png",
                  f"{R}/figures/feature_tsne.png"],
     output:
@@ -259,7 +260,7 @@ rule costs:
     benchmark:
         f"{R}/benchmarks/results/costs.tsv"
     params:
-        pairs=[[t, m] for t in TASKS for m in bank(t)],
+        pairs=[[t, m] for t in TARGETS for m in bank(t)],
         seeds=FT_SEEDS,
     resources:
         **resources_for("default"),

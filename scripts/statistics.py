@@ -12,18 +12,19 @@ if __name__ == "__main__":
 from pathlib import Path
 
 from ccfv.results.ground_truth import flags, read_csv
+from ccfv.results.static_rankers import external_source_sizes, parameter_counts_of, source_sizes_from_splits
 from ccfv.results.statistics import build_statistics
-from ccfv.results.static_rankers import parameter_counts_of, source_sizes_from_splits
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         p = snakemake.params
         splits = {Path(f).stem: f for f in snakemake.input.splits}
+        bank = dict(zip(p.models, snakemake.input.bank))
         build_statistics(
             snakemake.input.records, tables={name: list(m) for name, m in dict(p.tables).items()},
-            targets=list(p.targets), source_sizes=source_sizes_from_splits(splits),
+            targets=list(p.targets), source_sizes={**source_sizes_from_splits(splits), **external_source_sizes(bank)},
             out_dir=Path(snakemake.output.statistics).parent, labels=dict(p.labels), n_bootstrap=p.n_bootstrap,
             n_permutations=p.n_permutations, n_simulations=p.n_simulations, seed=p.seed,
             flags=flags(read_csv(snakemake.input.ground_truth)),
-            parameter_counts=parameter_counts_of(dict(zip(p.models, snakemake.input.bank))),
+            parameter_counts=parameter_counts_of(bank),
         )

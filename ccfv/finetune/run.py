@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -275,7 +275,8 @@ def finetune_models(data: Path, specs: Sequence[Any], out: Path, *, seed: int = 
     Args:
         data: an MSD task folder or an nnU-Net raw dataset (:func:`ccfv.preprocess.dataset.open_dataset`).
         specs: ``[NAME=]PATH`` strings (any format :func:`ccfv.models.load_model` reads) and/or
-            :class:`ccfv.models.TorchModel` objects (whose ``details["head"]`` names the head module).
+            :class:`ccfv.models.TorchModel` objects (whose ``details["head"]`` names the head module) and/or
+            already loaded :class:`ccfv.models.LoadedModel` objects (the workflow's members, named by ``name``).
         out: output folder (module docstring); ``out/.work/`` keeps the preprocessed cases and checkpoints
             until every model is done, so that a killed run continues.
         seed: the fine-tuning seed.
@@ -332,10 +333,15 @@ def finetune_models(data: Path, specs: Sequence[Any], out: Path, *, seed: int = 
         f"iterations, seed {seed}, device {torch_device}")
 
     def loader(name: str, spec):
+        if isinstance(spec, LoadedModel):
+            return lambda: spec
         return (lambda: spec.load()) if isinstance(spec, TorchModel) else \
             (lambda: load_model(name, spec, trust_bundle_code=trust_bundle_code))
 
-    models = [(name, name if isinstance(spec, TorchModel) else str(spec), loader(name, spec)) for name, spec in named]
+    def where(name: str, spec) -> str:
+        return str(spec.path) if isinstance(spec, LoadedModel) else name if isinstance(spec, TorchModel) else str(spec)
+
+    models = [(name, where(name, spec), loader(name, spec)) for name, spec in named]
     preprocessor = Preprocessor(dataset, work)
     rows, failed = finetune_each(models, preprocessor, split, protocol, seed, out, work / "checkpoints",
                                  torch_device, log)
@@ -451,3 +457,57 @@ def print_finetune(run: FinetuneRun, out: Path, console=None) -> None:
     for failure in run.failed:
         console.print(f"[red]not fine-tuned[/red] {failure['model']}: {failure['error']}", highlight=False)
     console.print(f"written: {out / 'dice.csv'}, {out / 'finetune.json'}, {out / 'split.json'}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The workflow's protocol fine-tuning (rules/finetune.smk, finetune.method: protocol)
+# ----------------------------------------------------------------------------------------------
+
+
+def finetune_member(raw_dataset: Path, member: Any, split_file: Path, out: Path, dice_file: Path, *, seed: int,
+                    protocol: Mapping[str, Any], threads: int = 1, device: str = "auto",
+                    log: Callable[[str], None] | None = None) -> dict:
+    """One workflow job: fine-tune one bank member on a target by the protocol and write the results stage's
+    ``dice_file`` (``finetune/<target>/<model>/seed<N>.json``: ``mean_dice``, ``per_class``, ``per_case``, as the
+    nnU-Net route writes it, plus ``method: protocol`` and ``space``).
+
+    Args:
+        raw_dataset: the target's converted nnU-Net raw dataset (``nnunet/<target>/raw/DatasetNNN_<name>``); its
+            case ids are the ones the workflow's split names.
+        member: the member's rule params (:class:`ccfv.models.members.ExternalMember` mapping: ``name`` the
+            model id, ``path`` a bank model folder or an external model, ``random_seed``, ``patch_size``).
+        split_file: the target's recorded split (``splits/<target>.json``).
+        out: the job's folder: :func:`finetune_models`'s ``dice.csv``, ``finetune.json``, ``split.json`` and
+            ``models/``; its ``.work/`` holds the checkpoints a killed job resumes from (not a declared output,
+            so Snakemake leaves it in place).
+        dice_file: the results stage's file.
+        seed: the fine-tuning seed.
+        protocol: :class:`ccfv.finetune.protocol.FinetuneProtocol`'s settings (the config's ``finetune.protocol``).
+        threads: torch CPU threads.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        log: progress messages (default: stderr).
+
+    Returns:
+        The model's row (:func:`finetune_model`).
+
+    Raises:
+        RuntimeError: the member could not be fine-tuned (the message names it and says why); ValueError,
+            FileNotFoundError: bad data, split or protocol settings.
+    """
+    from ..models.members import ExternalMember
+    from .evaluation import write_dice
+
+    spec = ExternalMember.from_mapping(member)
+    model = spec.load()
+    run = finetune_models(Path(raw_dataset), [model], Path(out), seed=int(seed),
+                          protocol=FinetuneProtocol(**dict(protocol)), split_file=Path(split_file), device=device,
+                          threads=threads, log=log)
+    if run.failed or not run.rows:
+        reason = "; ".join(f["error"] for f in run.failed) or "no result"
+        raise RuntimeError(f"{spec.name}: not fine-tuned: {reason}")
+    row = run.rows[0]
+    write_dice({"mean_dice": row["mean_dice"], "per_class": row["per_class"], "per_case": row["per_case"]},
+               Path(dice_file), model_id=spec.name, source_task=model.source_dataset, seed=int(seed),
+               iterations=int(row["iterations"]), test_cases=list(run.meta["split"]["test"]), method="protocol",
+               space=row["space"], seconds_per_iteration=row.get("seconds_per_iteration"))
+    return row

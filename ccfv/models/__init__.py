@@ -99,15 +99,17 @@ def parse_model_spec(spec: str) -> tuple[str | None, Path]:
 
 def name_models(specs: Sequence) -> list[tuple[str, object]]:
     """(name, spec) for ``ccfv rank``'s and ``ccfv finetune``'s models: paths named by :func:`model_names`,
-    ``TorchModel`` objects by their ``name``, paths first.
+    ``TorchModel`` and already loaded :class:`LoadedModel` objects (the workflow's external members,
+    :mod:`ccfv.models.members`) by their ``name``, paths first.
 
     Raises:
         ValueError: two models with one name (a ``TorchModel`` named like a path's model).
     """
     from .torch_module import TorchModel
 
-    given = [s for s in specs if isinstance(s, TorchModel)]
-    named = model_names([str(s) for s in specs if not isinstance(s, TorchModel)]) + [(m.name, m) for m in given]
+    objects = (TorchModel, LoadedModel)
+    given = [s for s in specs if isinstance(s, objects)]
+    named = model_names([str(s) for s in specs if not isinstance(s, objects)]) + [(m.name, m) for m in given]
     taken = [n for n, _ in named]
     if len(set(taken)) != len(taken):
         raise ValueError(f"model names must be unique: {taken}")

@@ -6,7 +6,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..bank.model_ids import model_architecture, model_source
+from ..bank.model_ids import is_external_source, model_architecture, model_source
+from ..models.members import MEMBER_CARD
 from .formatting import short_task
 
 #: The static rankers: scores every target could get without looking at its data.
@@ -38,6 +39,12 @@ def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architec
       model-size ranker of Singh et al. (ICLR 2026), which they found to beat most transferability scores
       on some benchmarks. Models of one architecture tie.
 
+    External members (``<name>-released``, ``<name>-random``; ``bank.external``): a released model is
+    pretrained, its random copy is not; each external name is an architecture of its own; the released model's
+    source size is ``source_sizes[<model id>]`` (the authors' training cases, ``bank.external.<name>.source_cases``)
+    and when a released member has none, ``larger_source_first`` is left out (the ranker does not apply to that
+    bank: a source of unknown size cannot be placed).
+
     The random ranking has no scores: its expected values are filled in by :func:`analyse`. A source task
     without a size, or a model without a parameter count, is a ValueError naming it.
     """
@@ -47,13 +54,20 @@ def baseline_scores(models: list[str], source_sizes: Mapping[str, int], architec
         if missing:
             raise ValueError(f"no parameter count for the bank model(s) {missing}")
     out = {"pretrained_first": [], "same_architecture_first": [], "larger_source_first": []}
+    unknown_external = False
     for m in models:
         source = model_source(m)
         out["pretrained_first"].append(0.0 if source is None else 1.0)
         out["same_architecture_first"].append(1.0 if model_architecture(m) == architecture else 0.0)
+        if is_external_source(source):
+            unknown_external = unknown_external or m not in source_sizes
+            out["larger_source_first"].append(float(source_sizes.get(m, 0)))
+            continue
         if source is not None and source not in source_sizes:
             raise ValueError(f"no training-case count for source task {source} of {m}")
         out["larger_source_first"].append(0.0 if source is None else float(source_sizes[source]))
+    if unknown_external:
+        del out["larger_source_first"]
     if parameter_counts is not None:
         out["larger_model_first"] = [float(parameter_counts[m]) for m in models]
     return out
@@ -80,14 +94,23 @@ def static_rankers_note(records: list[Mapping], targets: list[str], source_sizes
              "randomly initialised ones",
              f"**{BASELINE_LABELS['same_architecture_first']}**: the bank's most common architecture first "
              f"({reference}; equally common ones: the alphabetically first)"]
-    sources = sorted({s for m in banks.values() for s in map(model_source, m) if s is not None})
-    sizes = ", ".join(f"{short_task(s)} {source_sizes[s]}" for s in sources if s in source_sizes)
-    text = f"**{BASELINE_LABELS['larger_source_first']}**: by the source task's training cases ({sizes})"
-    equal = [t for t, m in banks.items()
-             if len({source_sizes.get(s) for s in map(model_source, m) if s is not None}) == 1]
-    if equal:
-        text += (f"; on {', '.join(short_task(t) for t in equal)} every source has the same number, so there it "
-                 f"orders exactly as {BASELINE_LABELS['pretrained_first']} and its values repeat that row's")
+    released = sorted({m for b in banks.values() for m in b if is_external_source(model_source(m))})
+    sources = sorted({s for m in banks.values() for s in map(model_source, m)
+                      if s is not None and not is_external_source(s)})
+    sizes = ", ".join([*(f"{short_task(s)} {source_sizes[s]}" for s in sources if s in source_sizes),
+                       *(f"{m} {source_sizes[m]}" for m in released if m in source_sizes)])
+    if any(m not in source_sizes for m in released):
+        text = (f"**{BASELINE_LABELS['larger_source_first']}**: does not apply (left out): the external member(s) "
+                f"{', '.join(m for m in released if m not in source_sizes)} have no training-case count "
+                "(bank.external.<name>.source_cases)")
+    else:
+        text = f"**{BASELINE_LABELS['larger_source_first']}**: by the source task's training cases ({sizes})"
+        equal = [t for t, m in banks.items()
+                 if len({source_sizes.get(m_ if is_external_source(s) else s) for m_, s in zip(m, map(model_source, m))
+                         if s is not None}) == 1]
+        if equal:
+            text += (f"; on {', '.join(short_task(t) for t in equal)} every source has the same number, so there it "
+                     f"orders exactly as {BASELINE_LABELS['pretrained_first']} and its values repeat that row's")
     parts.append(text)
     if parameter_counts:
         counts = {model_architecture(m): parameter_counts[m] for m in (x for b in banks.values() for x in b)
@@ -99,10 +122,24 @@ def static_rankers_note(records: list[Mapping], targets: list[str], source_sizes
 
 def parameter_counts_of(bank_dirs: Mapping[str, Path]) -> dict[str, int]:
     """{model id: number of weights, heads excluded} of the bank models' folders
-    (:func:`ccfv.bank.model_card.parameter_count`)."""
+    (:func:`ccfv.bank.model_card.parameter_count`) or external members' cards (``member.json``, its
+    ``parameter_count``: :func:`ccfv.models.members.write_member_card`)."""
     from ..bank.model_card import parameter_count
 
-    return {model: parameter_count(Path(path)) for model, path in bank_dirs.items()}
+    return {model: int(json.loads(Path(path).read_text())["parameter_count"]) if Path(path).name == MEMBER_CARD
+            else parameter_count(Path(path)) for model, path in bank_dirs.items()}
+
+
+def external_source_sizes(bank_files: Mapping[str, Path]) -> dict[str, int]:
+    """{model id: the authors' training cases} of the external members among ``bank_files`` whose card
+    (``member.json``) gives them (``bank.external.<name>.source_cases``); bank folders are skipped."""
+    sizes = {}
+    for model, path in bank_files.items():
+        if Path(path).name == MEMBER_CARD:
+            cases = json.loads(Path(path).read_text()).get("source_cases")
+            if cases is not None:
+                sizes[model] = int(cases)
+    return sizes
 
 
 def source_sizes_from_splits(split_files: Mapping[str, Path]) -> dict[str, int]:
