@@ -75,3 +75,29 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
     raw = convert_msd_task(task_dir, root / "raw")
     preprocessed = plan_and_preprocess(raw, root / "preprocessed", TINY_NETWORK)
     return TinyDataset(task_dir, root / "raw", raw, root / "preprocessed", preprocessed, TINY_NETWORK)
+
+
+# --------------------------------------------------------------------------------------------------
+# Order under `make test` (pytest-xdist, two workers)
+# --------------------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort: otherwise collection order). xdist hands tests out in this order,
+    and the slow ones sit in the last test files: started last, the whole-DAG test alone would keep one worker
+    busy for minutes after the other has run out of work. A slow test stays in place when it shares a module-
+    or class-scoped fixture with a test that is not slow: moved apart, they would build that fixture twice."""
+    users: dict[tuple, list] = {}
+    for item in items:
+        for name, defs in getattr(item, "_fixtureinfo").name2fixturedefs.items():
+            if defs[-1].scope in ("module", "class", "package"):
+                users.setdefault((name, item.module.__name__), []).append(item)
+
+    def first(item) -> bool:
+        if item.get_closest_marker("slow") is None:
+            return False
+        shared = [users[(name, item.module.__name__)] for name, defs in item._fixtureinfo.name2fixturedefs.items()
+                  if defs[-1].scope in ("module", "class", "package")]
+        return all(other.get_closest_marker("slow") for group in shared for other in group)
+
+    items.sort(key=lambda item: not first(item))

@@ -77,6 +77,7 @@ def test_snapshots_are_pretraining_only(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_dag")  # never beside the whole-DAG test (see there)
 def test_a_snapshot_is_scored_and_fine_tuned_like_any_bank_member(tmp_path):
     cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["pretrain"]["snapshots"] = [2]

@@ -341,7 +341,10 @@ def test_lint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# One xdist worker runs this and the snapshot test in turn: this test touches scripts/score.py, which Snakemake
+# reads as a code change of every score job, and the snapshot test runs score jobs of its own.
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_dag")
 def test_whole_dag_on_tiny_config(tmp_path):
     """Every stage for real (nnU-Net, training, sampling, scores, Dice) on 2 tiny tasks."""
     result = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path,
