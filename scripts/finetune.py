@@ -6,9 +6,9 @@ from ccfv.workflow import log_to, start_job
 if __name__ == "__main__":
     start_job(snakemake)  # first: pins the CPU numerics before numpy or torch loads (docs/reproducibility.md)
 
-from ccfv.preprocess.paths import dataset_folder
 from ccfv.bank.training import TrainingBudget
 from ccfv.finetune.nnunet import finetune
+from ccfv.preprocess.paths import dataset_folder
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

@@ -8,8 +8,8 @@ if __name__ == "__main__":
 
 from pathlib import Path
 
-from ccfv.preprocess.paths import dataset_folder
 from ccfv.preprocess.nnunet import plan_and_preprocess
+from ccfv.preprocess.paths import dataset_folder
 
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):

@@ -4,6 +4,7 @@ real. The training side (right iterations, resuming) is in test_training.py."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -93,6 +94,7 @@ def test_a_snapshot_is_scored_and_fine_tuned_like_any_bank_member(tmp_path):
     final = json.loads((tmp_path / "results/bank/unet-Task91_SynthLiver" / MODEL_CARD).read_text())
     assert final["iterations"] == 4 and "snapshot_of" not in final
     scores = json.loads((tmp_path / wanted[0]).read_text())
+    assert scores["model"] == member and scores["scores"] and all(math.isfinite(v) for v in scores["scores"].values())
     assert json.loads((tmp_path / wanted[1]).read_text())["model_id"] == member
     # every target's bank: per architecture the other task, its snapshot and a random member
     rest = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
