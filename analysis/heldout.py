@@ -94,7 +94,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
         if name != LABEL_FREE:
             checks["mean tau above RankMe's"] = row["mean_tau"] > bar["mean_tau"]
         failed = [c for c, passed in checks.items() if not passed]
-        verdict = "works (every criterion met)" if not failed else "not shown to work (fails: " + "; ".join(failed) + ")"
+        verdict = "works (every criterion met)" if not failed else "not shown to work (criteria not met: " + "; ".join(failed) + ")"
         lines.append(f"{row['method']} ({name}): mean tau {row['mean_tau']:.3f}, mean Rel@1 {row['mean_rel_at_1']:.3f}: "
                      f"{verdict}.")
     labelled = summary[(summary["kind"] == "metric") & (summary["metric"] != LABEL_FREE)]
@@ -108,7 +108,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
 def to_markdown(summary: pd.DataFrame, lines: list[str], worlds: dict[str, Path], long: pd.DataFrame) -> str:
     left_out = long[~long["can_rank"]][["world", "target"]].drop_duplicates()
     out = ["# Held-out worlds: the pre-registered evaluation", "",
-           "Worlds: " + ", ".join(f"{w} ({p})" for w, p in worlds.items()) + ". Targets averaged: those whose "
+           "Worlds: " + ", ".join(f"{w} (its tables and provenance.json in {w}/)" for w in worlds) + ". Targets averaged: those whose "
            "ground-truth check says they can rank" + ("." if left_out.empty else "; left out: " + ", ".join(
                f"{r.world}:{r.target}" for r in left_out.itertuples()) + "."), "",
            "| method | kind | targets | mean weighted tau | mean Rel@1 | mean tau-b | mean top-3 |",
