@@ -135,3 +135,73 @@ def test_heldout_refuses_an_unfinished_world(tmp_path):
     result = run("heldout.py", tmp_path / "results-w1", "--out", tmp_path / "out")
     assert result.returncode == 2 and "statistics.csv: missing" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _write_real(results: Path, values: dict, can_rank: bool = True, target: str = "Task04_Hippocampus"):
+    """A real-study results folder's four tables; values[metric] = (kind, tau, tau interval, rel, rel interval)."""
+    tables = results / "tables"
+    tables.mkdir(parents=True)
+    head = ["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid"]
+    with (tables / "statistics.csv").open("w", newline="") as s, (tables / "selection.csv").open("w", newline="") as c, \
+            (tables / "regret.csv").open("w", newline="") as r:
+        stat, sel, reg = csv.writer(s), csv.writer(c), csv.writer(r)
+        stat.writerow(head + ["p_value", "ground_truth"])
+        sel.writerow(head + ["ground_truth"])
+        reg.writerow(["method", "metric", "kind", "target", "picked", "picked_dice", "best", "best_dice", "regret",
+                      "ground_truth"])
+        for metric, (kind, tau, tau_ci, rel, rel_ci) in values.items():
+            stat.writerow([metric.upper(), metric, kind, target, "tau", tau, *tau_ci, 1000, 0.5, "ok"])
+            stat.writerow([metric.upper(), metric, kind, "Avg", "tau", tau, *tau_ci, 1000, 0.5, "ok"])
+            sel.writerow([metric.upper(), metric, kind, target, "rel_at_1", rel, *rel_ci, 1000, "ok"])
+            sel.writerow([metric.upper(), metric, kind, target, "kendall", tau, *tau_ci, 1000, "ok"])
+            sel.writerow([metric.upper(), metric, kind, target, "top3", 1.0, 0, 1, 1000, "ok"])
+            reg.writerow([metric.upper(), metric, kind, target, "m1", 0.7 * rel, "m2", 0.7, 0.7 - 0.7 * rel, "ok"])
+    with (tables / "ground_truth.csv").open("w", newline="") as g:
+        writer = csv.writer(g)
+        writer.writerow(["target", "n_models", "n_seeds", "dice_min", "dice_max", "best", "spread_ratio", "can_rank",
+                         "reasons"])
+        writer.writerow([target, 12, 3, 0.0, 0.7, "m2", 5.0, can_rank, "" if can_rank else "ties"])
+
+
+def test_realstudy_verdict_applies_the_preregistered_rule(tmp_path):
+    values = {"ccfv": ("metric", 0.2, (-0.3, 0.6), 0.95, (0.9, 1.0)),
+              "ccfv_disc": ("metric", 0.7, (0.5, 0.9), 0.99, (0.97, 1.0)),
+              "ccfv_varied": ("metric", -0.1, (-0.5, 0.3), 0.5, (0.4, 0.9)),
+              "pretrained_first": ("baseline", 0.4, (0.1, 0.6), 0.9, (0.85, 0.95)),
+              "larger_model_first": ("baseline", 0.1, (-0.2, 0.4), 0.96, (0.9, 1.0)),
+              "random": ("baseline", 0.0, (0.0, 0.0), 0.99, (0.9, 1.0))}  # the expected random ranking: no ranker
+    _write_real(tmp_path / "results-real", values)
+    out = tmp_path / "out"
+    result = run("realstudy.py", tmp_path / "results-real", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (out / "summary.md").read_text()
+    assert "Health check: can rank; 12 models, 3 seeds" in text
+    # Best static per measure: tau from pretrained_first (0.4), Rel@1 from larger_model_first (0.96), not random.
+    assert "by weighted tau: PRETRAINED_FIRST (0.400" in text and "by Rel@1: LARGER_MODEL_FIRST (0.960" in text
+    assert ("CCFV (ccfv): weighted tau 0.200 [-0.300, 0.600] not above the best static ranker's (not distinguishable"
+            in text)
+    assert "CCFV_DISC (ccfv_disc): weighted tau 0.700 [0.500, 0.900] above the best static ranker's;" in text
+    assert "a variant passes (CCFV_DISC)" in text
+    rows = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert float(rows["ccfv_disc"]["regret"]) == pytest.approx(0.7 - 0.693)
+    assert (out / "statistics.csv").is_file()
+
+
+def test_realstudy_draws_no_verdict_from_a_ground_truth_that_cannot_rank(tmp_path):
+    values = {m: ("metric", 0.9, (0.8, 1.0), 1.0, (1.0, 1.0)) for m in ("ccfv", "ccfv_disc", "ccfv_varied")}
+    values["pretrained_first"] = ("baseline", 0.0, (-0.5, 0.5), 0.5, (0.3, 0.7))
+    _write_real(tmp_path / "results-real", values, can_rank=False)
+    result = run("realstudy.py", tmp_path / "results-real", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "cannot rank" in text and "no verdict is drawn" in text and "works" not in text
+
+
+def test_realstudy_refuses_an_unfinished_run_or_a_missing_target(tmp_path):
+    (tmp_path / "results-real" / "tables").mkdir(parents=True)
+    result = run("realstudy.py", tmp_path / "results-real", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "statistics.csv: missing" in result.stderr
+    _write_real(tmp_path / "results-other", {"ccfv": ("metric", 0.1, (0, 1), 1.0, (1, 1))}, target="TaskX")
+    result = run("realstudy.py", tmp_path / "results-other", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "Task04_Hippocampus is not in statistics.csv (targets: TaskX)" in result.stderr
+    assert not (tmp_path / "out").exists()
