@@ -1,5 +1,6 @@
 # Stage 5: transferability scores of each (bank model, target) from its features file: every metric of
-# scoring.metrics (the paper's baselines, CC-FV and its ablations), whose options are this rule's params.
+# scoring.metrics (the paper's baselines, CC-FV and its ablations), whose options are this rule's params;
+# scoring.max_cases scores a seeded subset of the target's training cases (all by default).
 
 
 rule score:
@@ -13,6 +14,8 @@ rule score:
         f"{R}/benchmarks/scores/{{target}}/{{model}}.tsv"
     params:
         metrics=metric_definitions(),
+        max_cases=config["scoring"].get("max_cases"),
+        seed=config["sampling"]["seed"],
     resources:
         **resources_for("default"),
     threads: 1

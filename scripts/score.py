@@ -11,4 +11,5 @@ from ccfv.scores.scoring import score_pair
 if __name__ == "__main__":
     with log_to(snakemake.log[0]):
         score_pair(snakemake.input.features, dict(snakemake.params.metrics), snakemake.output.scores,
+                   max_cases=snakemake.params.max_cases, seed=snakemake.params.seed,
                    target=snakemake.wildcards.target, model=snakemake.wildcards.model)

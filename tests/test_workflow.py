@@ -270,6 +270,7 @@ def test_layer_ratios_must_match_decoder_stages(tmp_path):
         (lambda s: s["metrics"]["ccfv"].update(distanse="kl"), r"metric 'ccfv': method 'ccfv' has no option\(s\) \['distanse'\]"),
         (lambda s: s["metrics"].update(x={"method": "nonsense"}), "nonsense"),
         (lambda s: s["tables"]["table1"].append("leeep"), r"scoring.tables.table1 names \['leeep'\]"),
+        (lambda s: s.update(max_cases=1), r"max_cases"),
     ],
 )
 def test_bad_scoring_config_fails_before_any_job(tmp_path, change, message):

@@ -7,16 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from ccfv.features.file import CaseRecord, read_features, write_features
+from ccfv.features.file import CaseRecord, read_features, subset_cases, write_features
 from ccfv.scores import metrics
 from ccfv.scores.scoring import (
     DEFAULT_METRICS,
     METHODS,
     check_metric,
+    choose_cases,
     compute_scores,
     features_as_given,
     method_options,
     read_scores,
+    score_features,
     score_pair,
 )
 from ccfv.scores.views import ccfv_layers, head_samples, released_layers
@@ -208,6 +210,31 @@ def test_score_pair_writes_scores_and_definitions(features_path, tmp_path):
     data = json.loads(out.read_text())
     assert data["target"] == "T" and data["metrics"] == definitions
     assert read_scores(out) == scores
+
+
+def test_score_pair_scores_the_seeded_subset_of_max_cases(features_path, tmp_path):
+    definitions = {"ccfv": {"method": "ccfv"}, "logme": {"method": "logme"}, "knn": {"method": "knn", "k": 1}}
+    out = tmp_path / "m.json"
+    scores = score_pair(features_path, definitions, out, max_cases=3, seed=5, target="T", model="m")
+    data = json.loads(out.read_text())
+    chosen = choose_cases(["c0", "c1", "c2", "c3"], 3, 5)
+    assert data["cases"] == chosen and data["n_cases"] == 3 and data["max_cases"] == 3
+    ff = read_features(features_path)
+    assert scores == score_features(subset_cases(ff, chosen), definitions)
+    assert scores != score_features(ff, definitions)  # a subset is not the whole file
+    # Every model of a target holds the same cases, so each gets the same subset; the default is every case.
+    assert choose_cases(["c0", "c1", "c2", "c3"], 3, 5) == chosen
+    everything = score_pair(features_path, definitions, tmp_path / "all.json")
+    assert everything == score_features(ff, definitions) and json.loads((tmp_path / "all.json").read_text())["n_cases"] == 4
+
+
+def test_choose_cases_matches_the_rank_rule_and_refuses_one_case():
+    ids = [f"c{i}" for i in range(10)]
+    expected = sorted(np.random.default_rng(0).choice(10, size=4, replace=False))
+    assert choose_cases(ids, 4, 0) == [ids[i] for i in expected]  # ccfv rank --max-cases's draw
+    assert choose_cases(ids, 10, 0) == ids and choose_cases(ids, None, 0) == ids
+    with pytest.raises(ValueError, match="at least 2 cases"):
+        choose_cases(ids, 1, 0)
 
 
 def test_ccfv_ranks_a_consistent_model_above_a_noisy_one(tmp_path):
