@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES) --report results/report.zip
-	@echo "Demo finished: tables in results/tables/ (table1.md: baselines and CC-FV, table2.md: ablations,"
+	@echo "Demo finished: tables in results/tables/ (table1.md: baselines and CC-FV, table2.md: ablations, table3.md: pre-registered scores,"
 	@echo "statistics.md: intervals and p-values; .csv and .tex beside them; ground_truth.md: can the Dice rank"
 	@echo "the models?), figures in results/figures/, everything with provenance in results/report.zip"
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ccfv report results --ground-truth
