@@ -145,6 +145,8 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
 TRUST_HELP = ("let MONAI evaluate the bundles' configs, Python expressions and imports included, and read "
               "TorchScript model.ts files (default: literal monai/torch classes only; a bundle needing more is refused "
               "with the reason)")
+DEVICE_HELP = ("where the networks run: cuda (a GPU torch can see), cpu, or auto: cuda when torch sees "
+               "a GPU, else cpu (default auto; CPU results are the ones reproduced bit for bit)")
 FEATURES_AS_GIVEN_HELP = ("score the decoder features as sampled: TransRate without its released pipeline's row "
                           "normalisation, GBC without its PCA to 64 dimensions (default: as the authors' released "
                           "pipelines, docs/metrics.md)")
@@ -205,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-as-given", action="store_true", help=FEATURES_AS_GIVEN_HELP)
     p.set_defaults(run=_score)
 
-    p = sub.add_parser("report", help="print the result tables (Tables 1 and 2, statistics, regret, costs)")
+    p = sub.add_parser("report", help="print the result tables (Tables 1, 2 and 3, statistics, regret, costs)")
     p.add_argument("results", type=Path, help="the workflow's results folder (holding tables/)")
     p.add_argument("--ground-truth", action="store_true",
                    help="print only the ground-truth verdict: which targets' fine-tuned Dice cannot rank their models, "
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="case bootstrap resamples for the top pick's confidence (default 200; 0: none)")
     p.add_argument("--out", type=Path, default=Path("ccfv-rank"),
                    help="output folder: ranking.csv, ranking.json, ranking.png, features/ (default: ccfv-rank)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
     p.add_argument("--dice", type=Path, default=None, metavar="CSV",
                    help="known fine-tuned Dice per model (columns model,dice): adds weighted tau, Pearson, regret")
     p.add_argument("--max-cases", type=int, default=DEFAULT_MAX_CASES, metavar="N",
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, default=None, metavar="JSON",
                    help="use this split (train/test case lists, e.g. the workflow's results/splits/<task>.json) "
                         "instead of making one")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (default 1; a fine-tuning is reproduced bit for bit with the same count)")
     p.add_argument("--trust-bundle-code", action="store_true", help=TRUST_HELP)
