@@ -3,8 +3,8 @@ score it, and compare every metric's ranking and weighted tau with the full pass
 section 1b).
 
 Inputs (read only): a results folder that ran ``--until score`` at least (``bank/<model>/``,
-``nnunet/<target>/preprocessed/``, ``splits/<target>.json``, ``scores/<target>/<model>.json``: the full
-pass), the config layers it ran with (deep-merged in order, as Snakemake merges ``--configfile``), the Dice
+``nnunet/<target>/preprocessed/`` and, for external members (``bank.external``), ``nnunet/<target>/raw/``,
+``splits/<target>.json``, ``scores/<target>/<model>.json``: the full pass), the config layers it ran with (deep-merged in order, as Snakemake merges ``--configfile``), the Dice
 per (target, model) (a ``scores_and_dice.csv`` with ``dice_mean_over_seeds``) and the fine-tuning seed noise
 per target (a ``noise_ceiling.csv`` with ``seed_sd``: the SD of Dice across fine-tuning seeds, pooled over the
 bank).
@@ -12,9 +12,11 @@ bank).
 For every (target, model) whose full-pass scores exist, into ``--scratch`` (resumable: files already there
 are kept):
 
-* ``budget<B>/features/<target>/<model>.h5``: ``ccfv.features.target.sample_target`` with the config's
-  ``sampling:`` and ``window_budget: B``; ``budget<B>/scores/<target>/<model>.json``: every metric of
-  ``scoring.metrics`` (``ccfv.scores.scoring.compute_scores``).
+* ``budget<B>/features/<target>/<model>.h5``: ``ccfv.features.target.sample_target`` (an external member:
+  ``sample_member``) with the config's ``sampling:`` and ``window_budget: B``, over the training cases the full
+  pass's scores used (all of them, or the ``scoring.max_cases`` subset its scores JSON lists);
+  ``budget<B>/scores/<target>/<model>.json``: every metric of ``scoring.metrics``
+  (``ccfv.scores.scoring.compute_scores``).
 * unless ``--no-reference``: the same without a budget but with sampling seed ``--reference-seed`` (``seed<S>/``):
   how much redrawing the voxels alone moves the scores, the yardstick of the sampling's own noise.
 
@@ -104,21 +106,63 @@ def bank_of(results: Path, target: str) -> list[str]:
     return sorted(p.stem for p in (results / "scores" / target).glob("*.json"))
 
 
+def scored_split(results: Path, target: str, model: str, out: Path) -> Path:
+    """The split to resample ``model`` on: the run's ``splits/<target>.json``, its training cases narrowed to
+    those the full pass's scores were computed on when the run scored a subset (``scoring.max_cases``: the scores
+    JSON lists its ``cases``), written to ``out/splits/<target>/<model>.json``. A case's voxels are drawn from
+    (seed, case id) alone (``ccfv.features.sampler.case_rng``), so sampling only the scored cases gives them the
+    features the full pass gave them: the comparison is the one the workflow's scores see, at a fraction of the
+    cost (the real study scores 20 of its 208 training cases)."""
+    split_file = results / "splits" / f"{target}.json"
+    recorded = json.loads((results / "scores" / target / f"{model}.json").read_text()).get("cases")
+    if recorded is None:
+        return split_file
+    split = json.loads(split_file.read_text())
+    unknown = sorted(set(recorded) - set(split["train"]))
+    if unknown:
+        raise SystemExit(f"budget_rankings: {results / 'scores' / target / f'{model}.json'}: scored case(s) "
+                         f"{unknown[:3]} are not training cases of {split_file}")
+    if len(recorded) == len(split["train"]):
+        return split_file
+    narrowed = out / "splits" / target / f"{model}.json"
+    narrowed.parent.mkdir(parents=True, exist_ok=True)
+    narrowed.write_text(json.dumps({**split, "train": [c for c in split["train"] if c in set(recorded)]}, indent=1))
+    return narrowed
+
+
 def sample_and_score(results: Path, target: str, model: str, out: Path, sampling: dict, definitions: dict,
-                     threads: int) -> tuple[dict, float]:
-    """(scores, sampling seconds) of one pair into ``out/{features,scores}``; kept when already there."""
-    from ccfv.features.target import sample_target
+                     threads: int, config: dict | None = None) -> tuple[dict, float]:
+    """(scores, sampling seconds) of one pair into ``out/{features,scores}``; kept when already there.
+
+    A bank model (``bank/<model>/`` a ccfv model folder) is sampled as the ``sample_features`` rule does, from
+    the target's preprocessed data; an external member (``bank/<model>/member.json``, ``bank.external`` of
+    ``config``) as ``sample_member_features`` does, from the converted raw data in its own input convention,
+    with its layer ratios resolved as the rule resolves them."""
+    from ccfv.bank.model_ids import model_architecture
+    from ccfv.features.target import sample_member, sample_target
+    from ccfv.models.members import MEMBER_CARD, external_member
     from ccfv.preprocess.paths import dataset_folder
     from ccfv.scores.scoring import read_scores, score_pair
+    from ccfv.workflow import external_members
 
     features = out / "features" / target / f"{model}.h5"
     scores = out / "scores" / target / f"{model}.json"
     seconds = 0.0
     if not features.is_file():
+        split = scored_split(results, target, model, out)
         start = time.perf_counter()
-        sample_target(results / "bank" / model, dataset_folder(results / "nnunet" / target / "preprocessed", target),
-                      results / "splits" / f"{target}.json", features, target=target, sampling=sampling,
-                      threads=threads, device="cpu")
+        if (results / "bank" / model / MEMBER_CARD).is_file():
+            config = config or {}
+            member = external_member(model, external_members(config), config.get("random_init", {}).get("seed", 0))
+            ratios = sampling.get("layer_ratios")
+            settings = {**sampling, "layer_ratios": ratios.get(model_architecture(model)) if isinstance(ratios, dict)
+                        else ratios}
+            sample_member(member, dataset_folder(results / "nnunet" / target / "raw", target), split, features,
+                          target=target, sampling=settings, threads=threads, device="cpu")
+        else:
+            sample_target(results / "bank" / model,
+                          dataset_folder(results / "nnunet" / target / "preprocessed", target), split, features,
+                          target=target, sampling=sampling, threads=threads, device="cpu")
         seconds = time.perf_counter() - start
     if not scores.is_file():
         score_pair(features, definitions, scores, target=target, model=model)
@@ -297,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in targets:
         for model in banks[target]:
             for name, (out, settings) in runs.items():
-                scores, spent = sample_and_score(results, target, model, out, settings, definitions, args.threads)
+                scores, spent = sample_and_score(results, target, model, out, settings, definitions, args.threads,
+                                                 config)
                 resampled[name].setdefault(target, {})[model] = scores
                 seconds[name] += spent
                 meta = read_features(out / "features" / target / f"{model}.h5").meta
@@ -306,13 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {done}/{pairs} {target} {model}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
 
-    # The full pass's windows, from its own features files when they are there.
+    # The full pass's windows, from its own features files when they are there, over the cases resampled.
     full_windows = []
     for target in targets:
         for model in banks[target]:
             path = results / "features" / target / f"{model}.h5"
             if path.is_file():
-                full_windows += list(read_features(path).meta.get("windows_run", {}).values())
+                run = read_features(path).meta.get("windows_run", {})
+                scored = json.loads((results / "scores" / target / f"{model}.json").read_text()).get("cases") or run
+                full_windows += [run[case] for case in scored if case in run]
     rows = compare(full, resampled["budget"], dice, seed_sd, metrics, args.simulations,
                    resampled.get("reference"), committed)
     summary = summarise(rows, metrics)

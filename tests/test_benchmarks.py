@@ -422,6 +422,72 @@ def test_budget_rankings_smoke(tiny_dataset, tmp_path, capsys):
         script.main([*argv[:-6], "--scratch", str(results / "x")])  # scratch inside the results: refused
 
 
+def test_budget_rankings_resamples_only_the_scored_cases_and_external_members(tiny_dataset, tmp_path, capsys):
+    """A full pass scored on a subset of the training cases (``scoring.max_cases``, as the real study) with an
+    external member (``bank.external``, as the real study's released models): the script samples only the
+    scored cases, the external member as ``sample_member_features`` does, and a reference at the full pass's
+    own seed reproduces the full pass's scores exactly (a case's voxels depend on its id alone)."""
+    from ccfv.bank.training import random_model
+    from ccfv.features.file import read_features
+    from ccfv.features.target import sample_member, sample_target
+    from ccfv.models.members import external_member, write_member_card
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+    from ccfv.scores.scoring import read_scores, score_pair
+
+    target = "Task94_SynthSpleen"
+    results = tmp_path / "results"
+    (results / "nnunet" / target).mkdir(parents=True)
+    (results / "nnunet" / target / "preprocessed").symlink_to(tiny_dataset.preprocessed_root)
+    (results / "nnunet" / target / "raw").symlink_to(tiny_dataset.raw_root)
+    split = results / "splits" / f"{target}.json"
+    split.parent.mkdir()
+    write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.4, seed=0), split)
+    train = json.loads(split.read_text())["train"]
+    assert len(train) == 3
+    sampling = {"total": 40, "minimum": 4, "n_global": 30, "n_background": 20, "step_size": 0.5, "batch_size": 2,
+                "seed": 0, "layer_ratios": {"unet": [0.5, 1.0]}}
+    metrics = {"logme": {"method": "logme"}, "ccfv": {"method": "ccfv"}}
+    released = tmp_path / "released-unet"  # a model trained elsewhere, read in place
+    random_model(tiny_dataset.preprocessed, "unet-random", released, seed=7)
+    external = {"mine": {"path": str(released), "format": "ccfv", "random_copy": False}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"tasks": [target], "sampling": sampling, "bank": {"external": external},
+                                      "random_init": {"seed": 0},
+                                      "scoring": {"metrics": metrics, "tables": {"table1": ["logme", "ccfv"]}}}))
+    models = ["unet-Task91_SynthLiver", "unet-random", "mine-released"]
+    for seed, model in enumerate(models):
+        features = results / "features" / target / f"{model}.h5"
+        if model == "mine-released":
+            member = external_member(model, external, 0)
+            write_member_card(member, results / "bank" / model / "member.json")
+            sample_member(member, tiny_dataset.raw, split, features, target=target, sampling=sampling, device="cpu")
+        else:
+            random_model(tiny_dataset.preprocessed, model, results / "bank" / model, seed=seed)
+            sample_target(results / "bank" / model, tiny_dataset.preprocessed, split, features, target=target,
+                          sampling=sampling, device="cpu")
+        score_pair(features, metrics, results / "scores" / target / f"{model}.json", max_cases=2, seed=0)
+    scored = json.loads((results / "scores" / target / f"{models[0]}.json").read_text())["cases"]
+    assert len(scored) == 2
+    (tmp_path / "dice.csv").write_text("target,model,dice_mean_over_seeds\n"
+                                       + "".join(f"{target},{m},{d}\n" for m, d in zip(models, [0.7, 0.2, 0.5])))
+    (tmp_path / "noise.csv").write_text(f"target,seed_sd\n{target},0.05\n")
+    scratch = tmp_path / "scratch"
+    argv = ["--results", str(results), "--configfile", str(config), "--dice", str(tmp_path / "dice.csv"),
+            "--noise", str(tmp_path / "noise.csv"), "--budget", "1", "--scratch", str(scratch),
+            "--reference-seed", "0", "--simulations", "20", "--json", str(tmp_path / "out.json")]
+    assert load_script("budget_rankings.py").main(argv) == 0
+    capsys.readouterr()
+    for model in models:
+        budget = read_features(scratch / "budget1" / "features" / target / f"{model}.h5")
+        assert list(budget.cases) == scored and budget.meta["window_budget"] == 1
+        reference = scratch / "seed0" / "scores" / target / f"{model}.json"
+        assert read_scores(reference) == read_scores(results / "scores" / target / f"{model}.json"), model
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert all(row["delta_reference"] == 0 for row in data["rows"])
+    assert len(data["full_windows"]) == 2 * len(models)  # the full pass's windows over the scored cases only
+
+
 # --- gpu_check.py -------------------------------------------------------------------------------------------
 
 def test_gpu_check_without_a_gpu_says_so_and_exits_77():
