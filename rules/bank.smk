@@ -61,7 +61,7 @@ if EXTERNAL:
     # it (parameter count, the authors' training cases) and checks once that it loads.
     rule describe_member:
         input:
-            model=lambda wc: member_path(wc.model),
+            model=lambda wc: member_input(wc.model),
         output:
             card=f"{R}/bank/{{model}}/member.json",
         log:
@@ -72,6 +72,7 @@ if EXTERNAL:
             model=external_model_id_pattern(list(EXTERNAL)),
         params:
             member=lambda wc: member(wc.model),
+            digest=lambda wc: member_digest(wc.model),
             source_cases=lambda wc: EXTERNAL[model_architecture(wc.model)].get("source_cases"),
         resources:
             **resources_for("default"),

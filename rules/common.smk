@@ -8,6 +8,7 @@ from snakemake.utils import validate
 # Python running Snakemake must import (true for make demo, the cluster's .venv and the container).
 from ccfv.bank.model_ids import (TASK_PATTERN, external_model_id_pattern, model_architecture, model_id_pattern,
                                  pretrained_model_id, random_model_id, snapshot_model_id)
+from ccfv.data.checksums import tree_digest
 from ccfv.models.members import external_member, member_names
 from ccfv.workflow import (check_bank_size, check_config, check_config_before_schema, config_error_message, config_layers,
                            config_origin, data_path_only, external_members, targets_of, task_source)
@@ -104,6 +105,25 @@ def member(model):
 def member_path(model):
     """The file or folder a bank member is read from: its bank folder, or the external model's path."""
     return external_member(model, EXTERNAL, 0)["path"] if is_external(model) else bank_dir(model)
+
+
+def member_input(model):
+    """A rule's input for a bank member. An external model is made by someone else and often re-copied
+    (restored, rsynced, re-mounted with new mtimes): its modification time says nothing, so it is ancient() and
+    its content digest (member_digest, a param) decides whether the jobs that read it rerun."""
+    return ancient(member_path(model)) if is_external(model) else bank_dir(model)
+
+
+def member_digest(model):
+    """SHA-256 of an external member's files (ccfv.data.checksums.tree_digest, cached by size and mtime in
+    .snakemake/ccfv/digests.json): new weights rerun its jobs, a copy of the same bytes does not. None for the
+    bank's own models, whose folders this workflow writes (their mtimes are its own)."""
+    if not is_external(model):
+        return None
+    try:
+        return tree_digest(member_path(model), ".snakemake/ccfv/digests.json")
+    except OSError as err:
+        raise WorkflowError(f"bank.external: {member_path(model)}: cannot read the model ({err})") from None
 
 
 def sampling_for(model):

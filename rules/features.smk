@@ -36,7 +36,7 @@ if EXTERNAL:
     # settings (layer ratios: sampling.layer_ratios.<name>, default halving per hooked layer).
     rule sample_member_features:
         input:
-            model=lambda wc: member_path(wc.model),
+            model=lambda wc: member_input(wc.model),
             card=lambda wc: f"{bank_dir(wc.model)}/member.json",
             raw=f"{R}/nnunet/{{target}}/raw",
             split=f"{R}/splits/{{target}}.json",
@@ -51,6 +51,7 @@ if EXTERNAL:
         params:
             sampling=lambda wc: sampling_for(wc.model),
             member=lambda wc: member(wc.model),
+            digest=lambda wc: member_digest(wc.model),
         resources:
             gpu=1,
             **resources_for("inference"),

@@ -37,7 +37,7 @@ else:
     # from, which Snakemake must not delete); seed<N>.json is what the results stage reads.
     rule finetune_protocol:
         input:
-            model=lambda wc: member_path(wc.model),
+            model=lambda wc: member_input(wc.model),
             raw=f"{R}/nnunet/{{target}}/raw",
             split=f"{R}/splits/{{target}}.json",
         output:
@@ -50,6 +50,7 @@ else:
             f"{R}/benchmarks/finetune/{{target}}/{{model}}/seed{{seed}}.tsv"
         params:
             member=lambda wc: member(wc.model),
+            digest=lambda wc: member_digest(wc.model),
             protocol=lambda wc: protocol_for(wc.target),
         resources:
             gpu=1,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.models.test_meshnet import write_tiny_model
+from tests.models.test_meshnet import tiny_weights, write_tiny_model
 from tests.test_workflow import ROOT, dry_run, snakemake
 
 TINY = ROOT / "tests/configs/tiny.yaml"
@@ -86,6 +86,26 @@ def test_a_source_task_pretrained_and_one_target_with_an_external_member_run_end
     # nothing left to do
     again = snakemake("-n", "--configfile", str(TINY), str(config), cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # The released model re-copied (as a shared folder restored or re-mounted: new mtimes, the same bytes):
+    # still nothing to do; the weights changed: every job that read the model reruns, the bank's own do not.
+    import os
+    import shutil
+    import time
+
+    copy = mesh.with_name("copy")
+    shutil.copytree(mesh, copy)
+    shutil.rmtree(mesh)
+    time.sleep(0.05)
+    copy.rename(mesh)
+    for path in (mesh, *mesh.iterdir()):
+        os.utime(path)
+    again = snakemake("-n", "--configfile", str(TINY), str(config), cwd=tmp_path)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+    write_tiny_model(mesh, weights=tiny_weights(seed=1))
+    counts = dry_run("--configfile", str(TINY), str(config), cwd=tmp_path)
+    assert counts["describe_member"] == 2 and counts["sample_member_features"] == 2, counts
+    assert counts["finetune_protocol"] == 2 and counts["score"] == 2, counts  # the two tinymesh members only
 
 
 @pytest.mark.parametrize("entry, key, message", [

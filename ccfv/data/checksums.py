@@ -32,6 +32,59 @@ def digest_of(entries: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
+def tree_digest(path: str | Path, cache_file: str | Path | None = None) -> str:
+    """SHA-256 of what a file or a folder holds: a file's bytes (``sha256_file``), or for a folder every regular
+    file under it (links followed) as {relative POSIX path: SHA-256 of its bytes} through ``digest_of``. Names
+    and bytes only: a copy with new modification times has the digest of the original.
+
+    The workflow passes each external bank member's digest as a rule param (rules/common.smk,
+    ``member_digest``), so that a model re-copied or restored (new mtimes, same bytes) reruns nothing while new
+    weights rerun every job that read the old ones. ``cache_file``: a JSON {absolute path: [size in bytes,
+    mtime in ns, SHA-256]} of files hashed before; an entry whose size and mtime still match is reused, so a
+    bank of large checkpoints is read once per change, not at every DAG build. A cache that cannot be read is
+    ignored and rewritten (written to a temporary file, then renamed).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    import os
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    cache: dict = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            cache = {}
+        if not isinstance(cache, dict):
+            cache = {}
+    changed = False
+
+    def one(file: Path) -> str:
+        nonlocal changed
+        stat, key = file.stat(), str(file.resolve())
+        hit = cache.get(key)
+        if isinstance(hit, list) and hit[:2] == [stat.st_size, stat.st_mtime_ns]:
+            return hit[2]
+        cache[key] = [stat.st_size, stat.st_mtime_ns, sha256_file(file)]
+        changed = True
+        return cache[key][2]
+
+    if root.is_file():
+        digest = one(root)
+    else:
+        digest = digest_of({f.relative_to(root).as_posix(): one(f) for f in sorted(root.rglob("*")) if f.is_file()})
+    if changed and cache_file is not None:
+        cache_file = Path(cache_file)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+        partial.write_text(json.dumps(cache, indent=0, sort_keys=True))
+        os.replace(partial, cache_file)
+    return digest
+
+
 def case_id(file_name: str) -> str:
     """``./imagesTr/liver_3.nii.gz`` -> ``liver_3`` (nnU-Net's identifier of the same case)."""
     name = Path(file_name).name

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ccfv.data.checksums import case_id, digest_of, sha256_file, training_files, validate_and_record
+from ccfv.data.checksums import case_id, digest_of, sha256_file, training_files, tree_digest, validate_and_record
 from ccfv.data.synthetic import write_task
 from ccfv.preprocess.nnunet import preprocessed_cases
 
@@ -66,3 +66,43 @@ def test_preprocessed_cases_are_stable_and_per_case(tiny_dataset):
     assert sorted(first["cases"]) == case_identifiers(tiny_dataset.preprocessed)
     assert preprocessed_cases(tiny_dataset.preprocessed) == first
     assert len(set(first["cases"].values())) == len(first["cases"])  # distinct cases, distinct checksums
+
+
+def test_tree_digest_follows_the_bytes_not_the_mtimes_and_caches_by_size_and_mtime(tmp_path):
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "model.json").write_text('{"a": 1}')
+    (model / "sub" / "weights.bin").write_bytes(bytes(range(200)))
+    cache = tmp_path / ".snakemake" / "ccfv" / "digests.json"
+    first = tree_digest(model, cache)
+    assert first == digest_of({"model.json": sha256_file(model / "model.json"),
+                               "sub/weights.bin": sha256_file(model / "sub" / "weights.bin")})
+    assert len(json.loads(cache.read_text())) == 2
+    assert tree_digest(model / "model.json") == sha256_file(model / "model.json")  # a file: its own SHA-256
+
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy, copy_function=shutil.copy)  # new mtimes, the same bytes
+    assert tree_digest(copy, cache) == first
+    os.utime(model / "sub" / "weights.bin", ns=(1, 1))
+    assert tree_digest(model, cache) == first
+
+    # the cache is trusted while size and mtime match (so a stale entry shows it was used), then refreshed
+    entries = json.loads(cache.read_text())
+    key = str((model / "model.json").resolve())
+    entries[key][2] = "0" * 64
+    cache.write_text(json.dumps(entries))
+    assert tree_digest(model, cache) != first
+    (model / "model.json").write_text('{"a": 2}')  # new bytes (and a new size): hashed again
+    changed = tree_digest(model, cache)
+    assert changed not in (first, tree_digest(copy))
+    assert json.loads(cache.read_text())[key][2] == sha256_file(model / "model.json")
+
+    (model / "extra.txt").write_text("x")  # a new file changes the digest; so does a renamed one
+    assert tree_digest(model) != changed
+    cache.write_text("not json")  # an unreadable cache is ignored and rewritten
+    assert tree_digest(copy, cache) == first and json.loads(cache.read_text())
+    with pytest.raises(FileNotFoundError, match="missing"):
+        tree_digest(tmp_path / "missing", cache)
