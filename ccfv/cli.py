@@ -88,7 +88,7 @@ def rank_sampling(args) -> dict:
 
 
 def _protocol(args, iterations: int):
-    from .finetune.protocol import FinetuneProtocol
+    from .finetune.settings import FinetuneProtocol
 
     return FinetuneProtocol(iterations=iterations, batch_size=args.batch_size, learning_rate=args.learning_rate,
                             head_learning_rate=args.head_learning_rate, head_init=args.head_init)
@@ -130,7 +130,7 @@ def _finetune(args) -> int:
 
 def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     """The protocol's settings a user may change (docs/finetune.md says why each default)."""
-    from .finetune.protocol import HEAD_INITS, FinetuneProtocol
+    from .finetune.settings import HEAD_INITS, FinetuneProtocol
 
     defaults = FinetuneProtocol()
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default 2)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,20 @@ def test_rank_uses_at_most_twenty_cases_by_default_and_all_with_zero():
     args = parser.parse_args(["rank", "--data", "d", "--model", "m"])
     assert args.max_cases == DEFAULT_MAX_CASES == 20
     assert parser.parse_args(["rank", "--data", "d", "--model", "m", "--max-cases", "0"]).max_cases == 0
+
+
+@pytest.mark.parametrize("command", ["rank", "finetune"])
+def test_rank_and_finetune_pin_the_numerics_before_numpy_loads(command, tmp_path):
+    """The option defaults must not import numpy: ``ccfv rank --confirm`` once built its protocol options from
+    a module importing numpy, so every ranking ran unpinned (a warning said numpy had loaded first). A fresh
+    interpreter, as the console script starts: the pin must apply, or fail only for the machine's own reasons
+    (a CPU below the level), never because numpy came first."""
+    missing = tmp_path / "missing"
+    code = ("import sys\nfrom ccfv.cli import main\n"
+            f"sys.exit(main([{command!r}, '--data', {str(missing)!r}, '--model', {str(missing)!r}, "
+            f"'--out', {str(tmp_path / 'out')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "CCFV_NUMERICS_PIN"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "before numpy is imported" not in result.stderr, result.stderr[-2000:]
+    assert "missing" in result.stderr  # the bad data is named
