@@ -182,6 +182,11 @@ def _with_interval(entry: dict, name: str) -> str:
     return _fmt(entry.get(name)) + ("" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
+#: A confirmed Dice below this is a network that predicts (almost) only background: the ground-truth health
+#: check's threshold for a model that did not learn (config ``ground_truth``, docs/report.md).
+UNTRAINED_DICE = 0.05
+
+
 def _confirm_summary(ranking: Ranking, confirm: dict) -> str:
     """What ``--confirm`` measured, in one sentence: the protocol's budget and split, and whether the best
     fine-tuned Dice among the top K is the first pick's."""
@@ -195,6 +200,14 @@ def _confirm_summary(ranking: Ranking, confirm: dict) -> str:
         best = max(done, key=lambda d: d[1])
         text += (f" The first pick, {done[0][0]}, is also the best of them." if best[0] == done[0][0] else
                  f" The best of them is {best[0]} ({best[1]:.4f}), not the first pick {done[0][0]} ({done[0][1]:.4f}).")
+    untrained = [model for model, dice in done if dice < UNTRAINED_DICE]
+    if untrained:
+        text += (f" Caution: {', '.join(untrained)} ended below Dice {UNTRAINED_DICE} (background only): within "
+                 f"{confirm['protocol']['iterations']} iterations a network that starts from a new head may not yet "
+                 "predict a small structure at all, which says more about the budget than about the model (on "
+                 "Task04_Hippocampus at 75 iterations every U-Net, UNETR and hippodeep did, while MeshNets reached "
+                 "0.54-0.80: docs/real-study.md); confirm again with a larger --confirm-iterations before you "
+                 "rule such a model out.")
     return text
 
 

@@ -676,3 +676,20 @@ def test_rank_confirm_finetunes_the_top_pick_and_prints_its_dice_beside_the_esti
     assert rows[1]["finetuned_dice"] == ""
     assert "fine-tuned Dice" in printed
     assert "Fine-tuned Dice: the top 1 by logme, each fine-tuned 3 iterations" in printed
+
+
+def test_confirm_summary_cautions_about_a_model_left_at_background_only():
+    """A confirmed Dice near 0 after a short budget is a network that has not yet learnt the structure (the real
+    study: hippodeep, a hippocampus model, at 0.00 after 75 iterations, a MeshNet at 0.79): the summary says
+    so instead of only naming the other model the best."""
+    from ccfv.rank.outputs import UNTRAINED_DICE, Ranking, _confirm_summary
+
+    confirm = {"k": 2, "protocol": {"iterations": 75}, "seed": 0, "split": {"train": ["a"] * 8, "test": ["b"] * 2}}
+    rows = [{"model": "hippodeep", "finetuned_dice": 0.0}, {"model": "model30chan18cls", "finetuned_dice": 0.7948},
+            {"model": "third"}]
+    text = _confirm_summary(Ranking(rows, [], ["logme"], None, {}), confirm)
+    assert "The best of them is model30chan18cls (0.7948), not the first pick hippodeep (0.0000)." in text
+    assert f"Caution: hippodeep ended below Dice {UNTRAINED_DICE}" in text and "--confirm-iterations" in text
+    rows[0]["finetuned_dice"] = 0.61
+    text = _confirm_summary(Ranking(rows, [], ["logme"], None, {}), confirm)
+    assert "Caution" not in text and "The best of them is model30chan18cls" in text
