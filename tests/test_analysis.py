@@ -205,3 +205,34 @@ def test_realstudy_refuses_an_unfinished_run_or_a_missing_target(tmp_path):
     result = run("realstudy.py", tmp_path / "results-other", "--out", tmp_path / "out")
     assert result.returncode == 2 and "Task04_Hippocampus is not in statistics.csv (targets: TaskX)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_protocol_probe_fine_tunes_one_member_on_a_runs_split(tiny_dataset, tmp_path):
+    """analysis/protocol_probe.py on a run's layout (nnunet/<target>/raw, splits/<target>.json) with a random
+    bank U-Net: the changed settings reach the fine-tuning (2 iterations, a random head), the held-out Dice is
+    printed and written; a setting the protocol does not have is refused, naming the keys it has."""
+    import json
+    import re
+
+    from ccfv.bank.training import random_model
+    from ccfv.preprocess.nnunet import case_identifiers
+    from ccfv.preprocess.splits import make_split, write_split
+
+    results = tmp_path / "results"
+    (results / "nnunet" / TASK).mkdir(parents=True)
+    (results / "nnunet" / TASK / "raw").symlink_to(tiny_dataset.raw_root, target_is_directory=True)
+    write_split(make_split(case_identifiers(tiny_dataset.preprocessed), 0.4, seed=0),
+                results / "splits" / f"{TASK}.json")
+    model = random_model(tiny_dataset.preprocessed, "unet-random", tmp_path / "unet-random", seed=0)
+    out = tmp_path / "probe"
+    result = run("protocol_probe.py", results, TASK, model, "--set", "iterations=2", "--set", "checkpoint_every=1",
+                 "--set", "head_init=random", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"unet-random patch=None protocol=\{(.*)\} seed=0 dice=(\d\.\d{4}) losses=\[([\d.]+)\]", line)
+    assert match, line
+    assert "'iterations': 2" in match.group(1) and "'head_init': 'random'" in match.group(1)
+    written = json.loads((out / "dice.json").read_text())
+    assert written["mean_dice"] == pytest.approx(float(match.group(2)), abs=1e-4) and written["method"] == "protocol"
+    bad = run("protocol_probe.py", results, TASK, model, "--set", "speed=3", "--out", out)
+    assert bad.returncode != 0 and "--set 'speed=3'" in bad.stderr and "head_init" in bad.stderr
