@@ -202,12 +202,14 @@ def _confirm_summary(ranking: Ranking, confirm: dict) -> str:
                  f" The best of them is {best[0]} ({best[1]:.4f}), not the first pick {done[0][0]} ({done[0][1]:.4f}).")
     untrained = [model for model, dice in done if dice < UNTRAINED_DICE]
     if untrained:
-        text += (f" Caution: {', '.join(untrained)} ended below Dice {UNTRAINED_DICE} (background only): within "
+        text += (f" Caution: {', '.join(untrained)} ended below Dice {UNTRAINED_DICE} (background only), which says "
+                 "more about the protocol than about the model: in "
                  f"{confirm['protocol']['iterations']} iterations a network that starts from a new head may not yet "
-                 "predict a small structure at all, which says more about the budget than about the model (on "
-                 "Task04_Hippocampus at 75 iterations every U-Net, UNETR and hippodeep did, while MeshNets reached "
-                 "0.54-0.80: docs/real-study.md); confirm again with a larger --confirm-iterations before you "
-                 "rule such a model out.")
+                 "predict a small structure, and a body rate too high for a network's small weights rewrites them "
+                 "(on Task04_Hippocampus at 75 iterations every U-Net, UNETR and hippodeep stayed at 0 while "
+                 "MeshNets reached 0.54-0.80; hippodeep reached 0.30 at --learning-rate 1e-5: docs/real-study.md); "
+                 "confirm again with a larger --confirm-iterations or a lower --learning-rate before you rule such "
+                 "a model out.")
     return text
 
 
