@@ -3,7 +3,8 @@ the member learn the target within the budget, and under which settings? (docs/r
 ground truth cannot rank").
 
     python analysis/protocol_probe.py /work/wt/real/results-realstudy Task04_Hippocampus \\
-        ../shared/models/hippodeep/hippodeep.pt --patch 32 48 32 --set learning_rate=1e-5 --out /tmp/probe
+        ../shared/models/hippodeep/hippodeep.pt --patch 32 48 32 --set iterations=75 --set learning_rate=1e-5 \\
+        --out /tmp/probe
 
 Fine-tunes the model (a bank model folder, or any external model ``ccfv rank`` reads) on the run's recorded
 split of ``target`` (``splits/<target>.json``, the converted raw data ``nnunet/<target>/raw/``) by
