@@ -39,7 +39,8 @@ def parse_settings(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or key not in types:
             raise SystemExit(f"protocol_probe: --set {pair!r}: expected key=value with key one of {sorted(types)}")
-        out[key] = types[key](value)
+        # a list setting (learning_rate_grid) is given comma-separated: learning_rate_grid=3e-3,1e-3,1e-4
+        out[key] = tuple(float(v) for v in value.split(",")) if types[key] is tuple else types[key](value)
     return out
 
 
@@ -69,7 +70,9 @@ def main(argv=None) -> int:
         print(f"protocol_probe: {err}", file=sys.stderr)
         return 2
     print(f"{name} patch={args.patch} protocol={protocol} seed={args.seed} dice={row['mean_dice']:.4f} "
-          f"losses={[round(x, 3) for x in row['losses'][::10]]}")
+          f"losses={[round(x, 3) for x in row['losses'][::10]]}"
+          + (f" rate={row['learning_rate']:g} of mean pilot losses {row['learning_rate_selection']['mean_loss']}"
+             if row.get("learning_rate_selection") else ""))
     return 0
 
 

@@ -90,8 +90,10 @@ def rank_sampling(args) -> dict:
 def _protocol(args, iterations: int):
     from .finetune.settings import FinetuneProtocol
 
-    return FinetuneProtocol(iterations=iterations, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            head_learning_rate=args.head_learning_rate, head_init=args.head_init)
+    rates = args.learning_rate
+    grid = dict(learning_rate_grid=rates) if len(rates) > 1 else dict(learning_rate=rates[0])
+    return FinetuneProtocol(iterations=iterations, batch_size=args.batch_size, head_learning_rate=args.head_learning_rate,
+                            head_init=args.head_init, selection_iterations=args.selection_iterations, **grid)
 
 
 def _rank(args) -> int:
@@ -134,8 +136,13 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
 
     defaults = FinetuneProtocol()
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default 2)")
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                   help=f"Adam's rate for the pre-trained weights, poly-decayed (default {defaults.learning_rate:g})")
+    p.add_argument("--learning-rate", type=float, nargs="+", default=[defaults.learning_rate], metavar="RATE",
+                   help="Adam's rate for the pre-trained weights, poly-decayed; several rates: each model and seed "
+                        "keeps the one whose loss falls most in a pilot of --selection-iterations iterations "
+                        f"(successive halving; docs/finetune.md) (default {defaults.learning_rate:g})")
+    p.add_argument("--selection-iterations", type=int, default=defaults.selection_iterations, metavar="N",
+                   help="with several --learning-rate: the pilot every rate trains before one goes on "
+                        f"(default {defaults.selection_iterations})")
     p.add_argument("--head-learning-rate", type=float, default=defaults.head_learning_rate,
                    help=f"Adam's rate for the new head, poly-decayed (default {defaults.head_learning_rate:g})")
     p.add_argument("--head-init", choices=HEAD_INITS, default=defaults.head_init,

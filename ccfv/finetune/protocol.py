@@ -309,7 +309,8 @@ def _resumable(path: Path, identity: dict, log: Callable[[str], None]) -> dict |
 
 
 def train(network, head_parameters: Sequence[str], sampler: PatchSampler, protocol: FinetuneProtocol, seed: int,
-          checkpoint: Path, identity: dict, device, log: Callable[[str], None] | None = None) -> dict:
+          checkpoint: Path, identity: dict, device, log: Callable[[str], None] | None = None,
+          stop_at: int | None = None) -> dict:
     """Fine-tune ``network`` (its head already replaced) by the protocol, resuming from ``checkpoint`` when
     it holds a run of the same ``identity``.
 
@@ -324,11 +325,15 @@ def train(network, head_parameters: Sequence[str], sampler: PatchSampler, protoc
             checkpoint of another identity is removed and training starts over.
         device: a ``torch.device``.
         log: messages (resuming, or why not).
+        stop_at: stop after this many iterations (a checkpoint is written there) with the learning-rate schedule
+            still that of ``protocol.iterations``: a later call without it continues to the end exactly as an
+            uninterrupted run (the pilot of a learning-rate selection). A checkpoint already past it is kept.
 
     Returns:
         ``losses`` (one per iteration, the resumed ones included), ``resumed_from`` (the iteration the run
         continued from, 0 for a fresh one), ``seconds`` (this process's training time), ``iterations_run``
-        (the iterations this process ran), ``frozen_normalisation`` (layer names).
+        (the iterations this process ran), ``iteration`` (where the network now stands), ``frozen_normalisation``
+        (layer names).
 
     Raises:
         ValueError: the network's output is not [B, K, *patch] for the sampler's K, or the loss is not finite
@@ -365,8 +370,9 @@ def train(network, head_parameters: Sequence[str], sampler: PatchSampler, protoc
     num_classes = None
     began = time.perf_counter()
     devices = [device.index or 0] if device.type == "cuda" else []
+    end = protocol.iterations if stop_at is None else max(0, min(int(stop_at), protocol.iterations))
     with torch.random.fork_rng(devices=devices):
-        for iteration in range(start, protocol.iterations):
+        for iteration in range(start, end):
             factor = protocol.learning_rate_factor(iteration)
             for group, rate in zip(optimizer.param_groups, base_rates):
                 group["lr"] = rate * factor
@@ -389,11 +395,11 @@ def train(network, head_parameters: Sequence[str], sampler: PatchSampler, protoc
             optimizer.step()
             losses.append(float(loss.detach()))
             done = iteration + 1
-            if done % protocol.checkpoint_every == 0 or done == protocol.iterations:
+            if done % protocol.checkpoint_every == 0 or done in (end, protocol.iterations):
                 _save_atomically({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": done,
                                   "network": network.state_dict(), "optimizer": optimizer.state_dict(),
                                   "losses": losses}, checkpoint)
     network.eval()
     return {"losses": losses, "resumed_from": start, "seconds": time.perf_counter() - began,
-            "iterations_run": protocol.iterations - start,
+            "iterations_run": max(end - start, 0), "iteration": max(start, end),
             "frozen_normalisation": normalisation_with_statistics(network)}

@@ -176,10 +176,19 @@ def finetune_model(model: LoadedModel, preprocessor: Preprocessor, split: dict, 
     checkpoint = Path(work) / f"{safe_name(model.name)}-seed{int(seed)}.pth"
     log(f"ccfv finetune: {model.name}: {protocol.iterations} iterations on {len(split['train'])} case(s), "
         f"patch {list(model.patch_size)}, head {model.details.get('head')!r} -> {1 + len(dataset.class_ids)} outputs")
+    selection, checkpoints, pilot_seconds, pilot_iterations = None, [checkpoint], 0.0, 0
+    run_protocol, run_identity = protocol, identity
     try:
-        trained = train(network, head_parameters, sampler, protocol, seed, checkpoint, identity, device, log)
+        if protocol.learning_rate_grid:
+            selection, checkpoint, run_protocol, run_identity, pilot_seconds, pilot_iterations, checkpoints = \
+                _select_rate(network, head_parameters, sampler, protocol, seed, Path(work), model.name, identity,
+                             device, log)
+        trained = train(network, head_parameters, sampler, run_protocol, seed, checkpoint, run_identity, device,
+                        log)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+    seconds_training = pilot_seconds + trained["seconds"]
+    iterations_run = pilot_iterations + trained["iterations_run"]
     began = time.perf_counter()
     scored = _score(network, model, preprocessor, split["test"], device)
     row = {
@@ -188,16 +197,59 @@ def finetune_model(model: LoadedModel, preprocessor: Preprocessor, split: dict, 
         "space": scored["space"], "head": model.details.get("head"), "head_parameters": head_parameters,
         "head_init": protocol.head_init, "frozen_normalisation": trained["frozen_normalisation"],
         "patch_size": [int(p) for p in model.patch_size], "seed": int(seed), "iterations": protocol.iterations,
+        "learning_rate": run_protocol.learning_rate, "learning_rate_selection": selection,
         "losses": trained["losses"], "resumed_from": trained["resumed_from"],
-        "seconds_training": trained["seconds"],
-        "seconds_per_iteration": trained["seconds"] / trained["iterations_run"] if trained["iterations_run"] else None,
+        "seconds_training": seconds_training,
+        "seconds_per_iteration": seconds_training / iterations_run if iterations_run else None,
         "seconds_evaluation": time.perf_counter() - began, "threads": torch.get_num_threads(),
         "device": str(device), "identity": identity, "reused": False,
     }
     if result_file is not None:
         write_json(result_file, _plain(row))
-    checkpoint.unlink(missing_ok=True)
+    for path in checkpoints:
+        path.unlink(missing_ok=True)
     return row
+
+
+def _select_rate(network, head_parameters, sampler, protocol: FinetuneProtocol, seed: int, work: Path, name: str,
+                 identity: dict, device, log: Callable[[str], None]):
+    """Successive halving over ``protocol.learning_rate_grid`` (:class:`FinetuneProtocol` says how): each rate
+    trains a copy of ``network`` (its new head in place) for the pilot, checkpointed in ``work`` under its own
+    identity, that of a run with the rate fixed; the chosen rate's checkpoint is where its run continues, so the
+    result equals an uninterrupted run at that rate.
+
+    Returns:
+        (selection record, the chosen rate's checkpoint, its protocol, its identity, the pilots' seconds in this
+        process, their iterations in this process, every pilot checkpoint).
+    """
+    pilots, checkpoints, seconds, iterations = {}, [], 0.0, 0
+    for rate in protocol.learning_rate_grid:
+        candidate = copy.deepcopy(network)
+        at_rate = protocol.at_rate(rate)
+        path = Path(work) / f"{safe_name(name)}-seed{int(seed)}-lr{rate:g}.pth"
+        checkpoints.append(path)
+        trained = train(candidate, head_parameters, sampler, at_rate, seed, path,
+                        {**identity, "protocol": at_rate.identity()}, device, log, stop_at=protocol.selection_iterations)
+        pilots[rate] = trained
+        seconds += trained["seconds"]
+        iterations += trained["iterations_run"]
+        del candidate
+    chosen = protocol.select_rate({rate: pilot["losses"] for rate, pilot in pilots.items()})
+    start = protocol.selection_iterations - protocol.selection_iterations // 2
+    selection = {
+        "rates": list(protocol.learning_rate_grid), "chosen": chosen,
+        "window": [start, protocol.selection_iterations],
+        "mean_loss": {f"{rate:g}": float(np.mean(p["losses"][start:protocol.selection_iterations]))
+                      for rate, p in pilots.items()},
+        "pilot_losses": {f"{rate:g}": p["losses"][:protocol.selection_iterations] for rate, p in pilots.items()},
+    }
+    log(f"ccfv finetune: {name}: body rate {chosen:g} of {[f'{r:g}' for r in protocol.learning_rate_grid]} "
+        f"(mean loss over iterations {start}-{protocol.selection_iterations - 1}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in selection["mean_loss"].items()) + ")")
+    at_chosen = protocol.at_rate(chosen)
+    chosen_path = checkpoints[protocol.learning_rate_grid.index(chosen)]
+    return (selection, chosen_path, at_chosen, {**identity, "protocol": at_chosen.identity()}, seconds, iterations,
+            checkpoints)
 
 
 def _arrays_digest(cases) -> str:

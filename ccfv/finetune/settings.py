@@ -6,7 +6,7 @@ happen before numpy loads (docs/reproducibility.md).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 #: Head initialisations :func:`replace_head` knows.
 HEAD_INITS = ("zero", "random")
@@ -25,6 +25,14 @@ class FinetuneProtocol:
         oversample_foreground: fraction of each batch (its last ``round(batch_size * fraction)`` patches) forced
             to hold foreground, as nnU-Net's ``oversample_foreground_percent``.
         head_init: ``zero`` or ``random`` (:func:`replace_head`).
+        learning_rate_grid: empty (the body's rate is ``learning_rate``), or two or more body rates of which
+            each model and seed keeps one by successive halving (Jamieson and Talwalkar, AISTATS 2016, one rung):
+            every rate trains the first ``selection_iterations`` iterations from the same start on the same
+            batches, and the rate whose losses over the second half of them have the lowest mean goes on to
+            ``iterations`` (:meth:`select_rate`). Each loss is computed on a batch before the step on it, so the
+            criterion is a held-out estimate that reads no held-out case. The head's rate stays
+            ``head_learning_rate``.
+        selection_iterations: the pilot's length, with ``learning_rate_grid``.
         gradient_clip: largest gradient norm (over all weights) before a step.
         checkpoint_every: iterations between checkpoints (one is always written at the end).
 
@@ -41,9 +49,11 @@ class FinetuneProtocol:
     head_init: str = "zero"
     gradient_clip: float = 12.0
     checkpoint_every: int = 25
+    learning_rate_grid: tuple = ()
+    selection_iterations: int = 25
 
     def __post_init__(self):
-        for name in ("iterations", "batch_size", "checkpoint_every"):
+        for name in ("iterations", "batch_size", "checkpoint_every", "selection_iterations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"fine-tuning {name}: {value!r} is not a positive integer")
@@ -58,14 +68,51 @@ class FinetuneProtocol:
             raise ValueError(f"fine-tuning oversample_foreground: {self.oversample_foreground!r} is not in [0, 1]")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"fine-tuning head_init: {self.head_init!r} is not one of {list(HEAD_INITS)}")
+        grid = self.learning_rate_grid
+        if isinstance(grid, (str, bytes)) or not isinstance(grid, (list, tuple)):
+            raise ValueError(f"fine-tuning learning_rate_grid: {grid!r} is not a list of rates")
+        # a tuple, so that the settings stay hashable and compare equal however they were given
+        object.__setattr__(self, "learning_rate_grid", tuple(grid))
+        if grid:
+            if len(grid) < 2 or len(set(grid)) != len(grid):
+                raise ValueError(f"fine-tuning learning_rate_grid: {list(grid)} needs two or more different rates "
+                                 "(one rate is learning_rate)")
+            for rate in grid:
+                if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
+                        or rate <= 0:
+                    raise ValueError(f"fine-tuning learning_rate_grid: {rate!r} is not a positive number")
+            if not 2 <= self.selection_iterations < self.iterations:
+                raise ValueError(f"fine-tuning selection_iterations: {self.selection_iterations} is not in [2, "
+                                 f"iterations = {self.iterations}): the pilot needs a second half and must leave "
+                                 "iterations to continue")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["learning_rate_grid"] = list(self.learning_rate_grid)
+        return out
 
     def identity(self) -> dict:
-        """The settings a fine-tuning's result depends on (``checkpoint_every`` does not: a run killed under
-        one value resumes under another)."""
-        return {k: v for k, v in asdict(self).items() if k != "checkpoint_every"}
+        """The settings a fine-tuning's result depends on, as plain JSON data (``checkpoint_every`` does not: a
+        run killed under one value resumes under another; without a grid, neither the grid nor
+        ``selection_iterations``)."""
+        out = {k: v for k, v in self.as_dict().items() if k != "checkpoint_every"}
+        if not self.learning_rate_grid:  # the identity of a run before the grid existed: its results stay reused
+            out.pop("selection_iterations")
+            out.pop("learning_rate_grid")
+        return out
+
+    def at_rate(self, rate: float) -> "FinetuneProtocol":
+        """These settings with the body's rate fixed at ``rate`` and no grid: one candidate of the selection."""
+        return replace(self, learning_rate=float(rate), learning_rate_grid=())
+
+    def select_rate(self, pilot_losses: dict) -> float:
+        """The rate of the grid that goes on: the lowest mean loss over the pilot's iterations
+        ``[selection_iterations - selection_iterations // 2, selection_iterations)``; a tie keeps the rate listed
+        first. ``pilot_losses``: rate -> that rate's losses (at least ``selection_iterations``, one per iteration)."""
+        start = self.selection_iterations - self.selection_iterations // 2
+        means = {rate: sum(pilot_losses[rate][start:self.selection_iterations])
+                 / (self.selection_iterations - start) for rate in self.learning_rate_grid}
+        return min(self.learning_rate_grid, key=lambda rate: (means[rate], self.learning_rate_grid.index(rate)))
 
     def learning_rate_factor(self, iteration: int) -> float:
         """nnU-Net's poly schedule at ``iteration`` (0-based): ``(1 - iteration / iterations) ** poly_exponent``."""

@@ -140,6 +140,58 @@ def test_bad_settings_are_errors_naming_the_setting(field, value):
         FinetuneProtocol(**{field: value})
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(learning_rate_grid=[1e-3]), "two or more different rates"),
+    (dict(learning_rate_grid=[1e-3, 1e-3]), "two or more different rates"),
+    (dict(learning_rate_grid=[1e-3, -1.0]), "-1.0 is not a positive number"),
+    (dict(learning_rate_grid="1e-3"), "is not a list of rates"),
+    (dict(learning_rate_grid=[1e-3, 1e-4], iterations=25, selection_iterations=25), "is not in \\[2, iterations"),
+    (dict(learning_rate_grid=[1e-3, 1e-4], selection_iterations=1), "is not in \\[2, iterations"),
+])
+def test_a_bad_learning_rate_grid_is_an_error_naming_it(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneProtocol(**settings)
+
+
+def test_the_rate_with_the_lowest_loss_over_the_pilots_second_half_goes_on():
+    protocol = FinetuneProtocol(iterations=10, learning_rate_grid=[3e-3, 1e-3, 1e-4], selection_iterations=4)
+    assert protocol.learning_rate_grid == (3e-3, 1e-3, 1e-4)
+    # the window is iterations 2 and 3: the first half (and anything after the pilot) does not count
+    losses = {3e-3: [0.1, 0.1, 1.0, 1.0, 0.0], 1e-3: [5.0, 5.0, 0.6, 0.9], 1e-4: [0.0, 0.0, 0.7, 0.7]}
+    assert protocol.select_rate(losses) == 1e-4
+    assert protocol.select_rate({**losses, 1e-3: [9, 9, 0.7, 0.7]}) == 1e-3  # a tie keeps the rate listed first
+    assert protocol.at_rate(1e-4) == FinetuneProtocol(iterations=10, learning_rate=1e-4, selection_iterations=4)
+    # without a grid the identity is what it was before grids existed (earlier results stay reused)
+    assert set(FinetuneProtocol().identity()) == {"iterations", "batch_size", "learning_rate", "head_learning_rate",
+                                                  "poly_exponent", "oversample_foreground", "head_init",
+                                                  "gradient_clip"}
+    assert protocol.identity()["learning_rate_grid"] == [3e-3, 1e-3, 1e-4]
+    assert protocol.identity()["selection_iterations"] == 4
+
+
+def test_a_pilot_stops_where_asked_and_its_run_continues_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    protocol = FinetuneProtocol(iterations=9, checkpoint_every=4, **FAST)
+    cases = blob_cases()
+    start, head = fresh_network()
+
+    def sampler():
+        return PatchSampler(cases, [1, 2], [8, 8, 8], protocol, 2)
+
+    whole = copy.deepcopy(start)
+    expected = train(whole, head, sampler(), protocol, 2, tmp_path / "whole.pth", {"run": 1}, CPU)
+    pilot = train(copy.deepcopy(start), head, sampler(), protocol, 2, tmp_path / "run.pth", {"run": 1}, CPU,
+                  stop_at=5)
+    assert len(pilot["losses"]) == 5 and pilot["iteration"] == 5 and pilot["losses"] == expected["losses"][:5]
+    assert read_checkpoint(tmp_path / "run.pth")["iteration"] == 5
+    again = train(copy.deepcopy(start), head, sampler(), protocol, 2, tmp_path / "run.pth", {"run": 1}, CPU,
+                  stop_at=5)
+    assert again["iterations_run"] == 0 and again["losses"] == pilot["losses"]
+    resumed = copy.deepcopy(start)
+    rest = train(resumed, head, sampler(), protocol, 2, tmp_path / "run.pth", {"run": 1}, CPU)
+    assert rest["resumed_from"] == 5 and rest["losses"] == expected["losses"]
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
+
+
 def test_poly_schedule_and_foreground_oversampling_follow_nnunet():
     protocol = FinetuneProtocol(iterations=10, batch_size=2)
     assert protocol.learning_rate_factor(0) == 1.0

@@ -143,7 +143,44 @@ def test_two_runs_with_one_seed_give_the_same_dice_and_losses(blobs, tmp_path):
     assert other.rows[0]["losses"] != a["losses"]
 
 
+def test_a_learning_rate_grid_keeps_the_pilots_best_rate_and_ends_as_a_run_at_that_rate(blobs, tmp_path):
+    """Successive halving: three body rates train the first 4 of 10 iterations; the rate with the lowest mean loss
+    over pilot iterations 2-3 goes on, and the result (weights, losses, Dice) is that of a plain run at that
+    rate. 1e-9 cannot move the tiny network's body, so it loses to the others."""
+    dataset = open_dataset(blobs, tmp_path / "d")
+    preprocessor = Preprocessor(dataset, tmp_path / "w")
+    split = dataset_split(dataset, tmp_path, seed=0)
+    common = dict(iterations=10, head_learning_rate=1e-2, head_init="random")
+    grid = FinetuneProtocol(learning_rate_grid=[1e-9, 1e-2, 3e-3], selection_iterations=4, **common)
+    messages = []
+    row = finetune_model(tiny_model(seed=1).load(), preprocessor, split, grid, 0, tmp_path / "ck", CPU,
+                         log=messages.append)
+    selection = row["learning_rate_selection"]
+    assert selection["rates"] == [1e-9, 1e-2, 3e-3] and selection["window"] == [2, 4]
+    losses = {rate: np.mean(selection["pilot_losses"][f"{rate:g}"][2:4]) for rate in selection["rates"]}
+    assert selection["chosen"] == min(losses, key=losses.get) == row["learning_rate"] != 1e-9, losses
+    assert any(f"body rate {row['learning_rate']:g} of" in m for m in messages)
+    plain = finetune_model(tiny_model(seed=1).load(), preprocessor, split,
+                           FinetuneProtocol(learning_rate=row["learning_rate"], **common), 0, tmp_path / "ck2", CPU)
+    assert row["losses"] == plain["losses"] and row["per_case"] == plain["per_case"]
+    assert row["identity"]["protocol"]["learning_rate_grid"] == [1e-9, 1e-2, 3e-3]
+    assert not any((tmp_path / "ck").iterdir())  # every pilot's checkpoint removed once scored
+
+
 # --- the command ----------------------------------------------------------------------------------------------
+
+def test_several_learning_rates_on_the_command_line_are_a_grid(blobs, bank_unet, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["finetune", "--data", str(blobs), "--model", f"unet={bank_unet}", "--iterations", "4",
+            "--learning-rate", "1e-2", "1e-9", "--selection-iterations", "2", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0, capsys.readouterr()
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["protocol"]["learning_rate_grid"] == [1e-2, 1e-9] and report["protocol"]["selection_iterations"] == 2
+    [row] = report["models"]
+    assert row["learning_rate_selection"]["chosen"] == row["learning_rate"] in (1e-2, 1e-9)
+    assert main([*args[:-4], "--learning-rate", "1e-2", "1e-2", "--out", str(tmp_path / "bad")]) == 2
+    assert "two or more different rates" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
 
 def test_ccfv_finetune_end_to_end_with_a_bank_unet(blobs, bank_unet, tmp_path, capsys):
     """The workflow's bank member through the same protocol: nnU-Net's plans for the target, its
