@@ -208,8 +208,8 @@ def _confirm_summary(ranking: Ranking, confirm: dict) -> str:
                  "predict a small structure, and a body rate too high for a network's small weights rewrites them "
                  "(on Task04_Hippocampus at 75 iterations every U-Net, UNETR and hippodeep stayed at 0 while "
                  "MeshNets reached 0.54-0.80; hippodeep reached 0.30 at --learning-rate 1e-5: docs/real-study.md); "
-                 "confirm again with a larger --confirm-iterations or a lower --learning-rate before you rule such "
-                 "a model out.")
+                 "confirm again with a larger --confirm-iterations, a random head (--head-init random) and several "
+                 "rates to choose from per model (--learning-rate 3e-3 1e-3 1e-4) before you rule such a model out.")
     return text
 
 
