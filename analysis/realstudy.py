@@ -13,7 +13,10 @@ Kendall's tau-b, top-3 hit, with intervals), ``tables/regret.csv`` (first pick a
 - ``summary.csv``: one row per method (metrics and static rankers): weighted tau, Rel@1 and tau-b with their
   intervals, top-3 hit, first pick, its Dice and regret (best Dice minus the pick's);
 - ``summary.md``: the same as a table, the health check's verdict, and the criteria's verdicts;
-- the run's tables as the workflow wrote them and its provenance.json.
+- ``finetuning.csv``: one row per protocol fine-tuning (member, seed): held-out Dice, the body's rate (chosen
+  by the protocol's selection when it has a grid, with each rate's mean pilot loss), iterations, CPU-bound
+  seconds of training and evaluation, from ``finetune-protocol/<target>/<member>/seed<N>/finetune.json``;
+- the run's tables as the workflow wrote them, its figures (PNG) and its provenance.json.
 
 The criteria (docs/preregistration.md): "CC-FV works on real data" if CC-FV's (``ccfv``, the mean energy)
 weighted tau *and* Rel@1 exceed the best static ranker's on each measure (the best of the static rankers,
@@ -138,6 +141,28 @@ def to_markdown(summary: pd.DataFrame, lines: list[str], target: str, health: pd
     return "\n".join(out) + "\n"
 
 
+FIGURES = ("scores_vs_dice.png", "dice_heatmap.png", "feature_tsne.png")
+
+
+def finetuning_rows(results: Path, target: str) -> pd.DataFrame:
+    """One row per finished protocol fine-tuning of ``target`` (empty when the run fine-tuned with nnU-Net):
+    member, seed, dice, learning_rate, pilot_loss_<rate> per rate of a grid, iterations, seconds_training,
+    seconds_evaluation; sorted by member and seed."""
+    import json
+
+    rows = []
+    for path in sorted((results / "finetune-protocol" / target).glob("*/seed*/finetune.json")):
+        for model in json.loads(path.read_text()).get("models", []):
+            row = {"member": path.parent.parent.name, "seed": int(model["seed"]), "dice": model["mean_dice"],
+                   "learning_rate": f"{model['learning_rate']:g}" if model.get("learning_rate") else None, "iterations": model["iterations"],
+                   "seconds_training": model["seconds_training"], "seconds_evaluation": model["seconds_evaluation"]}
+            selection = model.get("learning_rate_selection") or {}
+            row |= {f"pilot_loss_{rate}": loss for rate, loss in selection.get("mean_loss", {}).items()}
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["member", "seed"]) if rows else frame
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="the real study's finished results folder")
@@ -163,6 +188,12 @@ def main(argv=None) -> int:
     for name in COPIED:
         if (args.results / "tables" / name).is_file():
             shutil.copy2(args.results / "tables" / name, args.out / name)
+    for name in FIGURES:
+        if (args.results / "figures" / name).is_file():
+            shutil.copy2(args.results / "figures" / name, args.out / name)
+    finetuning = finetuning_rows(args.results, args.target)
+    if len(finetuning):
+        finetuning.to_csv(args.out / "finetuning.csv", index=False, float_format="%.4f")
     if (args.results / "provenance.json").is_file():
         shutil.copy2(args.results / "provenance.json", args.out / "provenance.json")
     print((args.out / "summary.md").read_text())

@@ -4,6 +4,7 @@ Dice table, and writes what its docstring says."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,15 @@ def _write_world(results: Path, taus: dict, rel: dict, can_rank: dict):
                 for statistic, value in (("kendall", 0.1), ("rel_at_1", rel[metric][target]), ("top3", 1.0)):
                     sel.writerow([metric.upper(), metric, kind, target, statistic, value, 0, 1, 1000, "ok"])
             stat.writerow([metric.upper(), metric, kind, "Avg", "tau", 9.9, -1, 1, 1000, 0.5, "ok"])
+    (results / "figures").mkdir()
+    (results / "figures" / "scores_vs_dice.png").write_bytes(b"png")
+    for seed, rate in ((1, 1e-3), (0, 1e-4)):
+        folder = results / "finetune-protocol" / target / "m1" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        selection = {"chosen": rate, "mean_loss": {"0.001": 0.5 - 0.1 * seed, "0.0001": 0.45}}
+        (folder / "finetune.json").write_text(json.dumps({"models": [{
+            "seed": seed, "mean_dice": 0.6, "learning_rate": rate, "iterations": 75, "seconds_training": 10.0,
+            "seconds_evaluation": 2.0, "learning_rate_selection": selection}]}))
     with (tables / "ground_truth.csv").open("w", newline="") as g:
         writer = csv.writer(g)
         writer.writerow(["target", "can_rank", "reasons"])
@@ -156,6 +166,15 @@ def _write_real(results: Path, values: dict, can_rank: bool = True, target: str 
             sel.writerow([metric.upper(), metric, kind, target, "kendall", tau, *tau_ci, 1000, "ok"])
             sel.writerow([metric.upper(), metric, kind, target, "top3", 1.0, 0, 1, 1000, "ok"])
             reg.writerow([metric.upper(), metric, kind, target, "m1", 0.7 * rel, "m2", 0.7, 0.7 - 0.7 * rel, "ok"])
+    (results / "figures").mkdir()
+    (results / "figures" / "scores_vs_dice.png").write_bytes(b"png")
+    for seed, rate in ((1, 1e-3), (0, 1e-4)):
+        folder = results / "finetune-protocol" / target / "m1" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        selection = {"chosen": rate, "mean_loss": {"0.001": 0.5 - 0.1 * seed, "0.0001": 0.45}}
+        (folder / "finetune.json").write_text(json.dumps({"models": [{
+            "seed": seed, "mean_dice": 0.6, "learning_rate": rate, "iterations": 75, "seconds_training": 10.0,
+            "seconds_evaluation": 2.0, "learning_rate_selection": selection}]}))
     with (tables / "ground_truth.csv").open("w", newline="") as g:
         writer = csv.writer(g)
         writer.writerow(["target", "n_models", "n_seeds", "dice_min", "dice_max", "best", "spread_ratio", "can_rank",
@@ -185,6 +204,10 @@ def test_realstudy_verdict_applies_the_preregistered_rule(tmp_path):
     rows = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert float(rows["ccfv_disc"]["regret"]) == pytest.approx(0.7 - 0.693)
     assert (out / "statistics.csv").is_file()
+    assert (out / "scores_vs_dice.png").read_bytes() == b"png"
+    finetuning = list(csv.DictReader((out / "finetuning.csv").open()))
+    assert [(r["member"], r["seed"], r["learning_rate"], r["pilot_loss_0.001"]) for r in finetuning] == [
+        ("m1", "0", "0.0001", "0.5000"), ("m1", "1", "0.001", "0.4000")]
 
 
 def test_realstudy_draws_no_verdict_from_a_ground_truth_that_cannot_rank(tmp_path):
