@@ -138,7 +138,7 @@ def sample_and_score(results: Path, target: str, model: str, out: Path, sampling
     the target's preprocessed data; an external member (``bank/<model>/member.json``, ``bank.external`` of
     ``config``) as ``sample_member_features`` does, from the converted raw data in its own input convention,
     with its layer ratios resolved as the rule resolves them."""
-    from ccfv.bank.model_ids import model_architecture
+    from ccfv.features.settings import model_sampling
     from ccfv.features.target import sample_member, sample_target
     from ccfv.models.members import MEMBER_CARD, external_member
     from ccfv.preprocess.paths import dataset_folder
@@ -154,11 +154,8 @@ def sample_and_score(results: Path, target: str, model: str, out: Path, sampling
         if (results / "bank" / model / MEMBER_CARD).is_file():
             config = config or {}
             member = external_member(model, external_members(config), config.get("random_init", {}).get("seed", 0))
-            ratios = sampling.get("layer_ratios")
-            settings = {**sampling, "layer_ratios": ratios.get(model_architecture(model)) if isinstance(ratios, dict)
-                        else ratios}
             sample_member(member, dataset_folder(results / "nnunet" / target / "raw", target), split, features,
-                          target=target, sampling=settings, threads=threads, device="cpu")
+                          target=target, sampling=model_sampling(sampling, model), threads=threads, device="cpu")
         else:
             sample_target(results / "bank" / model,
                           dataset_folder(results / "nnunet" / target / "preprocessed", target), split, features,

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 from ccfv.bank.model_ids import (TASK_PATTERN, external_model_id_pattern, model_architecture, model_id_pattern,
                                  pretrained_model_id, random_model_id, snapshot_model_id)
 from ccfv.data.checksums import tree_digest
+from ccfv.features.settings import model_sampling
 from ccfv.models.members import external_member, member_names
 from ccfv.workflow import (check_bank_size, check_config, check_config_before_schema, config_error_message, config_layers,
                            config_origin, data_path_only, external_members, targets_of, task_source)
@@ -132,12 +133,7 @@ def sampling_for(model):
     gets null: ccfv.features.settings.default_layer_ratios of its hooked layers. A null window_budget (no
     budget) is left out, so that features sampled before the setting existed keep their params and are not
     rerun."""
-    arch = model_architecture(model)
-    ratios = config["sampling"]["layer_ratios"]
-    settings = {**config["sampling"], "layer_ratios": ratios.get(arch) if isinstance(ratios, dict) else ratios}
-    if settings.get("window_budget") is None:
-        settings.pop("window_budget", None)
-    return canonical(settings)
+    return canonical(model_sampling(config["sampling"], model))
 
 
 def network_params(arch):

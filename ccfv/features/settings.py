@@ -113,3 +113,20 @@ def default_layer_ratios(n_layers: int) -> list[float]:
     """Half as many samples per stage as the next finer one, all of them at full resolution (the demo's
     ``[0.25, 0.5, 1.0]`` for three stages): deep stages hold fewer distinct voxels."""
     return [0.5 ** (n_layers - 1 - i) for i in range(n_layers)]
+
+
+def model_sampling(sampling: Mapping[str, Any], model: str) -> dict:
+    """The workflow's ``sampling`` section for one bank model (``<arch>-<source>`` or an external member's id):
+    ``layer_ratios`` resolved for its architecture (``None`` for an external member without an entry: the
+    format's :func:`default_layer_ratios`), so that one architecture's ratios never rerun another's sampling;
+    a null ``window_budget`` left out, so that features sampled before the setting existed keep their
+    parameters. What the ``sample_features`` and ``sample_member_features`` rules pass (``sampling_for`` in
+    rules/common.smk) and benchmarks/budget_rankings.py resamples with."""
+    from ..bank.model_ids import model_architecture
+
+    ratios = sampling.get("layer_ratios")
+    settings = {**sampling, "layer_ratios": ratios.get(model_architecture(model)) if isinstance(ratios, Mapping)
+                else ratios}
+    if settings.get("window_budget") is None:
+        settings.pop("window_budget", None)
+    return settings
