@@ -137,9 +137,10 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     defaults = FinetuneProtocol()
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default 2)")
     p.add_argument("--learning-rate", type=float, nargs="+", default=[defaults.learning_rate], metavar="RATE",
-                   help="Adam's rate for the pre-trained weights, poly-decayed; several rates: each model and seed "
-                        "keeps the one whose loss falls most in a pilot of --selection-iterations iterations "
-                        f"(successive halving; docs/finetune.md) (default {defaults.learning_rate:g})")
+                   help="Adam's rate for the pre-trained weights, poly-decayed; several rates: each trains a pilot of "
+                        "--selection-iterations iterations and, per model and seed, the one with the lowest mean "
+                        "training loss over the pilot's second half goes on (successive halving; docs/finetune.md) "
+                        f"(default {defaults.learning_rate:g})")
     p.add_argument("--selection-iterations", type=int, default=defaults.selection_iterations, metavar="N",
                    help="with several --learning-rate: the pilot every rate trains before one goes on "
                         f"(default {defaults.selection_iterations})")

@@ -70,17 +70,19 @@ class FinetuneProtocol:
             raise ValueError(f"fine-tuning head_init: {self.head_init!r} is not one of {list(HEAD_INITS)}")
         grid = self.learning_rate_grid
         if isinstance(grid, (str, bytes)) or not isinstance(grid, (list, tuple)):
-            raise ValueError(f"fine-tuning learning_rate_grid: {grid!r} is not a list of rates")
+            raise ValueError(f"fine-tuning learning_rate_grid (several --learning-rate): {grid!r} is not a list of "
+                             "rates")
         # a tuple, so that the settings stay hashable and compare equal however they were given
         object.__setattr__(self, "learning_rate_grid", tuple(grid))
         if grid:
             if len(grid) < 2 or len(set(grid)) != len(grid):
-                raise ValueError(f"fine-tuning learning_rate_grid: {list(grid)} needs two or more different rates "
-                                 "(one rate is learning_rate)")
+                raise ValueError(f"fine-tuning learning_rate_grid (several --learning-rate): {list(grid)} needs two "
+                                 "or more different rates; for one rate set learning_rate (one --learning-rate)")
             for rate in grid:
                 if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
                         or rate <= 0:
-                    raise ValueError(f"fine-tuning learning_rate_grid: {rate!r} is not a positive number")
+                    raise ValueError(f"fine-tuning learning_rate_grid (several --learning-rate): {rate!r} is not a "
+                                 "positive number")
             if not 2 <= self.selection_iterations < self.iterations:
                 raise ValueError(f"fine-tuning selection_iterations: {self.selection_iterations} is not in [2, "
                                  f"iterations = {self.iterations}): the pilot needs a second half and must leave "
