@@ -13,7 +13,7 @@ Kendall's tau-b, top-3 hit, with intervals), ``tables/regret.csv`` (first pick a
 - ``summary.csv``: one row per method (metrics and static rankers): weighted tau, Rel@1 and tau-b with their
   intervals, top-3 hit, first pick, its Dice and regret (best Dice minus the pick's);
 - ``summary.md``: the same as a table, the health check's verdict, and the criteria's verdicts;
-- ``finetuning.csv``: one row per protocol fine-tuning (member, seed): held-out Dice, the body's rate (chosen
+- ``finetuning.csv``, and a per-member table at the end of ``summary.md``: one row per protocol fine-tuning (member, seed): held-out Dice, the body's rate (chosen
   by the protocol's selection when it has a grid, with each rate's mean pilot loss), iterations, CPU-bound
   seconds of training and evaluation, from ``finetune-protocol/<target>/<member>/seed<N>/finetune.json``;
 - the run's tables as the workflow wrote them, its figures (PNG) and its provenance.json.
@@ -163,6 +163,22 @@ def finetuning_rows(results: Path, target: str) -> pd.DataFrame:
     return frame.sort_values(["member", "seed"]) if rows else frame
 
 
+def members_markdown(finetuning: pd.DataFrame) -> str:
+    """The per-member ground truth of ``finetuning_rows``: seeds, mean Dice over them, its range and the body's
+    rates chosen (``rate x seeds``), best mean first."""
+    out = ["## The ground truth per member", "",
+           "| member | seeds | mean Dice | range | body rate chosen |", "|---|---|---|---|---|"]
+    grouped = finetuning.groupby("member")
+    order = grouped["dice"].mean().sort_values(ascending=False).index
+    for member in order:
+        rows = grouped.get_group(member)
+        rates = rows["learning_rate"].dropna().value_counts()
+        chosen = ", ".join(f"{rate} x {count}" for rate, count in sorted(rates.items())) or "fixed"
+        out.append(f"| {member} | {len(rows)} | {rows['dice'].mean():.3f} | {rows['dice'].min():.3f}-"
+                   f"{rows['dice'].max():.3f} | {chosen} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="the real study's finished results folder")
@@ -194,6 +210,8 @@ def main(argv=None) -> int:
     finetuning = finetuning_rows(args.results, args.target)
     if len(finetuning):
         finetuning.to_csv(args.out / "finetuning.csv", index=False, float_format="%.4f")
+        with (args.out / "summary.md").open("a") as handle:
+            handle.write("\n" + members_markdown(finetuning))
     if (args.results / "provenance.json").is_file():
         shutil.copy2(args.results / "provenance.json", args.out / "provenance.json")
     print((args.out / "summary.md").read_text())

@@ -208,6 +208,7 @@ def test_realstudy_verdict_applies_the_preregistered_rule(tmp_path):
     finetuning = list(csv.DictReader((out / "finetuning.csv").open()))
     assert [(r["member"], r["seed"], r["learning_rate"], r["pilot_loss_0.001"]) for r in finetuning] == [
         ("m1", "0", "0.0001", "0.5000"), ("m1", "1", "0.001", "0.4000")]
+    assert "| m1 | 2 | 0.600 | 0.600-0.600 | 0.0001 x 1, 0.001 x 1 |" in text + (out / "summary.md").read_text()
 
 
 def test_realstudy_draws_no_verdict_from_a_ground_truth_that_cannot_rank(tmp_path):
