@@ -26,8 +26,8 @@ demo: $(STAMP)
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ccfv report results --ground-truth
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ccfv report results --reference docs/demo
 
-# Two pytest-xdist workers, one per core of the CI machine; --dist loadgroup keeps the tests marked
-# xdist_group("tiny_dag") on one worker. `make test TEST_WORKERS=0` runs the suite in one process.
+# Two pytest-xdist workers, one per core of the CI machine (tests that must not overlap take a file lock:
+# tests/conftest.py, workflow_scripts_lock). `make test TEST_WORKERS=0` runs the suite in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests

@@ -3,7 +3,11 @@ preprocessing once per session (used by tests/preprocess/test_nnunet.py, tests/b
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +18,39 @@ torch.set_num_threads(1)
 
 TASK = "Task94_SynthSpleen"
 REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# The checkout's scripts/, shared by every Snakemake run of the tests
+# --------------------------------------------------------------------------------------------------
+
+
+def workflow_scripts_lock_path() -> Path:
+    """The lock file of :func:`workflow_scripts_lock`, one per checkout."""
+    return Path(tempfile.gettempdir()) / f"ccfv-tests-scripts-{hashlib.sha256(str(REPO).encode()).hexdigest()[:16]}.lock"
+
+
+@contextmanager
+def workflow_scripts_lock(exclusive: bool = False):
+    """A lock on this checkout's ``scripts/`` across pytest-xdist workers: exclusive while a test changes a
+    script's modification time (the whole-DAG test checks that Snakemake reruns a rule whose script changed),
+    shared while a test's Snakemake runs read the scripts and then expect "Nothing to be done" (a script newer
+    than its outputs would schedule its rule again). A file lock (``flock``) in the temporary folder, keyed by the
+    checkout's path: the ``xdist_group`` marks that were to keep these tests on one worker are not honoured by
+    pytest 9 with pytest-xdist 3.8 (two of them ran at once, 2026-12-07)."""
+    with open(workflow_scripts_lock_path(), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def reads_workflow_scripts():
+    """Holds :func:`workflow_scripts_lock` shared for the whole test."""
+    with workflow_scripts_lock(exclusive=False):
+        yield
 
 
 # --------------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_snapshots_are_pretraining_only(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_dag")  # never beside the whole-DAG test (see there)
+@pytest.mark.usefixtures("reads_workflow_scripts")  # expects nothing left to do: never while a script is touched
 def test_a_snapshot_is_scored_and_fine_tuned_like_any_bank_member(tmp_path):
     cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["pretrain"]["snapshots"] = [2]

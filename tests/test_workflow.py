@@ -19,6 +19,8 @@ from rich.console import Console
 
 from ccfv.results.console import print_ground_truth
 
+from .conftest import workflow_scripts_lock, workflow_scripts_lock_path
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 STAGES = {
@@ -345,7 +347,6 @@ def test_lint_is_clean():
 # One xdist worker runs this and the snapshot test in turn: this test touches scripts/score.py, which Snakemake
 # reads as a code change of every score job, and the snapshot test runs score jobs of its own.
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_dag")
 def test_whole_dag_on_tiny_config(tmp_path):
     """Every stage for real (nnU-Net, training, sampling, scores, Dice) on 2 tiny tasks."""
     result = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), cwd=tmp_path,
@@ -482,6 +483,11 @@ def test_whole_dag_on_tiny_config(tmp_path):
     # a touched script reruns its rule and what follows (Snakemake's "code has changed"), nothing upstream;
     # the script's timestamp is put back afterwards so that the checkout's own results are not affected
     script = ROOT / "scripts" / "score.py"
+    with workflow_scripts_lock(exclusive=True):
+        _rerun_on_changed_script(script, tmp_path)
+
+
+def _rerun_on_changed_script(script: Path, tmp_path: Path) -> None:
     before = script.stat()
     try:
         os.utime(script)
@@ -491,6 +497,31 @@ def test_whole_dag_on_tiny_config(tmp_path):
         assert "Code has changed since last execution" in out
     finally:
         os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_script_is_touched_only_while_no_other_test_reads_the_scripts():
+    """workflow_scripts_lock across processes (as across xdist workers): readers share it, a writer excludes."""
+    import fcntl
+
+    holder = ("import sys, time\nsys.path.insert(0, {root!r})\nfrom tests.conftest import workflow_scripts_lock\n"
+              "with workflow_scripts_lock(exclusive={exclusive}):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    for exclusive in (False, True):
+        process = subprocess.Popen([sys.executable, "-c", holder.format(root=str(ROOT), exclusive=exclusive)],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout.readline().strip() == "held"
+            for mine in (fcntl.LOCK_SH, fcntl.LOCK_EX):
+                with open(workflow_scripts_lock_path(), "a+") as handle:
+                    try:
+                        fcntl.flock(handle, mine | fcntl.LOCK_NB)
+                        got = True
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                    except BlockingIOError:
+                        got = False
+                assert got == (not exclusive and mine == fcntl.LOCK_SH), (exclusive, mine)
+        finally:
+            process.kill()
+            process.wait()
 
 
 def test_start_job_pins_the_numerics_of_a_fresh_job_process():

@@ -50,7 +50,7 @@ def layer(tmp_path: Path, **external) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_dag")  # the whole-DAG test touches scripts/score.py (see there)
+@pytest.mark.usefixtures("reads_workflow_scripts")  # expects nothing left to do: never while a script is touched
 def test_a_source_task_pretrained_and_one_target_with_an_external_member_run_end_to_end(tmp_path):
     """Every stage for real: the bank of the one target holds the U-Net pretrained on the source, the random
     U-Net, the tiny MeshNet and its random copy; each is sampled, scored, fine-tuned by the protocol, and the
