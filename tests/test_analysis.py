@@ -100,15 +100,6 @@ def _write_world(results: Path, taus: dict, rel: dict, can_rank: dict):
                 for statistic, value in (("kendall", 0.1), ("rel_at_1", rel[metric][target]), ("top3", 1.0)):
                     sel.writerow([metric.upper(), metric, kind, target, statistic, value, 0, 1, 1000, "ok"])
             stat.writerow([metric.upper(), metric, kind, "Avg", "tau", 9.9, -1, 1, 1000, 0.5, "ok"])
-    (results / "figures").mkdir()
-    (results / "figures" / "scores_vs_dice.png").write_bytes(b"png")
-    for seed, rate in ((1, 1e-3), (0, 1e-4)):
-        folder = results / "finetune-protocol" / target / "m1" / f"seed{seed}"
-        folder.mkdir(parents=True)
-        selection = {"chosen": rate, "mean_loss": {"0.001": 0.5 - 0.1 * seed, "0.0001": 0.45}}
-        (folder / "finetune.json").write_text(json.dumps({"models": [{
-            "seed": seed, "mean_dice": 0.6, "learning_rate": rate, "iterations": 75, "seconds_training": 10.0,
-            "seconds_evaluation": 2.0, "learning_rate_selection": selection}]}))
     with (tables / "ground_truth.csv").open("w", newline="") as g:
         writer = csv.writer(g)
         writer.writerow(["target", "can_rank", "reasons"])
