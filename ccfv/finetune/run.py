@@ -234,17 +234,16 @@ def _select_rate(network, head_parameters, sampler, protocol: FinetuneProtocol, 
         seconds += trained["seconds"]
         iterations += trained["iterations_run"]
         del candidate
-    chosen = protocol.select_rate({rate: pilot["losses"] for rate, pilot in pilots.items()})
-    start = protocol.selection_iterations - protocol.selection_iterations // 2
+    losses = {rate: pilot["losses"] for rate, pilot in pilots.items()}
+    chosen = protocol.select_rate(losses)
+    start, end = protocol.selection_window()
     selection = {
-        "rates": list(protocol.learning_rate_grid), "chosen": chosen,
-        "window": [start, protocol.selection_iterations],
-        "mean_loss": {f"{rate:g}": float(np.mean(p["losses"][start:protocol.selection_iterations]))
-                      for rate, p in pilots.items()},
-        "pilot_losses": {f"{rate:g}": p["losses"][:protocol.selection_iterations] for rate, p in pilots.items()},
+        "rates": list(protocol.learning_rate_grid), "chosen": chosen, "window": [start, end],
+        "mean_loss": {f"{rate:g}": float(mean) for rate, mean in protocol.pilot_means(losses).items()},
+        "pilot_losses": {f"{rate:g}": values[:end] for rate, values in losses.items()},
     }
     log(f"ccfv finetune: {name}: body rate {chosen:g} of {[f'{r:g}' for r in protocol.learning_rate_grid]} "
-        f"(mean loss over iterations {start}-{protocol.selection_iterations - 1}: "
+        f"(mean loss over iterations {start}-{end - 1}: "
         + ", ".join(f"{k} {v:.4f}" for k, v in selection["mean_loss"].items()) + ")")
     at_chosen = protocol.at_rate(chosen)
     chosen_path = checkpoints[protocol.learning_rate_grid.index(chosen)]

@@ -107,13 +107,19 @@ class FinetuneProtocol:
         """These settings with the body's rate fixed at ``rate`` and no grid: one candidate of the selection."""
         return replace(self, learning_rate=float(rate), learning_rate_grid=())
 
+    def selection_window(self) -> tuple[int, int]:
+        """The pilot iterations whose losses decide, ``[start, end)``: the second half of the pilot."""
+        return self.selection_iterations - self.selection_iterations // 2, self.selection_iterations
+
+    def pilot_means(self, pilot_losses: dict) -> dict:
+        """rate -> the mean of its losses over :meth:`selection_window`. ``pilot_losses``: rate -> that rate's
+        losses (at least ``selection_iterations``, one per iteration)."""
+        start, end = self.selection_window()
+        return {rate: sum(pilot_losses[rate][start:end]) / (end - start) for rate in self.learning_rate_grid}
+
     def select_rate(self, pilot_losses: dict) -> float:
-        """The rate of the grid that goes on: the lowest mean loss over the pilot's iterations
-        ``[selection_iterations - selection_iterations // 2, selection_iterations)``; a tie keeps the rate listed
-        first. ``pilot_losses``: rate -> that rate's losses (at least ``selection_iterations``, one per iteration)."""
-        start = self.selection_iterations - self.selection_iterations // 2
-        means = {rate: sum(pilot_losses[rate][start:self.selection_iterations])
-                 / (self.selection_iterations - start) for rate in self.learning_rate_grid}
+        """The rate of the grid that goes on: the lowest of :meth:`pilot_means`; a tie keeps the rate listed first."""
+        means = self.pilot_means(pilot_losses)
         return min(self.learning_rate_grid, key=lambda rate: (means[rate], self.learning_rate_grid.index(rate)))
 
     def learning_rate_factor(self, iteration: int) -> float:
