@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference-seed", type=int, default=1,
                         help="the full pass's sampling seed for the reference (default 1)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference-seed resampling")
-    parser.add_argument("--targets", nargs="+", help="default: the config's tasks")
+    parser.add_argument("--targets", nargs="+", help="default: the config's targets (its tasks when it names none)")
     parser.add_argument("--metrics", nargs="+", help="default: every metric of the tables (scoring.tables)")
     parser.add_argument("--simulations", type=int, default=1000, help="draws of the seed-noise spread")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the sampling")
@@ -299,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in metrics if m not in definitions]
     if unknown:
         parser.error(f"--metrics {unknown}: not in the config's scoring.metrics")
-    targets = args.targets or list(config["tasks"])
+    # a task that is only a source (the real study's synthetic tasks) has no scores to compare
+    targets = args.targets or list(config.get("targets") or config["tasks"])
 
     dice: dict[str, dict[str, float]] = {}
     committed: dict[str, dict[str, dict[str, float]]] = {}  # the Dice file's own score columns, if any

@@ -452,7 +452,9 @@ def test_budget_rankings_resamples_only_the_scored_cases_and_external_members(ti
     random_model(tiny_dataset.preprocessed, "unet-random", released, seed=7)
     external = {"mine": {"path": str(released), "format": "ccfv", "random_copy": False}}
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"tasks": [target], "sampling": sampling, "bank": {"external": external},
+    # as the real study: another task is a source only (no scores of its own), the default targets skip it
+    config.write_text(yaml.safe_dump({"tasks": ["Task91_SynthLiver", target], "targets": [target],
+                                      "sampling": sampling, "bank": {"external": external},
                                       "random_init": {"seed": 0},
                                       "scoring": {"metrics": metrics, "tables": {"table1": ["logme", "ccfv"]}}}))
     models = ["unet-Task91_SynthLiver", "unet-random", "mine-released"]
