@@ -1,16 +1,13 @@
 """Training snapshots as bank members in the workflow (pretrain.snapshots; docs/models.md): the DAG of the
-study config, the empty list changing nothing, a bad list refused, and a snapshot scored and fine-tuned for
-real. The training side (right iterations, resuming) is in test_training.py."""
+study config, the empty list changing nothing, a bad list refused, a snapshot in every other target's bank. A
+snapshot scored and fine-tuned for real: tests/test_workflow_external.py; the training side (right iterations,
+resuming): tests/bank/test_training.py."""
 from __future__ import annotations
 
-import json
-import math
 import re
 
 import pytest
 import yaml
-
-from ccfv.bank.model_card import MODEL_CARD
 
 from .test_workflow import ROOT, job_counts, snakemake
 
@@ -77,28 +74,17 @@ def test_snapshots_are_pretraining_only(tmp_path):
     assert result.returncode != 0 and "finetune" in result.stdout + result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("reads_workflow_scripts")  # expects nothing left to do: never while a script is touched
-def test_a_snapshot_is_scored_and_fine_tuned_like_any_bank_member(tmp_path):
+def test_a_snapshot_enters_every_other_targets_bank_beside_its_final_model(tmp_path):
+    """The DAG of tiny.yaml with one snapshot: per architecture, the other task, its snapshot and a random
+    member. A snapshot sampled, scored and fine-tuned for real: tests/test_workflow_external.py's end-to-end run."""
     cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     cfg["pretrain"]["snapshots"] = [2]
     config = tmp_path / "snapshots.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    member = "unet-Task91_SynthLiver@2"
-    wanted = [f"results/scores/Task94_SynthSpleen/{member}.json",
-              f"results/finetune/Task94_SynthSpleen/{member}/seed0.json"]
-    result = snakemake("--cores", "2", *wanted, "--configfile", str(config), cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    card = json.loads((tmp_path / "results/bank" / member / MODEL_CARD).read_text())
-    assert card["model_id"] == member and card["iterations"] == 2 and card["snapshot_of"] == "unet-Task91_SynthLiver"
-    final = json.loads((tmp_path / "results/bank/unet-Task91_SynthLiver" / MODEL_CARD).read_text())
-    assert final["iterations"] == 4 and "snapshot_of" not in final
-    scores = json.loads((tmp_path / wanted[0]).read_text())
-    assert scores["model"] == member and scores["scores"] and all(math.isfinite(v) for v in scores["scores"].values())
-    assert json.loads((tmp_path / wanted[1]).read_text())["model_id"] == member
-    # every target's bank: per architecture the other task, its snapshot and a random member
-    rest = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
-    out = rest.stdout + rest.stderr
-    assert _bank_members(out, "Task91_SynthLiver") == {
-        "unet-Task94_SynthSpleen", "unet-Task94_SynthSpleen@2", "unetr-Task94_SynthSpleen",
-        "unetr-Task94_SynthSpleen@2", "unet-random", "unetr-random"}
+    result = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    for target, source in (("Task91_SynthLiver", "Task94_SynthSpleen"), ("Task94_SynthSpleen", "Task91_SynthLiver")):
+        assert _bank_members(out, target) == {
+            f"unet-{source}", f"unet-{source}@2", f"unetr-{source}", f"unetr-{source}@2", "unet-random", "unetr-random"}
+    assert job_counts(out)["pretrain"] == 4  # one run per (architecture, source) writes its model and snapshot

@@ -2,11 +2,13 @@
 (ccfv.workflow's checks, rules/common.smk's bank, rules/{bank,features,finetune}.smk; docs/real-study.md): a tiny
 synthetic source task pretrained, a second task the only target, read as an MSD task at 1 mm (MeshNets take
 1 mm voxels only), a tiny MeshNet written here as the external member, run end to end; bad external members
-refused before any job."""
+refused before any job. The same run carries a pretraining snapshot as a bank member (tests/test_snapshots.py
+holds the snapshot's DAG and config checks)."""
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ccfv.bank.model_card import MODEL_CARD
 from tests.models.test_meshnet import tiny_weights, write_tiny_model
 from tests.test_workflow import ROOT, dry_run, snakemake
 
@@ -58,13 +61,19 @@ def test_a_source_task_pretrained_and_one_target_with_an_external_member_run_end
     write_one_mm_task(tmp_path / "msd")
     mesh = write_tiny_model(tmp_path / "models" / "tinymesh")
     config = layer(tmp_path, tinymesh={"path": str(mesh), "patch_size": [16, 16, 16], "source_cases": 7})
+    # the source's pretraining also leaves a snapshot after 2 of its 4 iterations: a bank member of its own
+    # (one run serves both, the whole workflow's costliest test otherwise runs twice)
+    layered = yaml.safe_load(config.read_text())
+    layered["pretrain"] = {"snapshots": [2]}
+    config.write_text(yaml.safe_dump(layered))
     counts = dry_run("--configfile", str(TINY), str(config), cwd=tmp_path)
-    assert counts["pretrain"] == 1 and counts["finetune_protocol"] == 4 and counts["sample_member_features"] == 2
-    assert "finetune" not in counts and counts["describe_member"] == 2
+    assert counts["pretrain"] == 1 and counts["finetune_protocol"] == 5 and counts["sample_member_features"] == 2
+    assert "finetune" not in counts and counts["describe_member"] == 2 and counts["sample_features"] == 3
     result = snakemake("--cores", "2", "--configfile", str(TINY), str(config), cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     results = tmp_path / "results"
-    members = ["tinymesh-random", "tinymesh-released", "unet-Task91_SynthLiver", "unet-random"]
+    snapshot = "unet-Task91_SynthLiver@2"
+    members = ["tinymesh-random", "tinymesh-released", "unet-Task91_SynthLiver", snapshot, "unet-random"]
     with open(results / "tables/scores_and_dice.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["model"] for r in rows) == members and {r["target"] for r in rows} == {TARGET}
@@ -75,6 +84,14 @@ def test_a_source_task_pretrained_and_one_target_with_an_external_member_run_end
         folder = results / f"finetune-protocol/{TARGET}/{model}/seed0"
         assert (folder / "dice.csv").is_file() and (folder / "finetune.json").is_file()
         assert not (folder / ".work").exists()  # removed once the member is scored
+    # the snapshot: its own model card, scored and fine-tuned like any bank member
+    card = json.loads((results / "bank" / snapshot / MODEL_CARD).read_text())
+    assert card["model_id"] == snapshot and card["iterations"] == 2 and card["snapshot_of"] == "unet-Task91_SynthLiver"
+    final = json.loads((results / "bank/unet-Task91_SynthLiver" / MODEL_CARD).read_text())
+    assert final["iterations"] == 4 and "snapshot_of" not in final
+    scores = json.loads((results / f"scores/{TARGET}/{snapshot}.json").read_text())
+    assert scores["model"] == snapshot and scores["scores"]
+    assert all(math.isfinite(v) for v in scores["scores"].values())
     # the source task was pretrained on, never fine-tuned on
     assert not (results / "finetune/Task91_SynthLiver").exists()
     card = json.loads((results / "bank/tinymesh-released/member.json").read_text())
