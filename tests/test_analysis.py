@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from .conftest import TASK
 
@@ -158,7 +159,7 @@ def _write_real(results: Path, values: dict, can_rank: bool = True, target: str 
             sel.writerow([metric.upper(), metric, kind, target, "top3", 1.0, 0, 1, 1000, "ok"])
             reg.writerow([metric.upper(), metric, kind, target, "m1", 0.7 * rel, "m2", 0.7, 0.7 - 0.7 * rel, "ok"])
     (results / "figures").mkdir()
-    (results / "figures" / "scores_vs_dice.png").write_bytes(b"png")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(results / "figures" / "scores_vs_dice.png")
     for seed, rate in ((1, 1e-3), (0, 1e-4)):
         folder = results / "finetune-protocol" / target / "m1" / f"seed{seed}"
         folder.mkdir(parents=True)
@@ -195,7 +196,9 @@ def test_realstudy_verdict_applies_the_preregistered_rule(tmp_path):
     rows = {r["metric"]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert float(rows["ccfv_disc"]["regret"]) == pytest.approx(0.7 - 0.693)
     assert (out / "statistics.csv").is_file()
-    assert (out / "scores_vs_dice.png").read_bytes() == b"png"
+    with Image.open(out / "scores_vs_dice.png") as figure:  # copied as a palette image, the same pixels
+        assert figure.mode == "P" and figure.size == (40, 30)
+        assert figure.convert("RGB").getpixel((5, 5)) == (200, 10, 10)
     finetuning = list(csv.DictReader((out / "finetuning.csv").open()))
     assert [(r["member"], r["seed"], r["learning_rate"], r["pilot_loss_0.001"]) for r in finetuning] == [
         ("m1", "0", "0.0001", "0.5000"), ("m1", "1", "0.001", "0.4000")]
