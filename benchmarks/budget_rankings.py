@@ -299,8 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in metrics if m not in definitions]
     if unknown:
         parser.error(f"--metrics {unknown}: not in the config's scoring.metrics")
-    # a task that is only a source (the real study's synthetic tasks) has no scores to compare
-    targets = args.targets or list(config.get("targets") or config["tasks"])
+    from ccfv.workflow import targets_of  # a source-only task (the real study's synthetic ones) has no scores
+
+    targets = args.targets or targets_of(config)
 
     dice: dict[str, dict[str, float]] = {}
     committed: dict[str, dict[str, dict[str, float]]] = {}  # the Dice file's own score columns, if any
