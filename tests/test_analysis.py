@@ -254,3 +254,67 @@ def test_protocol_probe_fine_tunes_one_member_on_a_runs_split(tiny_dataset, tmp_
     assert written["mean_dice"] == pytest.approx(float(match.group(2)), abs=1e-4) and written["method"] == "protocol"
     bad = run("protocol_probe.py", results, TASK, model, "--set", "speed=3", "--out", out)
     assert bad.returncode != 0 and "--set 'speed=3'" in bad.stderr and "head_init" in bad.stderr
+
+
+def _write_study_run(results: Path, dice_shift: float = 0.0):
+    """A finished study run's tables: 2 targets, a U-Net and a UNETR pretrained and random each, LogME and CC-FV."""
+    tables = results / "tables"
+    tables.mkdir(parents=True)
+    targets = ("Task91_SynthLiver", "Task92_SynthLung")
+    models = ("unet-random", "unet-Task93_SynthPancreas", "unetr-random", "unetr-Task93_SynthPancreas")
+    dice = dict(zip(models, (0.2, 0.6, 0.3, 0.5)))
+    with (tables / "scores_and_dice.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["target", "model", "dice_mean_over_seeds", "n_seeds", "logme", "ccfv"])
+        for target in targets:
+            for model in models:  # LogME follows the Dice; CC-FV follows it across, not within, architectures
+                ccfv = {"unet-random": 2, "unet-Task93_SynthPancreas": 1, "unetr-random": 4,
+                        "unetr-Task93_SynthPancreas": 3}[model]
+                writer.writerow([target, model, dice[model] + dice_shift, 3, dice[model], ccfv])
+    head = ["method", "metric", "kind", "target", "statistic", "value", "ci_low", "ci_high", "n_valid"]
+    with (tables / "statistics.csv").open("w", newline="") as s, (tables / "selection.csv").open("w", newline="") as c, \
+            (tables / "regret.csv").open("w", newline="") as r, (tables / "table1.csv").open("w", newline="") as t:
+        stat, sel, reg, tab = csv.writer(s), csv.writer(c), csv.writer(r), csv.writer(t)
+        stat.writerow(head + ["p_value", "ground_truth"])
+        sel.writerow(head + ["ground_truth"])
+        reg.writerow(["method", "metric", "kind", "target", "picked", "picked_dice", "best", "best_dice", "regret",
+                      "ground_truth"])
+        tab.writerow(["method", "statistic", *targets, "Avg"])
+        for method, metric, tau, rel in (("LogME", "logme", 0.8, 1.0), ("CC-FV", "ccfv", -0.4, 0.5)):
+            for target in targets:
+                stat.writerow([method, metric, "metric", target, "tau", tau, tau - 0.2, tau + 0.1, 1000, 0.1, "ok"])
+                reg.writerow([method, metric, "metric", target, "m", 0.6 * rel, "m", 0.6, 0.6 - 0.6 * rel, "ok"])
+            for measure, value in (("rel_at_1", rel), ("kendall", tau), ("top3", 1.0)):
+                sel.writerow([method, metric, "metric", "Avg", measure, value, 0, 1, 1000, "ok"])
+            tab.writerow([method, "tau", tau, tau, tau + dice_shift])
+    (tables / "ground_truth.csv").write_text(
+        "target,n_models,n_seeds,dice_min,dice_median,dice_max,best,n_near_zero,n_tied_top,source_spread,seed_sd,"
+        "spread_ratio,reliability,can_rank\n" + "".join(
+            f"{t},4,3,0.2,0.4,0.6,unet-Task93_SynthPancreas,0,1,0.15,0.05,3.0,0.95,True\n" for t in targets))
+    (tables / "costs_per_stage.csv").write_text("stage,n_jobs,total_s,max_s,cpu_s,peak_rss_mb\n"
+                                                "features,8,30,5,20,500\nscores,8,10,2,5,90\nfinetune,24,400,20,200,900\n")
+
+
+def test_study_publish_summarises_a_run_and_compares_it_with_an_earlier_one(tmp_path):
+    _write_study_run(tmp_path / "run")
+    _write_study_run(tmp_path / "earlier", dice_shift=0.1)
+    out = tmp_path / "docs"
+    result = run("study_publish.py", tmp_path / "run", "--out", out, "--previous", tmp_path / "earlier" / "tables")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (out / "summary.md").read_text()
+    assert "| Task91_SynthLiver | 4 | 3 | 0.20 / 0.40 / 0.60 | unet-Task93_SynthPancreas | 0 | 1 | 0.150 / 0.050 = 3.00" \
+        in text
+    assert "| LogME | 0.80 [0.60, 0.90] | 0.80 [0.60, 0.90] | 0.80 | 1.00 | 0.80 | 1.00 | 0.000 |" in text
+    # within one architecture CC-FV ranks the random member first: -1 in both; LogME +1 in both
+    assert "| ccfv | -1.00 / -1.00 | -1.00 / -1.00 |" in text and "| logme | 1.00 / 1.00 | 1.00 / 1.00 |" in text
+    assert "0.100 of its job wall time, 0.125 of its CPU seconds" in text
+    assert "Pearson 1.000, mean absolute difference 0.100" in text and "LogME 0.80 (0.90)" in text
+    assert (out / "scores_and_dice.csv").read_text() == (tmp_path / "run" / "tables" / "scores_and_dice.csv").read_text()
+
+
+def test_study_publish_refuses_an_unfinished_run(tmp_path):
+    _write_study_run(tmp_path / "run")
+    (tmp_path / "run" / "tables" / "regret.csv").unlink()
+    result = run("study_publish.py", tmp_path / "run", "--out", tmp_path / "docs")
+    assert result.returncode == 2 and "regret.csv: missing (is the run finished?)" in result.stderr
+    assert not (tmp_path / "docs").exists()
