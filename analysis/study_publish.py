@@ -53,27 +53,34 @@ def read_run(results: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _cell(one: pd.DataFrame) -> str:
+    """"value [low, high]" of a statistics.csv row; the value alone without an interval (the random ranking)."""
+    if not len(one):
+        return ""
+    if one["ci_low"].isna().iloc[0]:
+        return f"{one['value'].iloc[0]:.2f}"
+    return f"{one['value'].iloc[0]:.2f} [{one['ci_low'].iloc[0]:.2f}, {one['ci_high'].iloc[0]:.2f}]"
+
+
 def method_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per method: tau per target ("value [low, high]"), tau_avg, rel_at_1, kendall, top3 (means over
-    the targets, the ``Avg`` rows of selection.csv) and regret (mean over the targets)."""
+    the targets, the ``Avg`` rows of selection.csv), regret (mean over the targets), and Pearson's r per target
+    (``pearson:<target>``) with its average ``pearson_avg``."""
     stats = tables["statistics"]
     tau = stats[stats["statistic"] == "tau"]
+    pearson = stats[stats["statistic"] == "pearson"]
     targets = list(dict.fromkeys(tau["target"]))
     rows = []
     selection = tables["selection"]
     regret = tables["regret"]
     for (method, metric, kind), group in tau.groupby(["method", "metric", "kind"], sort=False):
         row = {"method": method, "metric": metric, "kind": kind}
+        linear = pearson[pearson["metric"] == metric]
         for target in targets:
-            one = group[group["target"] == target]
-            if not len(one):
-                row[target] = ""
-            elif one["ci_low"].isna().iloc[0]:  # the expected random ranking: a value, no interval
-                row[target] = f"{one['value'].iloc[0]:.2f}"
-            else:
-                row[target] = (f"{one['value'].iloc[0]:.2f} [{one['ci_low'].iloc[0]:.2f}, "
-                               f"{one['ci_high'].iloc[0]:.2f}]")
+            row[target] = _cell(group[group["target"] == target])
+            row[f"pearson:{target}"] = _cell(linear[linear["target"] == target])
         row["tau_avg"] = group["value"].mean()
+        row["pearson_avg"] = linear["value"].mean() if len(linear) else np.nan
         for measure in ("rel_at_1", "kendall", "top3"):
             avg = selection[(selection["metric"] == metric) & (selection["target"] == "Avg")
                             & (selection["statistic"] == measure)]
@@ -129,7 +136,7 @@ def to_markdown(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, within: 
                    f" / {r['dice_max']:.2f} | {r['best']} | {r['n_near_zero']} | {r['n_tied_top']} | "
                    f"{r['source_spread']:.3f} / {r['seed_sd']:.3f} = {r['spread_ratio']:.2f} | {r['reliability']:.2f} "
                    f"| {r['can_rank']} |")
-    targets = [c for c in summary.columns if c.startswith("Task")]
+    targets = [c for c in summary.columns if c.startswith("Task")]  # the tau columns; Pearson's are "pearson:..."
     out += ["", "## Every method", "", "Weighted tau per target [95 % bootstrap interval over models]; means over the "
             "targets of weighted tau, Rel@1, Kendall's tau-b, top-3 hit and top-1 regret.", "",
             "| method | " + " | ".join(targets) + " | tau avg | Rel@1 | tau-b | top-3 | regret |",
@@ -138,6 +145,10 @@ def to_markdown(tables: dict[str, pd.DataFrame], summary: pd.DataFrame, within: 
         out.append(f"| {r['method']} | " + " | ".join(r[t] for t in targets)
                    + f" | {r['tau_avg']:.2f} | {r['rel_at_1']:.2f} | {r['kendall']:.2f} | {r['top3']:.2f} | "
                    f"{r['regret']:.3f} |")
+    out += ["", "## Pearson's r (metrics)", "", "| method | " + " | ".join(targets) + " | avg |",
+            "|---" * (len(targets) + 2) + "|"]
+    for _, r in summary[summary["kind"] == "metric"].iterrows():
+        out.append(f"| {r['method']} | " + " | ".join(r[f"pearson:{t}"] for t in targets) + f" | {r['pearson_avg']:.2f} |")
     architectures = [c for c in within.columns if c not in ("metric", "target")]
     out += ["", "## Weighted tau within each architecture", "", f"Per target, {' / '.join(architectures)} members.",
             "", "| metric | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]

@@ -283,6 +283,8 @@ def _write_study_run(results: Path, dice_shift: float = 0.0):
         for method, metric, tau, rel in (("LogME", "logme", 0.8, 1.0), ("CC-FV", "ccfv", -0.4, 0.5)):
             for target in targets:
                 stat.writerow([method, metric, "metric", target, "tau", tau, tau - 0.2, tau + 0.1, 1000, 0.1, "ok"])
+                stat.writerow([method, metric, "metric", target, "pearson", tau / 2, tau / 2 - 0.2, tau / 2 + 0.1,
+                               1000, 0.1, "ok"])
                 reg.writerow([method, metric, "metric", target, "m", 0.6 * rel, "m", 0.6, 0.6 - 0.6 * rel, "ok"])
             for measure, value in (("rel_at_1", rel), ("kendall", tau), ("top3", 1.0)):
                 sel.writerow([method, metric, "metric", "Avg", measure, value, 0, 1, 1000, "ok"])
@@ -307,6 +309,7 @@ def test_study_publish_summarises_a_run_and_compares_it_with_an_earlier_one(tmp_
     assert "| LogME | 0.80 [0.60, 0.90] | 0.80 [0.60, 0.90] | 0.80 | 1.00 | 0.80 | 1.00 | 0.000 |" in text
     # within one architecture CC-FV ranks the random member first: -1 in both; LogME +1 in both
     assert "| ccfv | -1.00 / -1.00 | -1.00 / -1.00 |" in text and "| logme | 1.00 / 1.00 | 1.00 / 1.00 |" in text
+    assert "| CC-FV | -0.20 [-0.40, -0.10] | -0.20 [-0.40, -0.10] | -0.20 |" in text  # Pearson's r
     assert "0.100 of its job wall time, 0.125 of its CPU seconds" in text
     assert "Pearson 1.000, mean absolute difference 0.100" in text and "LogME 0.80 (0.90)" in text
     assert (out / "scores_and_dice.csv").read_text() == (tmp_path / "run" / "tables" / "scores_and_dice.csv").read_text()
