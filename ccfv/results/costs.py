@@ -30,7 +30,9 @@ def _nanmax(values: Iterable[float]) -> float:
 
 
 def stage_costs(benchmark_dir: str | Path) -> list[dict]:
-    """Per stage under ``benchmark_dir``: n_jobs, total_s, max_s, cpu_s, peak_rss_mb."""
+    """Per stage under ``benchmark_dir``: n_jobs, total_s, max_s, cpu_s, peak_rss_mb. ``cpu_s`` sums Snakemake's
+    ``cpu_time``, a lower bound: Snakemake samples a job every 30 s after its first 30 and loses what follows the
+    last sample (docs/report.md, "Costs"); ``total_s`` and ``max_s`` (wall seconds) are exact."""
     root = Path(benchmark_dir)
     by_stage: dict[str, list[dict]] = {}
     for path in sorted(root.rglob("*.tsv")):
