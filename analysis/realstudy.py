@@ -30,11 +30,11 @@ Exit 2, nothing written, when a table is missing (an unfinished run) or the targ
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
+from _common import copy_run_outputs
 
 PRIMARY = "ccfv"
 VARIANTS = ("ccfv_disc", "ccfv_varied")
@@ -141,20 +141,6 @@ def to_markdown(summary: pd.DataFrame, lines: list[str], target: str, health: pd
     return "\n".join(out) + "\n"
 
 
-FIGURES = ("scores_vs_dice.png", "dice_heatmap.png", "feature_tsne.png")
-
-
-def copy_figure(source: Path, destination: Path) -> None:
-    """A run's PNG figure for docs/, as a 256-colour palette image: the t-SNE's thousands of antialiased points
-    make a 2.9 MB truecolour file, 0.9 MB as a palette (plots have few colours; the quantisation is
-    deterministic). Raises PIL.UnidentifiedImageError, naming nothing written, for a file that is no image."""
-    from PIL import Image
-
-    with Image.open(source) as image:
-        quantized = image.convert("RGB").quantize(256)
-    quantized.save(destination, optimize=True)
-
-
 def finetuning_rows(results: Path, target: str) -> pd.DataFrame:
     """One row per finished protocol fine-tuning of ``target`` (empty when the run fine-tuned with nnU-Net):
     member, seed, dice, learning_rate, pilot_loss_<rate> per rate of a grid, iterations, seconds_training,
@@ -212,19 +198,12 @@ def main(argv=None) -> int:
     summary.to_csv(args.out / "summary.csv", index=False, float_format="%.4f")
     (args.out / "summary.md").write_text(to_markdown(summary, lines, args.target, health.to_dict() | {
         "can_rank": can_rank}))
-    for name in COPIED:
-        if (args.results / "tables" / name).is_file():
-            shutil.copy2(args.results / "tables" / name, args.out / name)
-    for name in FIGURES:
-        if (args.results / "figures" / name).is_file():
-            copy_figure(args.results / "figures" / name, args.out / name)
+    copy_run_outputs(args.results, args.out, COPIED)
     finetuning = finetuning_rows(args.results, args.target)
     if len(finetuning):
         finetuning.to_csv(args.out / "finetuning.csv", index=False, float_format="%.4f")
         with (args.out / "summary.md").open("a") as handle:
             handle.write("\n" + members_markdown(finetuning))
-    if (args.results / "provenance.json").is_file():
-        shutil.copy2(args.results / "provenance.json", args.out / "provenance.json")
     print((args.out / "summary.md").read_text())
     return 0
 

@@ -22,14 +22,12 @@ Exit 2, nothing written, when the run is unfinished (a table missing).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import ROOT  # noqa: F401  (puts the repository on sys.path)
-from realstudy import FIGURES, copy_figure
+from _common import copy_run_outputs  # first: puts the repository on sys.path
 
 from ccfv.bank.model_ids import model_architecture
 from ccfv.results.measures import statistic
@@ -191,14 +189,7 @@ def main(argv=None) -> int:
     text = to_markdown(tables, summary, within_architecture(tables["scores_and_dice"]),
                        compare_with(previous, tables) if previous else [])
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        if (args.results / "tables" / name).is_file():
-            shutil.copy2(args.results / "tables" / name, args.out / name)
-    for name in FIGURES:
-        if (args.results / "figures" / name).is_file():
-            copy_figure(args.results / "figures" / name, args.out / name)
-    if (args.results / "provenance.json").is_file():
-        shutil.copy2(args.results / "provenance.json", args.out / "provenance.json")
+    copy_run_outputs(args.results, args.out, COPIED)
     (args.out / "summary.md").write_text(text)
     print(text)
     return 0
