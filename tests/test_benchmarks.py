@@ -54,7 +54,8 @@ def test_every_benchmark_script_has_a_smoke_test():
               "source_vs_seed_spread.py", "budget_rankings.py", "gpu_check.py",
               # their smoke tests need the shared models: tests/models/test_bench_real_models.py, test_bench_finetune.py
               "bench_real_models.py", "bench_finetune.py",
-              "bench_pinning.py"}  # smoke test in tests/test_bench_pinning.py
+              "bench_pinning.py",  # smoke test in tests/test_bench_pinning.py
+              "bench_guards.py"}  # smoke test in tests/test_bench_guards.py
     assert {p.name for p in BENCHMARKS.glob("*.py")} == tested, "a new benchmark script needs a smoke test here"
 
 
