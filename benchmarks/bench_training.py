@@ -16,11 +16,12 @@ tests/test_benchmarks.py, gives tiny networks in both and 1 iteration each).
 
 The last line printed is machine-readable, ``key=value`` separated by spaces:
 ``<device>_<setup>_<network>_it_per_s=<x>`` for every measurement (e.g. ``cpu_paper_unetr_it_per_s``;
-6 significant digits), then ``<device>_hours=<y>`` per measured device (the projected compute of the full
+6 significant digits), with ``--channels-last`` then ``<device>_demo_<network>_channels_last_speedup=<r>`` (the
+demo setup's iterations per second in channels-last memory format over the default's; 4 significant digits), then ``<device>_hours=<y>`` per measured device (the projected compute of the full
 benchmark on it, all architectures), then ``gpu_hours=<z> gpu_hours_source=measured|assumed_<k>x``: the
 measured GPU projection, or the CPU one divided by the assumed speed-up ``k``.
 
-    .venv/bin/python benchmarks/bench_training.py [--paper-iterations 3] [--demo-iterations 20]
+    .venv/bin/python benchmarks/bench_training.py [--paper-iterations 3] [--demo-iterations 20] [--channels-last]
                                                   [--demo-config config/config.yaml]
                                                   [--paper-config config/msd.yaml] [--json FILE]
 """
@@ -81,15 +82,20 @@ def make_loss(name: str, network: dict):
 
 
 def iterations_per_second(name: str, architecture: dict, network: dict, device: torch.device, n: int,
-                          num_classes: int = 2) -> float:
+                          num_classes: int = 2, channels_last: bool = False) -> float:
+    """Training iterations per second of one network on a seeded random batch (axes N, C, z, y, x). With
+    ``channels_last`` the network and the batch are in ``torch.channels_last_3d`` memory format (N, z, y, x, C
+    in memory), which oneDNN computes with other kernels: faster on the CPU at few channels, other last bits."""
     model = networks.build(name, architecture, 1, num_classes, deep_supervision=name == networks.UNET).to(device)
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
     loss_fn, scales = make_loss(name, network)
     patch = list(network["patch_size"])
     batch = int(network["batch_size"])
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, *patch, generator=g).to(device)
+    x = torch.randn(batch, 1, *patch, generator=g).to(device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch, 1, *patch), generator=g).to(device)
     if scales is not None:
         y = [torch.nn.functional.interpolate(y.float(), scale_factor=tuple(float(f) for f in s),
@@ -134,6 +140,8 @@ def main() -> None:
     parser.add_argument("--demo-config", type=Path, default=ROOT / "config/config.yaml")
     parser.add_argument("--paper-config", type=Path, default=ROOT / "config/msd.yaml",
                         help="its tasks, architectures, budgets and seeds also drive the projection")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also measure the demo setup in channels-last memory format (docs/models.md)")
     args = parser.parse_args()
     if args.demo_iterations < 1 or args.paper_iterations < 1:
         parser.error("--demo-iterations and --paper-iterations must be at least 1")
@@ -145,6 +153,7 @@ def main() -> None:
     demo, paper = (yaml.safe_load(path.read_text()) for path in (args.demo_config, args.paper_config))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
+    channels_last_speedup: dict[tuple[str, str], float] = {}
     for device in devices:
         for setup, config, n in (("demo", demo, args.demo_iterations), ("paper", paper, args.paper_iterations)):
             for name, architecture in architectures(config):
@@ -153,6 +162,12 @@ def main() -> None:
                              "patch": "x".join(map(str, config["network"]["patch_size"])),
                              "batch": config["network"]["batch_size"], "iterations": n, "it_per_s": rate})
                 print(f"  measured {device.type:4s} {setup:5s} {name:5s}: {rate:.3f} it/s", flush=True)
+                if args.channels_last and setup == "demo":
+                    rate_cl = iterations_per_second(name, architecture, config["network"], device, n,
+                                                    channels_last=True)
+                    channels_last_speedup[(device.type, name)] = rate_cl / rate
+                    print(f"  measured {device.type:4s} {setup:5s} {name:5s}: {rate_cl:.3f} it/s channels-last "
+                          f"({rate_cl / rate:.3f}x)", flush=True)
 
     cpu_name = platform.processor() or platform.machine()
     gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -196,6 +211,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"rows": rows, "cpu": cpu_name, "gpu": gpu_name,
                                          "threads": args.threads}, indent=2))
     figures = [f"{r['device']}_{r['setup']}_{r['network']}_it_per_s={r['it_per_s']:.6g}" for r in rows]
+    figures += [f"{device}_demo_{name}_channels_last_speedup={x:.4g}"
+                for (device, name), x in channels_last_speedup.items()]
     figures += [f"{device}_hours={hours:.6g}" for device, hours in hours_on.items()]
     if "cuda" in hours_on:
         figures += [f"gpu_hours={hours_on['cuda']:.6g}", "gpu_hours_source=measured"]

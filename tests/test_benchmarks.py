@@ -131,7 +131,7 @@ def test_bench_training_smoke(tmp_path):
                         architectures=["unet", "unetr"], pretrain=pretrain, finetune=finetune)
     result = run_script("bench_training.py", "--demo-config", demo, "--paper-config", paper,
                         "--demo-iterations", 1, "--paper-iterations", 1, "--threads", 1,
-                        "--json", tmp_path / "out.json")
+                        "--json", tmp_path / "out.json", "--channels-last")
     values = figures(last_line(result))
     for key, value in values.items():
         if key != "gpu_hours_source":
@@ -152,7 +152,9 @@ def test_bench_training_smoke(tmp_path):
     else:
         assert values["gpu_hours_source"] == "assumed_50x"
         assert float(values["gpu_hours"]) == pytest.approx(float(values["cpu_hours"]) / 50, rel=1e-4)
-    assert len(values) == 4 * len(devices) + len(devices) + 2
+        for network in ("unet", "unetr"):  # the demo setup again in channels-last memory format
+            assert float(values[f"{device}_demo_{network}_channels_last_speedup"]) > 0
+    assert len(values) == 4 * len(devices) + 2 * len(devices) + len(devices) + 2
     assert (tmp_path / "out.json").is_file()
 
 
