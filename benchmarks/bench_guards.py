@@ -67,14 +67,16 @@ def machine_busy_s() -> float | None:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     except OSError:
         return None
-    ticks = [int(v) for v in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user and nice
+    # user nice system idle iowait irq softirq; not steal (the hypervisor's, not this machine's processes) and
+    # not guest (already counted in user and nice)
+    ticks = [int(v) for v in fields[:7]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def calibrate(config: Path, steps: int) -> float:
-    """Seconds of one training step of the config's U-Net in a fresh pinned process (median-free: one timed
-    loop after a warm-up step, as bench_training measures)."""
+    """Seconds of one training step of the config's U-Net in a fresh pinned process (one timed loop of
+    ``steps`` after a warm-up step: bench_training.iterations_per_second)."""
     code = (
         "import sys; from ccfv.reproducibility import pin_or_warn; pin_or_warn(1)\n"
         "import torch, yaml, bench_training\n"
